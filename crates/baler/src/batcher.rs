@@ -1,0 +1,515 @@
+//! The `Batcher` handle: how callers talk to the engine.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::{broadcast, oneshot, AcquireError, Semaphore, SemaphorePermit, TryAcquireError};
+use tokio::time::Instant;
+
+use crate::capacity::Capacity;
+use crate::config::{Builder, Config};
+use crate::diagnose::Diagnosis;
+use crate::engine::{Engine, Msg};
+use crate::error::{ConfigError, CostLimit, SubmitError};
+use crate::events::{Event, Events};
+use crate::handler::ErasedHandler;
+use crate::operation::Operation;
+use crate::shutdown::ShutdownReport;
+use crate::slot;
+use crate::stats::Stats;
+use crate::ticket::{CancelSink, Ticket};
+
+/// State shared by the handles, the tickets and the engine.
+pub(crate) struct Shared<T, K, O, E> {
+    tx: UnboundedSender<Msg<T, K, O, E>>,
+    /// One permit per operation held, from acceptance to resolution.
+    pub(crate) ops: Semaphore,
+    /// One permit per unit of cost held, when the buffer's cost is bounded.
+    pub(crate) cost: Option<Semaphore>,
+    closed: AtomicBool,
+    stats: Mutex<Stats>,
+    max_batch_cost: u64,
+    buffer_cost: Option<u64>,
+    capacity: Capacity,
+    /// The engine owns the only strong sender, so listeners see the stream
+    /// close when the engine stops, even while handles are alive.
+    events: broadcast::WeakSender<Event<K>>,
+    buffer_size: usize,
+    /// Submitters waiting for room in the buffer.
+    waiting: AtomicUsize,
+    /// Whether the current full-buffer episode was reported.
+    full_reported: AtomicBool,
+}
+
+impl<T, K, O, E> Shared<T, K, O, E> {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn waiting_submitters(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// The engine gave permits back: a later full buffer is a new episode.
+    pub(crate) fn room_made(&self) {
+        self.full_reported.store(false, Ordering::Relaxed);
+    }
+
+    /// Reports a full buffer once per episode.
+    fn report_full(&self)
+    where
+        K: Clone,
+    {
+        if self.full_reported.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Some(events) = self.events.upgrade().filter(|e| e.receiver_count() > 0) {
+            let held = self
+                .buffer_size
+                .saturating_sub(self.ops.available_permits());
+            let _ = events.send(Event::BufferFull {
+                operations: held as u64,
+            });
+        }
+    }
+
+    pub(crate) fn close_intake(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.ops.close();
+        if let Some(cost) = &self.cost {
+            cost.close();
+        }
+    }
+
+    pub(crate) fn publish(&self, stats: &Stats) {
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone_from(stats);
+    }
+}
+
+impl<T: Send, K: Send, O: Send, E: Send + Sync> CancelSink for Shared<T, K, O, E> {
+    fn cancelled(&self) {
+        let _ = self.tx.send(Msg::Cancel);
+    }
+}
+
+/// Sends `Close` when the last handle goes, so the engine drains and stops.
+struct Handle<T, K, O, E> {
+    shared: Arc<Shared<T, K, O, E>>,
+}
+
+impl<T, K, O, E> Drop for Handle<T, K, O, E> {
+    fn drop(&mut self) {
+        let _ = self.shared.tx.send(Msg::Close);
+    }
+}
+
+/// A batching engine: operations go in, batches go to the handler, each
+/// operation's own outcome comes back on its [`Ticket`].
+///
+/// `T` is the payload, `O` and `E` the handler's output and error, and `K` the
+/// optional key (operations of different keys never share a batch). Cloning a
+/// `Batcher` gives another handle to the same engine. When the last handle is
+/// dropped the engine drains in the background, as a [`shutdown`](Self::shutdown)
+/// without a deadline would, and every ticket still resolves.
+///
+/// ```
+/// use baler::{handler_fn, Batch, Batcher};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let batcher = Batcher::builder().build(handler_fn(|batch: Batch<u64>| async move {
+///     Ok::<_, std::io::Error>(batch.iter().map(|n| baler::Outcome::Done(n * 10)).collect())
+/// }))?;
+///
+/// let ticket = batcher.submit(4).await?;
+/// assert_eq!(ticket.await?, 40);
+///
+/// let report = batcher.shutdown(None).await;
+/// assert!(report.is_clean());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Batcher<T, O, E, K = ()> {
+    handle: Arc<Handle<T, K, O, E>>,
+}
+
+impl<T, O, E, K> Clone for Batcher<T, O, E, K> {
+    fn clone(&self) -> Self {
+        Batcher {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<T, O, E, K> fmt::Debug for Batcher<T, O, E, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batcher")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Batcher<(), (), (), ()> {
+    /// Starts configuring a batcher.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl<T, O, E, K> Batcher<T, O, E, K> {
+    fn shared(&self) -> &Arc<Shared<T, K, O, E>> {
+        &self.handle.shared
+    }
+
+    /// A consistent snapshot of what the batcher holds and has done.
+    pub fn stats(&self) -> Stats {
+        self.shared()
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The capacity this batcher spends.
+    pub fn capacity(&self) -> &Capacity {
+        &self.shared().capacity
+    }
+
+    /// Whether a shutdown has started (new operations are refused).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared().closed.load(Ordering::SeqCst)
+    }
+}
+
+impl<T, O, E, K> Batcher<T, O, E, K>
+where
+    T: Send + Sync + 'static,
+    K: Eq + Hash + Clone + fmt::Debug + Send + Sync + 'static,
+    O: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    pub(crate) fn start(
+        cfg: Config,
+        handler: Arc<dyn ErasedHandler<T, K, O, E>>,
+    ) -> Result<Self, ConfigError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(cfg.event_capacity);
+        let shared = Arc::new(Shared {
+            tx: tx.clone(),
+            ops: Semaphore::new(cfg.buffer_size),
+            cost: cfg
+                .buffer_cost
+                .map(|c| Semaphore::new(usize::try_from(c).unwrap_or(Semaphore::MAX_PERMITS))),
+            closed: AtomicBool::new(false),
+            stats: Mutex::new(Stats {
+                capacity: cfg.capacity.rate(),
+                ..Stats::default()
+            }),
+            max_batch_cost: cfg.max_batch_cost,
+            buffer_cost: cfg.buffer_cost,
+            capacity: cfg.capacity.clone(),
+            events: events.downgrade(),
+            buffer_size: cfg.buffer_size,
+            waiting: AtomicUsize::new(0),
+            full_reported: AtomicBool::new(false),
+        });
+        let engine = Engine::new(cfg, handler, rx, tx, shared.clone(), events);
+        runtime.spawn(engine.run());
+        Ok(Batcher {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    /// Submits an operation, waiting for room in the buffer (first come, first
+    /// served). Returns a [`Ticket`] that resolves with the operation's outcome.
+    ///
+    /// Dropping this future while it waits gives up its place in line; the
+    /// operation was never accepted.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Shutdown`] once a shutdown has started, and
+    /// [`SubmitError::TooExpensive`] for an operation that could never be
+    /// dispatched. The payload comes back inside the error.
+    pub async fn submit(
+        &self,
+        op: impl Into<Operation<T, K>>,
+    ) -> Result<Ticket<O, E>, SubmitError<T>> {
+        self.submit_until(op.into(), None).await
+    }
+
+    /// Submits an operation, waiting at most `wait` for room in the buffer
+    /// (as Kafka's `max.block.ms`).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit), and [`SubmitError::Timeout`] if the buffer
+    /// stayed full for `wait`.
+    pub async fn submit_timeout(
+        &self,
+        op: impl Into<Operation<T, K>>,
+        wait: Duration,
+    ) -> Result<Ticket<O, E>, SubmitError<T>> {
+        self.submit_until(op.into(), Some(Instant::now() + wait))
+            .await
+    }
+
+    /// Submits an operation only if the buffer has room now.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit), and [`SubmitError::Full`] if the buffer
+    /// is full.
+    pub fn try_submit(
+        &self,
+        op: impl Into<Operation<T, K>>,
+    ) -> Result<Ticket<O, E>, SubmitError<T>> {
+        let op = self.check(op.into())?;
+        let shared = self.shared();
+        let permit = match shared.ops.try_acquire() {
+            Ok(p) => p,
+            Err(e) => return Err(self.try_error(e, op.payload)),
+        };
+        let cost_permit = match &shared.cost {
+            Some(sem) => match sem.try_acquire_many(op.cost) {
+                Ok(p) => Some(p),
+                Err(e) => return Err(self.try_error(e, op.payload)),
+            },
+            None => None,
+        };
+        self.enqueue(op, permit, cost_permit)
+    }
+
+    fn try_error(&self, e: TryAcquireError, payload: T) -> SubmitError<T> {
+        match e {
+            TryAcquireError::Closed => SubmitError::Shutdown(payload),
+            TryAcquireError::NoPermits => {
+                self.shared().report_full();
+                SubmitError::Full(payload)
+            }
+        }
+    }
+
+    async fn submit_until(
+        &self,
+        op: Operation<T, K>,
+        deadline: Option<Instant>,
+    ) -> Result<Ticket<O, E>, SubmitError<T>> {
+        let op = self.check(op)?;
+        let shared = self.shared();
+        let permit = match shared.ops.try_acquire() {
+            Ok(p) => Ok(p),
+            Err(TryAcquireError::Closed) => return Err(SubmitError::Shutdown(op.payload)),
+            Err(TryAcquireError::NoPermits) => {
+                shared.report_full();
+                let _waiting = Waiting::new(&shared.waiting);
+                wait(shared.ops.acquire(), deadline).await
+            }
+        };
+        let permit = match permit {
+            Ok(p) => p,
+            Err(e) => return Err(e.into_error(op.payload)),
+        };
+        let cost_permit = match &shared.cost {
+            Some(sem) => {
+                let _waiting = Waiting::new(&shared.waiting);
+                match wait(sem.acquire_many(op.cost), deadline).await {
+                    Ok(p) => Some(p),
+                    Err(e) => return Err(e.into_error(op.payload)),
+                }
+            }
+            None => None,
+        };
+        self.enqueue(op, permit, cost_permit)
+    }
+
+    /// Refuses what can never be accepted, before waiting for room.
+    fn check(&self, op: Operation<T, K>) -> Result<Operation<T, K>, SubmitError<T>> {
+        let shared = self.shared();
+        if shared.closed.load(Ordering::SeqCst) {
+            return Err(SubmitError::Shutdown(op.payload));
+        }
+        let cost = u64::from(op.cost);
+        let limits = [
+            (Some(shared.max_batch_cost), CostLimit::MaxBatchCost),
+            (shared.buffer_cost, CostLimit::BufferCost),
+            (shared.capacity.max_burst(), CostLimit::Capacity),
+        ];
+        for (limit, limited_by) in limits {
+            if let Some(limit) = limit.filter(|&l| cost > l) {
+                return Err(SubmitError::TooExpensive {
+                    cost,
+                    limit,
+                    limited_by,
+                    payload: op.payload,
+                });
+            }
+        }
+        Ok(op)
+    }
+
+    fn enqueue(
+        &self,
+        op: Operation<T, K>,
+        permit: SemaphorePermit<'_>,
+        cost_permit: Option<SemaphorePermit<'_>>,
+    ) -> Result<Ticket<O, E>, SubmitError<T>> {
+        let shared = self.shared();
+        let (resolver, receiver) = slot::channel();
+        let msg = Msg::Submit {
+            payload: op.payload,
+            key: op.key,
+            cost: op.cost,
+            resolver,
+        };
+        match shared.tx.send(msg) {
+            Ok(()) => {
+                // From here the engine owns the permits and gives them back
+                // when the operation resolves.
+                permit.forget();
+                if let Some(p) = cost_permit {
+                    p.forget();
+                }
+                let sink: Arc<dyn CancelSink> = shared.clone();
+                Ok(Ticket::new(receiver, sink))
+            }
+            Err(mpsc::error::SendError(msg)) => match msg {
+                Msg::Submit { payload, .. } => Err(SubmitError::Shutdown(payload)),
+                _ => unreachable!("the message sent was a submit"),
+            },
+        }
+    }
+
+    /// Subscribes to the batcher's [`Event`]s. A listener that falls behind
+    /// misses the oldest events and is told how many; it never slows the
+    /// engine down.
+    pub fn events(&self) -> Events<K> {
+        match self.shared().events.upgrade() {
+            Some(events) => Events::new(events.subscribe()),
+            // The engine has stopped: a stream that is closed from the start.
+            None => Events::new(broadcast::channel(1).1),
+        }
+    }
+
+    /// Asks the engine why work is, or is not, moving: paused, no capacity,
+    /// in-flight limit reached, a batch running too long, a full buffer, a
+    /// retry storm, or an accounting mismatch. Runs an audit of the target as
+    /// part of it. Returns an empty diagnosis once the engine has stopped.
+    pub async fn diagnose(&self) -> Diagnosis {
+        let (tx, rx) = oneshot::channel();
+        if self.shared().tx.send(Msg::Diagnose(tx)).is_ok() {
+            if let Ok(diagnosis) = rx.await {
+                return diagnosis;
+            }
+        }
+        Diagnosis {
+            findings: Vec::new(),
+            stats: self.stats(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn skew_target(&self, delta: u64) {
+        let _ = self.shared().tx.send(Msg::SkewTarget(delta));
+    }
+
+    /// Stops dispatching. Operations are still accepted and buffered. A
+    /// shutdown, or an explicit [`flush`](Self::flush), dispatches regardless.
+    pub fn pause(&self) {
+        let _ = self.shared().tx.send(Msg::Pause);
+    }
+
+    /// Resumes dispatching after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        let _ = self.shared().tx.send(Msg::Resume);
+    }
+
+    /// Dispatches everything buffered now, regardless of linger and minimum
+    /// batch size (and of a pause), and waits until every operation accepted
+    /// before the call has resolved, retries included.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shared().tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Shuts the batcher down: new submits fail with
+    /// [`SubmitError::Shutdown`], everything buffered is dispatched regardless
+    /// of linger, minimum size and pause, and in-flight batches are awaited.
+    ///
+    /// With a `deadline`, whatever is unresolved when it passes (buffered,
+    /// waiting to retry, or in flight, whose handlers are then dropped)
+    /// resolves with [`Error::Abandoned`](crate::Error::Abandoned) and is
+    /// returned in the report's `abandoned` list, payload and all.
+    ///
+    /// Calling it again (or from several handles) waits for the same
+    /// shutdown; the earliest deadline applies.
+    pub async fn shutdown(&self, deadline: impl Into<Option<Duration>>) -> ShutdownReport<T, K> {
+        let deadline = deadline.into().map(|d| Instant::now() + d);
+        let (tx, rx) = oneshot::channel();
+        if self
+            .shared()
+            .tx
+            .send(Msg::Shutdown {
+                deadline,
+                reply: tx,
+            })
+            .is_err()
+        {
+            return ShutdownReport::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+enum WaitError {
+    Closed,
+    Timeout,
+}
+
+impl WaitError {
+    fn into_error<T>(self, payload: T) -> SubmitError<T> {
+        match self {
+            WaitError::Closed => SubmitError::Shutdown(payload),
+            WaitError::Timeout => SubmitError::Timeout(payload),
+        }
+    }
+}
+
+async fn wait<P>(
+    acquire: impl std::future::Future<Output = Result<P, AcquireError>>,
+    deadline: Option<Instant>,
+) -> Result<P, WaitError> {
+    match deadline {
+        None => acquire.await.map_err(|_| WaitError::Closed),
+        Some(deadline) => match tokio::time::timeout_at(deadline, acquire).await {
+            Ok(result) => result.map_err(|_| WaitError::Closed),
+            Err(_) => Err(WaitError::Timeout),
+        },
+    }
+}
+
+/// Counts a submitter while it waits for room.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,245 @@
+//! Events: what the engine does, as a typed stream.
+//!
+//! [`Batcher::events`](crate::Batcher::events) subscribes a listener. Events
+//! go out on a bounded broadcast channel: a listener that falls behind never
+//! slows the engine down; it loses the oldest events instead, and its next
+//! [`Events::recv`] says how many with [`RecvError::Lagged`]. Listeners are
+//! independent of each other and of the engine, so subscribing or dropping a
+//! listener from inside another listener cannot deadlock.
+//!
+//! Nothing here is per operation: events are per batch, per sweep, or
+//! coalesced (the target is reported at most every 100 ms).
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+/// An identifier of a dispatched batch, unique within one batcher.
+pub type BatchId = u64;
+
+/// Why every operation of a batch failed together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchFailure {
+    /// The handler returned an error for the whole batch.
+    Handler,
+    /// The handler panicked.
+    Panicked,
+    /// The handler returned the wrong number of outcomes.
+    OutcomeCount,
+}
+
+/// What a capacity provider reports about its leases and its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CapacityEvent {
+    /// A partition's lease was acquired.
+    LeaseAcquired {
+        /// The partition.
+        partition: u32,
+    },
+    /// A partition's lease was renewed.
+    LeaseRenewed {
+        /// The partition.
+        partition: u32,
+    },
+    /// A partition's lease was given back because the target dropped.
+    LeaseReleased {
+        /// The partition.
+        partition: u32,
+    },
+    /// A partition's lease was lost (expired, or taken by another instance).
+    LeaseLost {
+        /// The partition.
+        partition: u32,
+    },
+    /// The lease store could not be reached; the capacity fell back to its
+    /// reserved part.
+    StoreUnreachable {
+        /// What went wrong.
+        error: String,
+    },
+    /// The lease store can be reached again.
+    StoreReachable,
+}
+
+/// Something the engine did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event<K> {
+    /// A batch went to the handler.
+    BatchDispatched {
+        /// The batch.
+        batch: BatchId,
+        /// Its key.
+        key: Option<K>,
+        /// Its number of operations.
+        size: usize,
+        /// Its total cost.
+        cost: u64,
+        /// The highest attempt number among its operations (1 for fresh ones).
+        attempt: u32,
+    },
+    /// A batch's handler returned outcomes, one per operation.
+    BatchCompleted {
+        /// The batch.
+        batch: BatchId,
+        /// Its key.
+        key: Option<K>,
+        /// Operations that succeeded.
+        completed: u64,
+        /// Operations that failed for good.
+        failed: u64,
+        /// Operations put back for another attempt.
+        retried: u64,
+        /// How long the handler ran.
+        duration: Duration,
+    },
+    /// All operations of a batch failed together.
+    BatchFailed {
+        /// The batch.
+        batch: BatchId,
+        /// Its key.
+        key: Option<K>,
+        /// Why.
+        reason: BatchFailure,
+        /// Its number of operations.
+        size: usize,
+        /// How long the handler ran.
+        duration: Duration,
+    },
+    /// A batch ran past the maximum operation time and its handler was dropped.
+    BatchTimedOut {
+        /// The batch.
+        batch: BatchId,
+        /// Its key.
+        key: Option<K>,
+        /// Its number of operations.
+        size: usize,
+        /// The limit it exceeded.
+        after: Duration,
+    },
+    /// Operations of a batch were put back for another attempt.
+    BatchRetried {
+        /// The batch.
+        batch: BatchId,
+        /// Its key.
+        key: Option<K>,
+        /// How many operations.
+        operations: u64,
+    },
+    /// Operations were taken out because their tickets were dropped.
+    OperationsCancelled {
+        /// How many.
+        count: u64,
+    },
+    /// The capacity's rate changed.
+    CapacityChanged {
+        /// The new rate in cost per second; `None` when unlimited.
+        rate: Option<u64>,
+    },
+    /// The target changed (reported at most every 100 ms).
+    TargetChanged {
+        /// The cost of everything held, buffered or in flight.
+        target: u64,
+    },
+    /// Dispatching was paused.
+    Paused,
+    /// Dispatching was resumed.
+    Resumed,
+    /// The buffer became full: submitters now wait or are refused.
+    BufferFull {
+        /// Operations held.
+        operations: u64,
+    },
+    /// A shutdown started.
+    ShutdownStarted {
+        /// Its deadline, if it has one.
+        deadline: Option<Duration>,
+    },
+    /// The shutdown finished; the engine has stopped.
+    ShutdownFinished {
+        /// Operations dispatched during the shutdown.
+        flushed: u64,
+        /// Operations completed during the shutdown.
+        completed: u64,
+        /// Operations failed during the shutdown.
+        failed: u64,
+        /// Operations abandoned at the deadline.
+        abandoned: u64,
+    },
+    /// The audit recounted what is held and found the target exact.
+    AuditPassed {
+        /// The target.
+        target: u64,
+    },
+    /// The audit found the target differing from the cost of what is held.
+    AuditFailed {
+        /// The target the engine kept.
+        target: u64,
+        /// The cost of what is buffered, retrying and in flight, recounted.
+        recounted: u64,
+    },
+    /// The capacity provider reported on its leases or store.
+    Capacity(CapacityEvent),
+}
+
+/// Why [`Events::recv`] returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The listener fell behind and missed this many events; the next call
+    /// returns the oldest event still held.
+    #[error("the event listener fell behind and missed {0} event(s)")]
+    Lagged(u64),
+    /// The engine has stopped; no more events will come.
+    #[error("the batcher has stopped; no more events will come")]
+    Closed,
+}
+
+/// A listener's stream of [`Event`]s.
+pub struct Events<K> {
+    rx: broadcast::Receiver<Event<K>>,
+}
+
+impl<K: Clone> Events<K> {
+    pub(crate) fn new(rx: broadcast::Receiver<Event<K>>) -> Self {
+        Events { rx }
+    }
+
+    /// Waits for the next event.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Lagged`] if events were missed, [`RecvError::Closed`]
+    /// once the engine has stopped and every event was read.
+    pub async fn recv(&mut self) -> Result<Event<K>, RecvError> {
+        self.rx.recv().await.map_err(|e| match e {
+            broadcast::error::RecvError::Lagged(n) => RecvError::Lagged(n),
+            broadcast::error::RecvError::Closed => RecvError::Closed,
+        })
+    }
+
+    /// The next event if one is waiting: `Ok(None)` if none is.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv).
+    pub fn try_recv(&mut self) -> Result<Option<Event<K>>, RecvError> {
+        match self.rx.try_recv() {
+            Ok(e) => Ok(Some(e)),
+            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+            Err(broadcast::error::TryRecvError::Closed) => Err(RecvError::Closed),
+        }
+    }
+}
+
+impl<K> fmt::Debug for Events<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("pending", &self.rx.len())
+            .finish()
+    }
+}

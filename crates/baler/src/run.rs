@@ -1,0 +1,294 @@
+//! Running one batch: call the handler, survive its panics and timeouts, and
+//! resolve every operation of the batch exactly once.
+//!
+//! Each batch runs on its own task, so batches run in parallel with each other
+//! and with the engine. The task resolves the tickets itself, then reports to
+//! the engine what is left for it to do: operations to retry, payloads
+//! abandoned at a shutdown deadline, and the counts. The engine releases the
+//! batch's in-flight slot only when that report arrives, which is after the
+//! handler's future has been dropped: the in-flight limit is a hard cap even
+//! for batches that time out.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Msg, Queued, Res};
+use crate::error::Error;
+use crate::events::{BatchFailure, BatchId};
+use crate::handler::{Batch, BatchData, BoxFuture, ErasedHandler, HandlerResult, Outcome};
+use crate::operation::OpId;
+use crate::slot::Resolver;
+
+/// What the task needs to know about each operation besides its payload.
+pub(crate) struct Tracker<O, E> {
+    pub(crate) resolver: Resolver<Res<O, E>>,
+    pub(crate) id: u64,
+    pub(crate) cost: u32,
+    pub(crate) attempts: u32,
+    pub(crate) epoch: u64,
+    pub(crate) submitted: tokio::time::Instant,
+}
+
+/// How a batch ended, for the engine's events.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ended {
+    Outcomes,
+    Failed(BatchFailure),
+    TimedOut(Duration),
+    Abandoned,
+}
+
+/// The task's report to the engine.
+pub(crate) struct Done<T, O, E> {
+    pub(crate) batch: usize,
+    pub(crate) ended: Ended,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+    pub(crate) retry: Vec<Queued<T, O, E>>,
+    pub(crate) abandoned: Vec<(OpId, u32, T)>,
+    pub(crate) abandoned_count: u64,
+}
+
+pub(crate) struct RunCtx<T, K, O, E> {
+    pub(crate) batch: usize,
+    pub(crate) id: BatchId,
+    pub(crate) max_attempts: u32,
+    pub(crate) max_time: Option<Duration>,
+    pub(crate) retry_timeouts: bool,
+    pub(crate) abort: CancellationToken,
+    pub(crate) tx: UnboundedSender<Msg<T, K, O, E>>,
+    /// The batcher's name, for the batch's span.
+    pub(crate) name: Arc<str>,
+}
+
+enum Finish<O, E> {
+    Outcomes(Vec<Outcome<O, E>>),
+    BatchError(E),
+    Panicked(String),
+    TimedOut(Duration),
+    Abandoned,
+}
+
+/// What becomes of one operation once its batch has ended.
+enum Fate<O, E> {
+    Resolve(Res<O, E>),
+    Retry(Res<O, E>),
+    Abandon,
+}
+
+pub(crate) async fn run_batch<T, K, O, E>(
+    handler: Arc<dyn ErasedHandler<T, K, O, E>>,
+    data: Arc<BatchData<T, K>>,
+    trackers: Vec<Tracker<O, E>>,
+    ctx: RunCtx<T, K, O, E>,
+) where
+    T: Send + Sync + 'static,
+    K: std::fmt::Debug + Send + Sync + 'static,
+    O: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    let span = tracing::info_span!(
+        "batch",
+        batcher = %ctx.name,
+        id = ctx.id,
+        key = ?data.key,
+        size = trackers.len(),
+        cost = data.info.iter().map(|i| u64::from(i.cost)).sum::<u64>(),
+        attempt = data.info.iter().map(|i| i.attempt).max().unwrap_or(1),
+        outcome = tracing::field::Empty,
+    );
+    let ended = {
+        let handler_future = CatchUnwind {
+            inner: handler.call(Batch { data: data.clone() }),
+        };
+        let limited = async {
+            match ctx.max_time {
+                Some(limit) => match tokio::time::timeout(limit, handler_future).await {
+                    Ok(result) => ended_from(result),
+                    Err(_) => Finish::TimedOut(limit),
+                },
+                None => ended_from(handler_future.await),
+            }
+        };
+        let raced = async {
+            tokio::select! {
+                biased;
+                () = ctx.abort.cancelled() => Finish::Abandoned,
+                ended = limited => ended,
+            }
+        };
+        tracing::Instrument::instrument(raced, span.clone()).await
+        // The handler's future is dropped here, before anything is resolved.
+    };
+    let summary = match &ended {
+        Finish::Outcomes(o) if o.len() == trackers.len() => Ended::Outcomes,
+        Finish::Outcomes(_) => Ended::Failed(BatchFailure::OutcomeCount),
+        Finish::BatchError(_) => Ended::Failed(BatchFailure::Handler),
+        Finish::Panicked(_) => Ended::Failed(BatchFailure::Panicked),
+        Finish::TimedOut(after) => Ended::TimedOut(*after),
+        Finish::Abandoned => Ended::Abandoned,
+    };
+    span.record(
+        "outcome",
+        match summary {
+            Ended::Outcomes => "outcomes",
+            Ended::Failed(BatchFailure::Handler) => "handler-error",
+            Ended::Failed(BatchFailure::Panicked) => "panicked",
+            Ended::Failed(_) => "outcome-count",
+            Ended::TimedOut(_) => "timed-out",
+            Ended::Abandoned => "abandoned",
+        },
+    );
+
+    let n = trackers.len();
+    let fates: Vec<Fate<O, E>> = match ended {
+        Finish::Outcomes(outcomes) if outcomes.len() == n => outcomes
+            .into_iter()
+            .zip(&trackers)
+            .map(|(outcome, t)| match outcome {
+                Outcome::Done(o) => Fate::Resolve(Ok(o)),
+                Outcome::Failed(e) => Fate::Resolve(Err(Error::Handler(Arc::new(e)))),
+                Outcome::Retry(e) if t.attempts < ctx.max_attempts => {
+                    Fate::Retry(Err(Error::Handler(Arc::new(e))))
+                }
+                Outcome::Retry(e) => Fate::Resolve(Err(Error::Exhausted {
+                    attempts: t.attempts,
+                    last: Arc::new(e),
+                })),
+            })
+            .collect(),
+        Finish::Outcomes(outcomes) => {
+            let err = Error::OutcomeCount {
+                expected: n,
+                got: outcomes.len(),
+            };
+            (0..n).map(|_| Fate::Resolve(Err(err.clone()))).collect()
+        }
+        Finish::BatchError(e) => {
+            let err = Error::Handler(Arc::new(e));
+            (0..n).map(|_| Fate::Resolve(Err(err.clone()))).collect()
+        }
+        Finish::Panicked(message) => {
+            let err = Error::Panicked { message };
+            (0..n).map(|_| Fate::Resolve(Err(err.clone()))).collect()
+        }
+        Finish::TimedOut(after) => trackers
+            .iter()
+            .map(|t| {
+                let err = Error::TimedOut {
+                    after,
+                    attempts: t.attempts,
+                };
+                if ctx.retry_timeouts && t.attempts < ctx.max_attempts {
+                    Fate::Retry(Err(err))
+                } else {
+                    Fate::Resolve(Err(err))
+                }
+            })
+            .collect(),
+        Finish::Abandoned => (0..n).map(|_| Fate::Abandon).collect(),
+    };
+
+    // Payloads come back only for operations that need them: retries and
+    // shutdown abandonment. The handler's future is gone, so the batch's
+    // payloads are ours again unless the handler leaked the batch.
+    let needs_payloads = fates.iter().any(|f| !matches!(f, Fate::Resolve(_)));
+    let mut payloads: Vec<Option<T>> = Vec::new();
+    if needs_payloads {
+        if let Ok(data) = Arc::try_unwrap(data) {
+            payloads = data.items.into_iter().map(Some).collect();
+        }
+    }
+
+    let mut done = Done {
+        batch: ctx.batch,
+        ended: summary,
+        completed: 0,
+        failed: 0,
+        retry: Vec::new(),
+        abandoned: Vec::new(),
+        abandoned_count: 0,
+    };
+    for (i, (fate, t)) in fates.into_iter().zip(trackers).enumerate() {
+        let payload = payloads.get_mut(i).and_then(Option::take);
+        match (fate, payload) {
+            (Fate::Resolve(result), _) => {
+                if result.is_ok() {
+                    done.completed += 1;
+                } else {
+                    done.failed += 1;
+                }
+                let _ = t.resolver.send(result);
+            }
+            (Fate::Retry(_), Some(payload)) => done.retry.push(Queued {
+                payload,
+                resolver: t.resolver,
+                id: t.id,
+                cost: t.cost,
+                attempts: t.attempts,
+                epoch: t.epoch,
+                enqueued: tokio::time::Instant::now(),
+                submitted: t.submitted,
+            }),
+            (Fate::Retry(err), None) => {
+                // The handler kept the batch alive, so the payload cannot be
+                // queued again: resolve with the error it was retried for.
+                done.failed += 1;
+                let _ = t.resolver.send(err);
+            }
+            (Fate::Abandon, payload) => {
+                done.abandoned_count += 1;
+                let _ = t.resolver.send(Err(Error::Abandoned));
+                if let Some(payload) = payload {
+                    done.abandoned.push((OpId(t.id), t.cost, payload));
+                }
+            }
+        }
+    }
+    // The engine outlives every batch it dispatched, so this cannot fail
+    // while anyone waits for the report.
+    let _ = ctx.tx.send(Msg::Done(done));
+}
+
+fn ended_from<O, E>(result: Result<HandlerResult<O, E>, String>) -> Finish<O, E> {
+    match result {
+        Ok(Ok(outcomes)) => Finish::Outcomes(outcomes),
+        Ok(Err(e)) => Finish::BatchError(e),
+        Err(message) => Finish::Panicked(message),
+    }
+}
+
+/// Turns a panic inside a handler's future into an error value.
+struct CatchUnwind<R> {
+    inner: BoxFuture<R>,
+}
+
+impl<R> Future for CatchUnwind<R> {
+    type Output = Result<R, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.inner;
+        match catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic_message(panic.as_ref()))),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
