@@ -6,18 +6,20 @@
 //! - `BALER_BENCH_OPS`: operations per measurement (default 1,000,000);
 //! - `BALER_BENCH_REPS`: measurements per (contender, submitters) (default 5);
 //! - `BALER_BENCH_SUBMITTERS`: a comma-separated subset of 1,16,256 (or any
-//!   other counts) to run, and `BALER_BENCH_CONTENDER`: `baler` or `floor` to
+//!   other counts) to run, and `BALER_BENCH_CONTENDER`: `baler`, `inline` or `floor` to
 //!   run only one contender; both for profiling, e.g. under `perf record`.
 //!
 //! # What is measured
 //!
 //! `ops` operations of a `u64` payload, split evenly over N closed-loop
 //! submitter tasks (N in 1, 16, 256): each submits one operation, awaits its
-//! result, then submits the next. Two contenders:
+//! result, then submits the next. Three contenders:
 //!
 //! - **baler**: `max_batch_size(100)`, `linger(1 ms)`, the default
 //!   load-aware dispatch, and a handler that answers `batch.done_all(())`.
 //!   Its mean batch size comes from `Batcher::stats()` (completed / batches).
+//! - **baler (inline)**: the same with [`Execution::Inline`]: the engine's
+//!   task polls the handler futures itself, with no spawn per batch.
 //! - **floor**: a hand-written batching loop over a tokio mpsc channel of
 //!   `(u64, oneshot::Sender<())>`, with the same batch size and submitters;
 //!   see [`floor_consumer`] for the batching rule it uses and why. Its mean
@@ -41,7 +43,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use baler::{handler_fn, Batch, Batcher};
+use baler::{handler_fn, Batch, Batcher, Execution};
 use tokio::sync::{mpsc, oneshot};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -59,6 +61,7 @@ const WORKER_THREADS: usize = 2;
 enum Contender {
     Floor,
     Baler,
+    BalerInline,
 }
 
 impl Contender {
@@ -66,6 +69,7 @@ impl Contender {
         match self {
             Contender::Floor => "floor (mpsc+oneshot)",
             Contender::Baler => "baler",
+            Contender::BalerInline => "baler (inline)",
         }
     }
 }
@@ -105,10 +109,11 @@ fn submitters() -> Vec<usize> {
 
 fn contenders() -> Vec<Contender> {
     match std::env::var("BALER_BENCH_CONTENDER").as_deref() {
-        Err(_) => vec![Contender::Floor, Contender::Baler],
+        Err(_) => vec![Contender::Floor, Contender::Baler, Contender::BalerInline],
         Ok("baler") => vec![Contender::Baler],
+        Ok("inline") => vec![Contender::BalerInline],
         Ok("floor") => vec![Contender::Floor],
-        Ok(other) => panic!("BALER_BENCH_CONTENDER must be baler or floor, got {other:?}"),
+        Ok(other) => panic!("BALER_BENCH_CONTENDER must be baler, inline or floor, got {other:?}"),
     }
 }
 
@@ -146,12 +151,13 @@ where
     start.elapsed()
 }
 
-fn measure_baler(ops: usize, n: usize) -> Sample {
+fn measure_baler(ops: usize, n: usize, execution: Execution) -> Sample {
     let rt = runtime();
     let sample = rt.block_on(async {
         let batcher = Batcher::builder()
             .max_batch_size(MAX_BATCH)
             .linger(LINGER)
+            .execution(execution)
             .build(handler_fn(|batch: Batch<u64>| async move {
                 Ok::<_, std::io::Error>(batch.done_all(()))
             }))
@@ -250,7 +256,8 @@ fn measure_floor(ops: usize, n: usize) -> Sample {
 fn measure(contender: Contender, ops: usize, n: usize) -> Sample {
     match contender {
         Contender::Floor => measure_floor(ops, n),
-        Contender::Baler => measure_baler(ops, n),
+        Contender::Baler => measure_baler(ops, n, Execution::Spawned),
+        Contender::BalerInline => measure_baler(ops, n, Execution::Inline),
     }
 }
 
@@ -349,7 +356,7 @@ fn main() {
     );
     println!();
     println!(
-        "| submitters | contender | median ops/s | min ops/s | max ops/s | mean batch size | baler/floor |"
+        "| submitters | contender | median ops/s | min ops/s | max ops/s | mean batch size | ratio to floor |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|");
     for (ni, &n) in submitters.iter().enumerate() {
@@ -360,15 +367,11 @@ fn main() {
                 .position(|&x| x == c)
                 .map(|i| summaries[i].median)
         };
-        let ratio = match (median_of(Contender::Baler), median_of(Contender::Floor)) {
-            (Some(b), Some(f)) => format!("{:.2}×", b / f),
-            _ => String::new(),
-        };
+        let floor = median_of(Contender::Floor);
         for (&c, s) in contenders.iter().zip(&summaries) {
-            let ratio = if c == Contender::Baler {
-                ratio.as_str()
-            } else {
-                ""
+            let ratio = match floor {
+                Some(f) if c != Contender::Floor => format!("{:.2}×", s.median / f),
+                _ => String::new(),
             };
             println!(
                 "| {n} | {} | {} | {} | {} | {:.1} | {ratio} |",

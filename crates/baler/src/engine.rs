@@ -21,18 +21,23 @@
 //!   then. So when the semaphore has all its permits and nothing is buffered,
 //!   in flight or retrying, no operation is in transit either.
 //! - **In flight**: a batch counts against the in-flight limits from dispatch
-//!   until its task's report arrives, which is after its handler's future was
-//!   dropped.
+//!   until the engine has its report (a message from its task, or the value
+//!   of its future when the engine polls it itself), which is after its
+//!   handler's future was dropped.
 //! - **Exactly once**: an operation's resolver is moved, never copied: from
-//!   the submit message to the buffer, to a batch task (which sends on it or
-//!   hands it back for a retry), or to a sweep that drops it as cancelled.
+//!   the submit message to the buffer, to a batch's future (which sends on
+//!   it or hands it back for a retry), or to a sweep that drops it as
+//!   cancelled.
 
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt::Debug;
+use std::future::{poll_fn, Future};
 use std::hash::{BuildHasher, Hash};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -42,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Shared;
 use crate::capacity::{Notice, Spend, TargetSlot};
-use crate::config::{Config, Dispatch};
+use crate::config::{Config, Dispatch, Execution};
 use crate::diagnose::{Code, Diagnosis, Finding, Severity};
 use crate::error::Error;
 use crate::events::{BatchId, Event};
@@ -55,6 +60,9 @@ use crate::stats::Stats;
 
 /// What a ticket resolves with.
 pub(crate) type Res<O, E> = Result<O, Error<E>>;
+
+/// A batch's future, polled by the engine itself with [`Execution::Inline`].
+type BatchFuture<T, O, E> = Pin<Box<dyn Future<Output = Done<T, O, E>> + Send>>;
 
 /// Operations waiting out a retry backoff, by due time, with their key slot.
 type RetryWait<T, O, E> = BTreeMap<(Instant, u64), (usize, Queued<T, O, E>)>;
@@ -223,6 +231,8 @@ pub(crate) struct Engine<T, K, O, E> {
     rng: u64,
 
     events: broadcast::Sender<Event<K>>,
+    /// The batches the engine polls itself, with [`Execution::Inline`].
+    running: Vec<BatchFuture<T, O, E>>,
     next_batch: BatchId,
     /// The capacity rate last reported.
     last_rate: Option<u64>,
@@ -290,6 +300,7 @@ where
             target_slot,
             rng: RandomState::new().hash_one(0x5eed_u64) | 1,
             events,
+            running: Vec::new(),
             next_batch: 0,
             last_rate,
             target_reported: (0, None),
@@ -307,14 +318,31 @@ where
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
         loop {
-            let first = tokio::select! {
-                biased;
-                msg = self.rx.recv() => Some(msg),
-                () = &mut sleep, if armed.is_some() => {
-                    armed = None;
-                    None
+            let mut ended = Vec::new();
+            let first = poll_fn(|cx| {
+                // Inline batches first: each registers this task's waker.
+                self.running
+                    .retain_mut(|batch| match batch.as_mut().poll(cx) {
+                        Poll::Ready(done) => {
+                            ended.push(done);
+                            false
+                        }
+                        Poll::Pending => true,
+                    });
+                if let Poll::Ready(msg) = self.rx.poll_recv(cx) {
+                    return Poll::Ready(Some(msg));
                 }
-            };
+                if armed.is_some() && sleep.as_mut().poll(cx).is_ready() {
+                    armed = None;
+                    return Poll::Ready(None);
+                }
+                if ended.is_empty() {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(None)
+                }
+            })
+            .await;
             let now = Instant::now();
             self.refresh_cost_limit();
             match first {
@@ -322,6 +350,9 @@ where
                 Some(None) => break,
                 Some(Some(msg)) => self.handle(msg, now),
                 None => {}
+            }
+            for done in ended {
+                self.complete(done, now);
             }
             // Take everything else that is waiting before acting on it, so
             // that a burst of submits forms full batches.
@@ -952,10 +983,20 @@ where
             max_time: self.cfg.max_operation_time,
             retry_timeouts: self.cfg.retry_timeouts,
             abort: self.abort.clone(),
-            tx: self.tx.clone(),
             name: self.cfg.name.clone(),
         };
-        tokio::spawn(run_batch(self.handler.clone(), data, trackers, ctx));
+        let batch = run_batch(self.handler.clone(), data, trackers, ctx);
+        match self.cfg.execution {
+            Execution::Inline => self.running.push(Box::pin(batch)),
+            Execution::Spawned => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    // The engine holds a sender itself and outlives every
+                    // batch it dispatched, so this send cannot fail.
+                    let _ = tx.send(Msg::Done(batch.await));
+                });
+            }
+        }
     }
 
     // ----- cancellation and abandonment --------------------------------------
@@ -1163,7 +1204,9 @@ where
     fn report_target(&mut self, now: Instant) {
         let target = self.stats.target;
         let (reported, at) = self.target_reported;
-        if target == reported {
+        // With nobody listening there is nothing to coalesce, and no timer
+        // to arm: a listener that subscribes later hears the next change.
+        if target == reported || self.events.receiver_count() == 0 {
             self.target_report_at = None;
             return;
         }

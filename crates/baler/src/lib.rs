@@ -89,7 +89,7 @@ mod ticket;
 
 pub use batcher::Batcher;
 pub use capacity::{Capacity, CapacityNotifier, CapacitySource, DEFAULT_BURST_INTERVAL};
-pub use config::{Backoff, Builder, Dispatch};
+pub use config::{Backoff, Builder, Dispatch, Execution};
 pub use diagnose::{CapacityStatus, Code, Diagnosis, Finding, Severity};
 pub use error::{ConfigError, CostLimit, Error, SubmitError};
 pub use events::{BatchFailure, BatchId, CapacityEvent, Event, Events, RecvError};

@@ -1,13 +1,15 @@
 //! Running one batch: call the handler, survive its panics and timeouts, and
 //! resolve every operation of the batch exactly once.
 //!
-//! Each batch runs on its own task, so batches run in parallel with each other
-//! and with the engine. The task resolves the tickets itself, then reports to
-//! the engine what is left for it to do: operations to retry, payloads
-//! abandoned at a shutdown deadline, and the counts. The engine releases the
-//! batch's in-flight slot only when that report arrives, which is after the
-//! handler's future has been dropped: the in-flight limit is a hard cap even
-//! for batches that time out.
+//! [`run_batch`] is one batch's future: it resolves the tickets itself, then
+//! returns to the engine what is left for it to do: operations to retry,
+//! payloads abandoned at a shutdown deadline, and the counts. Where it runs is
+//! the [`Execution`](crate::Execution) setting: on a task of its own, which
+//! sends the report to the engine as a message, or polled by the engine's own
+//! task, which takes the report when the future completes. Either way the
+//! engine releases the batch's in-flight slot only when it has the report,
+//! which is after the handler's future has been dropped: the in-flight limit is
+//! a hard cap even for batches that time out.
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,10 +18,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Msg, Queued, Res};
+use crate::engine::{Queued, Res};
 use crate::error::Error;
 use crate::events::{BatchFailure, BatchId};
 use crate::handler::{Batch, BatchData, BoxFuture, ErasedHandler, HandlerResult, Outcome};
@@ -56,14 +57,13 @@ pub(crate) struct Done<T, O, E> {
     pub(crate) abandoned_count: u64,
 }
 
-pub(crate) struct RunCtx<T, K, O, E> {
+pub(crate) struct RunCtx {
     pub(crate) batch: usize,
     pub(crate) id: BatchId,
     pub(crate) max_attempts: u32,
     pub(crate) max_time: Option<Duration>,
     pub(crate) retry_timeouts: bool,
     pub(crate) abort: CancellationToken,
-    pub(crate) tx: UnboundedSender<Msg<T, K, O, E>>,
     /// The batcher's name, for the batch's span.
     pub(crate) name: Arc<str>,
 }
@@ -87,8 +87,9 @@ pub(crate) async fn run_batch<T, K, O, E>(
     handler: Arc<dyn ErasedHandler<T, K, O, E>>,
     data: Arc<BatchData<T, K>>,
     trackers: Vec<Tracker<O, E>>,
-    ctx: RunCtx<T, K, O, E>,
-) where
+    ctx: RunCtx,
+) -> Done<T, O, E>
+where
     T: Send + Sync + 'static,
     K: std::fmt::Debug + Send + Sync + 'static,
     O: Send + 'static,
@@ -252,9 +253,7 @@ pub(crate) async fn run_batch<T, K, O, E>(
             }
         }
     }
-    // The engine outlives every batch it dispatched, so this cannot fail
-    // while anyone waits for the report.
-    let _ = ctx.tx.send(Msg::Done(done));
+    done
 }
 
 fn ended_from<O, E>(result: Result<HandlerResult<O, E>, String>) -> Finish<O, E> {

@@ -69,8 +69,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use baler::{
-    handler_fn, Batch, Batcher, Capacity, Dispatch, Error, HandlerResult, Operation, Outcome,
-    ShutdownReport, SubmitError, Ticket,
+    handler_fn, Batch, Batcher, Capacity, Dispatch, Error, Execution, HandlerResult, Operation,
+    Outcome, ShutdownReport, SubmitError, Ticket,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -193,6 +193,8 @@ struct Config {
     backoff_ms: u64,
     max_operation_ms: u64,
     retry_timeouts: bool,
+    /// `Execution::Inline` rather than `Execution::Spawned`.
+    inline: bool,
     /// Provisioned capacity: (cost per second, burst).
     capacity: Option<(u64, u64)>,
 }
@@ -312,6 +314,7 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                     20u64..=60,
                     any::<bool>(),
                     prop::option::of((200u64..=2000, 4u64..=16)),
+                    any::<bool>(),
                 ),
             )
         })
@@ -319,7 +322,7 @@ fn config_strategy() -> impl Strategy<Value = Config> {
             |(
                 (max_batch_size, max_batch_cost, min_batch_size, buffer_size),
                 (linger_ms, ticker_ms, load_aware, max_in_flight, max_in_flight_per_key),
-                (max_attempts, backoff_ms, max_operation_ms, retry_timeouts, capacity),
+                (max_attempts, backoff_ms, max_operation_ms, retry_timeouts, capacity, inline),
             )| Config {
                 max_batch_size,
                 max_batch_cost,
@@ -334,6 +337,7 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 backoff_ms,
                 max_operation_ms,
                 retry_timeouts,
+                inline,
                 capacity,
             },
         )
@@ -759,6 +763,11 @@ impl<'a> Run<'a> {
                 Dispatch::LoadAware
             } else {
                 Dispatch::Linger
+            })
+            .execution(if cfg.inline {
+                Execution::Inline
+            } else {
+                Execution::Spawned
             })
             .max_in_flight(cfg.max_in_flight)
             .buffer_size(cfg.buffer_size)

@@ -374,3 +374,73 @@ async fn a_ticket_resolves_exactly_once() {
     let s = b.stats();
     assert_eq!((s.completed, s.failed), (1, 0));
 }
+
+/// `Execution::Inline` changes where handler futures are polled, not what
+/// tickets resolve with: own outcomes, panics caught, timeouts enforced, and
+/// batches still run concurrently up to the in-flight cap.
+#[tokio::test(start_paused = true)]
+async fn inline_execution_keeps_every_result_panic_and_timeout_semantic() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (r, m) = (running.clone(), most.clone());
+    let b = Batcher::builder()
+        .execution(baler::Execution::Inline)
+        .max_batch_size(1)
+        .max_in_flight(3)
+        .max_operation_time(50 * MS)
+        .build(handler_fn(move |batch: Batch<i32>| {
+            let (running, most) = (r.clone(), m.clone());
+            async move {
+                let n = batch.items()[0];
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // Decrements even when the future is dropped at its timeout.
+                struct Leave(Arc<AtomicUsize>);
+                impl Drop for Leave {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _leave = Leave(running);
+                match n {
+                    13 => panic!("unlucky {n}"),
+                    99 => tokio::time::sleep(Duration::from_secs(60)).await,
+                    _ => tokio::time::sleep(10 * MS).await,
+                }
+                Ok::<_, String>(vec![Outcome::Done(n * 2)])
+            }
+        }))
+        .unwrap();
+    let mut tickets = Vec::new();
+    for n in [1, 2, 13, 99, 5, 6] {
+        tickets.push((n, b.submit(n).await.unwrap()));
+    }
+    let started = Instant::now();
+    for (n, ticket) in tickets {
+        match (n, ticket.await) {
+            (13, Err(Error::Panicked { message })) => assert_eq!(message, "unlucky 13"),
+            (99, Err(Error::TimedOut { after, attempts })) => {
+                assert_eq!((after, attempts), (50 * MS, 1));
+            }
+            (n, Ok(doubled)) if n != 13 && n != 99 => assert_eq!(doubled, n * 2),
+            (n, other) => panic!("operation {n} resolved with {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the timeout was enforced"
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        3,
+        "batches ran concurrently, up to the cap"
+    );
+    assert_eq!(
+        running.load(Ordering::SeqCst),
+        0,
+        "every handler future was dropped"
+    );
+    let s = assert_target(&b);
+    assert_eq!((s.completed, s.failed, s.in_flight_batches), (4, 2, 0));
+    assert!(b.shutdown(None).await.is_clean());
+}
