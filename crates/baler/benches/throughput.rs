@@ -1,7 +1,9 @@
 //! Throughput of no-op operations through a baler `Batcher`, against a raw
 //! floor: the least an async batcher with per-operation results can cost.
 //!
-//! Run with `cargo bench -p baler --bench throughput`. Environment:
+//! Run with `cargo bench -p baler --bench throughput`. (Under `cargo test`,
+//! without `--bench`, it runs one small repetition as a smoke test.)
+//! Environment:
 //!
 //! - `BALER_BENCH_OPS`: operations per measurement (default 1,000,000);
 //! - `BALER_BENCH_REPS`: measurements per (contender, submitters) (default 5);
@@ -301,8 +303,17 @@ fn thousands(x: f64) -> String {
 }
 
 fn main() {
-    let ops = env_usize("BALER_BENCH_OPS", 1_000_000).max(1);
-    let reps = env_usize("BALER_BENCH_REPS", 5).max(1);
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not, and
+    // then one small repetition checks that every contender still runs.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (ops, reps) = if smoke {
+        (2_000, 1)
+    } else {
+        (
+            env_usize("BALER_BENCH_OPS", 1_000_000).max(1),
+            env_usize("BALER_BENCH_REPS", 5).max(1),
+        )
+    };
     let submitters = submitters();
     let contenders = contenders();
 
