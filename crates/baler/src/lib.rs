@@ -80,6 +80,7 @@ mod engine;
 mod error;
 mod events;
 mod handler;
+pub mod loader;
 mod operation;
 mod run;
 mod shutdown;
@@ -94,6 +95,10 @@ pub use diagnose::{CapacityStatus, Code, Diagnosis, Finding, Severity};
 pub use error::{ConfigError, CostLimit, Error, SubmitError};
 pub use events::{BatchFailure, BatchId, CapacityEvent, Event, Events, RecvError};
 pub use handler::{handler_fn, Batch, Handler, HandlerFn, HandlerResult, OpInfo, Outcome};
+pub use loader::{
+    batch_fn, BatchFn, BatchFnOf, Cache, Load, LoadError, Loader, LoaderBuilder, LoaderStats,
+    MemoryCache, DEFAULT_CACHE_ENTRIES,
+};
 pub use operation::{OpId, Operation};
 pub use shutdown::{Abandoned, ShutdownReport};
 pub use stats::Stats;

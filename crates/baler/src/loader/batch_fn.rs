@@ -1,0 +1,145 @@
+//! The user's batch function, and the engine handler that calls it.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::handler::{Batch, Handler, HandlerResult, Outcome};
+use crate::loader::error::FetchError;
+
+/// Fetches many keys at once: the one thing a [`Loader`](crate::Loader) needs
+/// from its user.
+///
+/// It receives the keys of one batch (each key once) and answers with
+/// key/value pairs, in any order: a `HashMap<K, V>`, a `Vec<(K, V)>`, or any
+/// other iterator of pairs. The loader matches answers to callers **by key**,
+/// never by position, so an answer in a different order than the keys still
+/// reaches the right callers. A key missing from the answer resolves as
+/// [`LoadError::NotFound`](crate::LoadError::NotFound); pairs for keys that
+/// were not asked for are ignored (and not cached); when a key is answered
+/// twice, the first answer counts. An `Err` fails every key of the batch with
+/// [`LoadError::Fetch`](crate::LoadError::Fetch), one error shared by all.
+///
+/// Implement it for a type that holds your database pool, or wrap a closure
+/// with [`batch_fn`].
+///
+/// ```
+/// use std::collections::HashMap;
+/// use baler::BatchFn;
+///
+/// struct Users;
+///
+/// impl BatchFn<u64, String> for Users {
+///     type Error = std::io::Error;
+///     type Values = HashMap<u64, String>;
+///
+///     async fn load(&self, ids: Vec<u64>) -> Result<HashMap<u64, String>, std::io::Error> {
+///         Ok(ids.into_iter().map(|id| (id, format!("user {id}"))).collect())
+///     }
+/// }
+/// ```
+pub trait BatchFn<K, V>: Send + Sync + 'static {
+    /// What a failed batch resolves with.
+    type Error: Send + Sync + 'static;
+    /// The answer: key/value pairs in any order.
+    type Values: IntoIterator<Item = (K, V)>;
+
+    /// Fetches the values of `keys`.
+    fn load(&self, keys: Vec<K>) -> impl Future<Output = Result<Self::Values, Self::Error>> + Send;
+}
+
+/// A [`BatchFn`] made from a closure; see [`batch_fn`].
+#[derive(Clone, Copy)]
+pub struct BatchFnOf<F> {
+    f: F,
+}
+
+impl<F> std::fmt::Debug for BatchFnOf<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchFnOf")
+    }
+}
+
+/// Makes a [`BatchFn`] from an async closure over the batch's keys.
+///
+/// ```
+/// use std::collections::HashMap;
+///
+/// let users = baler::batch_fn(|ids: Vec<u64>| async move {
+///     let found: HashMap<u64, String> = ids.into_iter().map(|id| (id, format!("user {id}"))).collect();
+///     Ok::<_, std::io::Error>(found)
+/// });
+/// # let _ = users;
+/// ```
+pub fn batch_fn<F>(f: F) -> BatchFnOf<F> {
+    BatchFnOf { f }
+}
+
+impl<F, Fut, K, V, I, E> BatchFn<K, V> for BatchFnOf<F>
+where
+    F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<I, E>> + Send + 'static,
+    I: IntoIterator<Item = (K, V)>,
+    E: Send + Sync + 'static,
+{
+    type Error = E;
+    type Values = I;
+
+    fn load(&self, keys: Vec<K>) -> impl Future<Output = Result<I, E>> + Send {
+        (self.f)(keys)
+    }
+}
+
+/// The engine handler of a loader: calls the batch function with the batch's
+/// keys and answers each operation (one per key) with that key's value.
+pub(crate) struct LoaderHandler<F, V> {
+    pub(crate) f: F,
+    pub(crate) _values: PhantomData<fn() -> V>,
+}
+
+impl<F, K, V> Handler<K> for LoaderHandler<F, V>
+where
+    F: BatchFn<K, V>,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    type Output = V;
+    type Error = FetchError<F::Error>;
+
+    async fn handle(&self, batch: Batch<K>) -> HandlerResult<V, FetchError<F::Error>> {
+        let items = batch.items();
+        // The loader queues each key once while it is in flight, but a
+        // `clear` lets a key be queued again before its first batch went; the
+        // batch function still sees it once.
+        let mut seen = HashSet::with_capacity(items.len());
+        let keys: Vec<K> = items.iter().filter(|k| seen.insert(*k)).cloned().collect();
+        let repeated = keys.len() != items.len();
+        drop(seen);
+        let answer = self
+            .f
+            .load(keys)
+            .await
+            .map_err(|e| FetchError::Batch(Arc::new(e)))?;
+        let mut values: HashMap<K, V> = HashMap::with_capacity(items.len());
+        for (key, value) in answer {
+            values.entry(key).or_insert(value);
+        }
+        let batch_items = batch.items();
+        Ok(batch_items
+            .iter()
+            .map(|key| {
+                let value = if repeated {
+                    values.get(key).cloned()
+                } else {
+                    values.remove(key)
+                };
+                match value {
+                    Some(v) => Outcome::Done(v),
+                    None => Outcome::Failed(FetchError::NotFound),
+                }
+            })
+            .collect())
+    }
+}

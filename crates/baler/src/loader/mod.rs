@@ -1,0 +1,721 @@
+//! Request coalescing (a dataloader): many callers ask for keys one at a
+//! time; the loader asks the datastore for them many at a time.
+//!
+//! # The model
+//!
+//! ```text
+//!  load(k) ──► cache? ──hit──► answered at once
+//!                │ miss
+//!                ▼
+//!          in flight? ──yes──► join that fetch (one fetch, many callers)
+//!                │ no
+//!                ▼
+//!          queue k on the engine ──► batch of keys ──► batch function(keys)
+//!                                                          │ answer by key
+//!  every caller of k ◄── k's own value, or NotFound ◄──────┘
+//! ```
+//!
+//! A [`Loader`] is a [`Batcher`] whose operations are keys, with two things in
+//! front of it: a [`Cache`] and a table of keys in flight. The engine forms the
+//! batches (max and min batch size, the straggler ticker, the in-flight limit,
+//! the timeout, shutdown); the loader only decides which keys need fetching
+//! and hands each answer to every caller waiting for it.
+//!
+//! What the loader guarantees, each with a test in `tests/loader.rs`:
+//!
+//! - **By key, never by position.** The batch function answers with key/value
+//!   pairs in any order; each caller gets its own key's value, and a key
+//!   missing from the answer resolves as [`LoadError::NotFound`].
+//! - **One fetch per key in flight**, whoever asks for it: the batch function
+//!   sees each key once while it is being fetched.
+//! - **Cache hits do not wait** behind fetches in flight: a hit never touches
+//!   the engine.
+//! - **No caller's cancellation affects another.** The batch runs on the
+//!   engine, not in any caller's future; a caller that gives up only leaves
+//!   its key's fetch, which goes on while anyone else waits for it. The
+//!   [`timeout`](LoaderBuilder::timeout) is the batch's, not a caller's.
+//! - **Nothing hangs at shutdown**: [`Loader::shutdown`] dispatches every
+//!   waiting key at once, whatever the minimum batch size, and loads after it
+//!   resolve as [`LoadError::Stopped`].
+
+mod batch_fn;
+mod cache;
+mod error;
+mod flight;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub use batch_fn::{batch_fn, BatchFn, BatchFnOf};
+pub use cache::{Cache, MemoryCache, DEFAULT_CACHE_ENTRIES};
+pub use error::LoadError;
+
+use crate::batcher::Batcher;
+use crate::config::Dispatch;
+use crate::error::{ConfigError, SubmitError};
+use crate::shutdown::ShutdownReport;
+use batch_fn::LoaderHandler;
+use error::FetchError;
+use flight::{Flight, LoadResult, Stage};
+
+/// The engine's buffer, in keys queued and not yet answered, unless the
+/// maximum batch size asks for more.
+const BUFFER_KEYS: usize = 10_000;
+
+type DynCache<K, V, E> = Arc<dyn Cache<K, LoadResult<V, E>>>;
+
+/// Keys in flight, each with the fetch its new callers join.
+type Table<K, V, E> = HashMap<K, Arc<Flight<K, V, E>>>;
+
+/// Coalesces loads of single keys into batch calls of a [`BatchFn`].
+///
+/// `K` is the key, `V` the value and `E` the batch function's error. Cloning
+/// a `Loader` gives another handle to the same loader (same cache, same
+/// batches). See the [module documentation](crate::loader) for the model.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use baler::{batch_fn, Loader};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let users: Loader<u64, String, std::io::Error> = Loader::builder()
+///     .max_batch_size(100)
+///     .build(batch_fn(|ids: Vec<u64>| async move {
+///         // One query for the whole batch: SELECT ... WHERE id IN (...)
+///         let rows: HashMap<u64, String> =
+///             ids.into_iter().filter(|id| *id != 0).map(|id| (id, format!("user {id}"))).collect();
+///         Ok(rows)
+///     }))?;
+///
+/// let (a, b, zero) = tokio::join!(users.load(1), users.load(2), users.load(0));
+/// assert_eq!(a?, "user 1");
+/// assert_eq!(b?, "user 2");
+/// assert!(matches!(zero, Err(baler::LoadError::NotFound)));
+/// assert_eq!(users.stats().batches, 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Loader<K, V, E> {
+    inner: Arc<Inner<K, V, E>>,
+}
+
+struct Inner<K, V, E> {
+    batcher: Batcher<K, V, FetchError<E>>,
+    /// Keys in flight: the fetch that every new caller of the key joins.
+    table: Mutex<Table<K, V, E>>,
+    cache: Option<DynCache<K, V, E>>,
+    cache_errors: bool,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    loads: AtomicU64,
+    cache_hits: AtomicU64,
+    joined: AtomicU64,
+    fetches: AtomicU64,
+}
+
+/// What a loader has done so far. See [`Loader::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoaderStats {
+    /// Keys asked for (by `load`, and each key of `load_many`).
+    pub loads: u64,
+    /// Loads answered from the cache.
+    pub cache_hits: u64,
+    /// Loads that joined a fetch of the same key already in flight.
+    pub joined: u64,
+    /// Keys queued for fetching (each shared by its joined loads).
+    pub fetches: u64,
+    /// Calls of the batch function.
+    pub batches: u64,
+}
+
+impl<K, V, E> Clone for Loader<K, V, E> {
+    fn clone(&self) -> Self {
+        Loader {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, V, E> fmt::Debug for Loader<K, V, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loader")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl<K, V, E> Loader<K, V, E> {
+    /// Starts configuring a loader, with seed 001's defaults.
+    pub fn builder() -> LoaderBuilder<K, V, E> {
+        LoaderBuilder::default()
+    }
+
+    /// What the loader has done so far.
+    pub fn stats(&self) -> LoaderStats {
+        let c = &self.inner.counters;
+        LoaderStats {
+            loads: c.loads.load(Ordering::Relaxed),
+            cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            joined: c.joined.load(Ordering::Relaxed),
+            fetches: c.fetches.load(Ordering::Relaxed),
+            batches: self.inner.batcher.stats().batches,
+        }
+    }
+}
+
+impl<K, V, E> Loader<K, V, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// A loader with the default options over `f`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NoRuntime`] outside a tokio runtime.
+    pub fn new<F>(f: F) -> Result<Self, ConfigError>
+    where
+        F: BatchFn<K, V, Error = E>,
+    {
+        Self::builder().build(f)
+    }
+
+    /// Loads one key: from the cache if it is there, else by joining the
+    /// key's fetch in flight, else by queuing the key for the next batch.
+    ///
+    /// The key is queued when `load` is called; the returned future waits for
+    /// its value. Dropping the future gives up this caller's wait only: the
+    /// fetch goes on for every other caller of the key, and is only taken
+    /// back (if its batch has not gone yet) when no caller waits any more.
+    pub fn load(&self, key: K) -> Load<K, V, E> {
+        let inner = &self.inner;
+        inner.counters.loads.fetch_add(1, Ordering::Relaxed);
+        if let Some(hit) = inner.cached(&key) {
+            return Load::ready(hit);
+        }
+        let mut table = inner.lock_table();
+        if let Some(flight) = table.get(&key) {
+            flight.waiters.fetch_add(1, Ordering::Relaxed);
+            inner.counters.joined.fetch_add(1, Ordering::Relaxed);
+            return Load::waiting(
+                flight.clone(),
+                inner.clone() as Arc<dyn FlightTable<K, V, E>>,
+            );
+        }
+        // A fetch of this key may have finished between the first look at
+        // the cache and taking the table.
+        if let Some(hit) = inner.cached(&key) {
+            return Load::ready(hit);
+        }
+        let stage = match inner.batcher.try_submit(key.clone()) {
+            Ok(ticket) => Stage::Queued(ticket),
+            Err(SubmitError::Full(key)) => {
+                let batcher = inner.batcher.clone();
+                Stage::Submitting(Box::pin(async move { batcher.submit(key).await }))
+            }
+            Err(_) => return Load::ready(Err(LoadError::Stopped)),
+        };
+        inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
+        let flight = Arc::new(Flight::new(key.clone(), stage));
+        table.insert(key, flight.clone());
+        drop(table);
+        Load::waiting(flight, inner.clone() as Arc<dyn FlightTable<K, V, E>>)
+    }
+
+    /// Loads many keys, with one result per key in the order of `keys`. Each
+    /// key succeeds or fails on its own: a missing key is a
+    /// [`LoadError::NotFound`] in its place, not an error for the whole call.
+    /// The keys share batches with each other and with every other caller's
+    /// loads.
+    pub async fn load_many(&self, keys: impl IntoIterator<Item = K>) -> Vec<LoadResult<V, E>> {
+        // Every key is queued before the first wait, so they all go in the
+        // same batches.
+        let loads: Vec<Load<K, V, E>> = keys.into_iter().map(|key| self.load(key)).collect();
+        let mut results = Vec::with_capacity(loads.len());
+        for load in loads {
+            results.push(load.await);
+        }
+        results
+    }
+
+    /// Puts a value in the cache for `key`, unless the cache already holds
+    /// one: a value the caller already has (say, from a list query) is then
+    /// not fetched again. Returns whether the value was stored; with
+    /// [`no_cache`](LoaderBuilder::no_cache) nothing is. To replace a cached
+    /// value, [`clear`](Self::clear) the key first.
+    pub fn prime(&self, key: K, value: V) -> bool {
+        let Some(cache) = &self.inner.cache else {
+            return false;
+        };
+        let _table = self.inner.lock_table();
+        if cache.get(&key).is_some() {
+            return false;
+        }
+        cache.insert(key, Ok(value));
+        true
+    }
+
+    /// Forgets `key`: its cached value, and its fetch in flight, whose
+    /// callers still get its result but whose result is not cached. The next
+    /// load of `key` fetches it again.
+    pub fn clear(&self, key: &K) {
+        let mut table = self.inner.lock_table();
+        if let Some(flight) = table.remove(key) {
+            flight.cacheable.store(false, Ordering::Relaxed);
+        }
+        if let Some(cache) = &self.inner.cache {
+            cache.remove(key);
+        }
+    }
+
+    /// Forgets every key, as [`clear`](Self::clear) does for one.
+    pub fn clear_all(&self) {
+        let mut table = self.inner.lock_table();
+        for (_, flight) in table.drain() {
+            flight.cacheable.store(false, Ordering::Relaxed);
+        }
+        if let Some(cache) = &self.inner.cache {
+            cache.clear();
+        }
+    }
+
+    /// Shuts the loader down: new loads resolve as [`LoadError::Stopped`],
+    /// every key waiting is dispatched at once (whatever the minimum batch
+    /// size), and the batches in flight are awaited.
+    ///
+    /// With a `deadline`, keys still unanswered when it passes resolve as
+    /// [`LoadError::Abandoned`] and are listed in the report. Every load
+    /// resolves either way: nothing hangs.
+    pub async fn shutdown(&self, deadline: impl Into<Option<Duration>>) -> ShutdownReport<K> {
+        self.inner.batcher.shutdown(deadline).await
+    }
+}
+
+/// What a waiting [`Load`] needs from its loader, with the loader's bounds
+/// erased so that `Load` can be dropped without them.
+trait FlightTable<K, V, E>: Send + Sync {
+    /// The flight's result arrived: it is no longer in flight, and its
+    /// result may be cached.
+    fn settle(&self, flight: &Arc<Flight<K, V, E>>, result: &LoadResult<V, E>);
+    /// A waiter gave up. The last one to leave takes the fetch back.
+    fn leave(&self, flight: &Arc<Flight<K, V, E>>);
+}
+
+impl<K, V, E> Inner<K, V, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    fn lock_table(&self) -> MutexGuard<'_, Table<K, V, E>> {
+        // No user code runs under the lock (the cache's methods are brief and
+        // a panic in one leaves the table consistent).
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self, key: &K) -> Option<LoadResult<V, E>> {
+        let hit = self.cache.as_ref()?.get(key)?;
+        self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(hit)
+    }
+}
+
+impl<K, V, E> FlightTable<K, V, E> for Inner<K, V, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    fn settle(&self, flight: &Arc<Flight<K, V, E>>, result: &LoadResult<V, E>) {
+        let mut table = self.lock_table();
+        if table
+            .get(&flight.key)
+            .is_some_and(|f| Arc::ptr_eq(f, flight))
+        {
+            table.remove(&flight.key);
+        }
+        let Some(cache) = &self.cache else { return };
+        let cache_it = match result {
+            Ok(_) => true,
+            Err(e) => self.cache_errors && e.is_answer(),
+        };
+        if cache_it && flight.cacheable.load(Ordering::Relaxed) {
+            cache.insert(flight.key.clone(), result.clone());
+        }
+    }
+
+    fn leave(&self, flight: &Arc<Flight<K, V, E>>) {
+        let last = {
+            let mut table = self.lock_table();
+            let last = flight.waiters.fetch_sub(1, Ordering::Relaxed) == 1;
+            if last
+                && table
+                    .get(&flight.key)
+                    .is_some_and(|f| Arc::ptr_eq(f, flight))
+            {
+                table.remove(&flight.key);
+            }
+            last
+        };
+        if last {
+            // Dropped outside the flight's lock: dropping a ticket tells the
+            // engine to take the key out of its buffer.
+            let stage = std::mem::replace(&mut flight.lock().stage, Stage::Over);
+            drop(stage);
+        }
+    }
+}
+
+/// The future of one [`Loader::load`]: resolves with the key's value or the
+/// [`LoadError`] that says why there is none.
+///
+/// Dropping it gives up this caller's wait; see [`Loader::load`].
+#[must_use = "a load's result is only seen by awaiting it; dropping it gives up the load"]
+pub struct Load<K, V, E> {
+    state: LoadState<K, V, E>,
+}
+
+enum LoadState<K, V, E> {
+    Ready(Option<LoadResult<V, E>>),
+    Waiting {
+        flight: Arc<Flight<K, V, E>>,
+        inner: Arc<dyn FlightTable<K, V, E>>,
+        slot: Option<usize>,
+    },
+    Done,
+}
+
+impl<K, V, E> Load<K, V, E> {
+    fn ready(result: LoadResult<V, E>) -> Self {
+        Load {
+            state: LoadState::Ready(Some(result)),
+        }
+    }
+
+    fn waiting(flight: Arc<Flight<K, V, E>>, inner: Arc<dyn FlightTable<K, V, E>>) -> Self {
+        Load {
+            state: LoadState::Waiting {
+                flight,
+                inner,
+                slot: None,
+            },
+        }
+    }
+}
+
+// No field is structurally pinned: the result is only ever moved out.
+impl<K, V, E> Unpin for Load<K, V, E> {}
+
+impl<K, V, E> fmt::Debug for Load<K, V, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            LoadState::Ready(_) => "ready",
+            LoadState::Waiting { .. } => "waiting",
+            LoadState::Done => "done",
+        };
+        f.debug_struct("Load").field("state", &state).finish()
+    }
+}
+
+impl<K, V, E> Future for Load<K, V, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    type Output = LoadResult<V, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let result = match &mut this.state {
+            LoadState::Ready(result) => result.take().unwrap_or(Err(LoadError::Stopped)),
+            LoadState::Waiting {
+                flight,
+                inner,
+                slot,
+            } => {
+                let mut state = flight.lock();
+                let result = match &state.result {
+                    Some(result) => result.clone(),
+                    None => {
+                        flight.register(slot, cx.waker());
+                        match flight.poll_fetch(&mut state) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(result) => {
+                                state.result = Some(result.clone());
+                                drop(state);
+                                flight.wake_all();
+                                inner.settle(flight, &result);
+                                flight.deregister(slot);
+                                this.state = LoadState::Done;
+                                return Poll::Ready(result);
+                            }
+                        }
+                    }
+                };
+                drop(state);
+                flight.deregister(slot);
+                result
+            }
+            // Polled again after it completed: there is nothing left to give.
+            LoadState::Done => Err(LoadError::Stopped),
+        };
+        this.state = LoadState::Done;
+        Poll::Ready(result)
+    }
+}
+
+impl<K, V, E> Drop for Load<K, V, E> {
+    fn drop(&mut self) {
+        if let LoadState::Waiting {
+            flight,
+            inner,
+            slot,
+        } = &mut self.state
+        {
+            flight.deregister(slot);
+            inner.leave(flight);
+        }
+    }
+}
+
+/// The cache a builder will give its loader.
+enum CacheChoice<K, V, E> {
+    Default,
+    None,
+    Custom(DynCache<K, V, E>),
+}
+
+/// Configures a [`Loader`]. Start from [`Loader::builder`].
+///
+/// Each option maps onto the engine's: max and min batch size, the straggler
+/// ticker, [`max_handlers`](Self::max_handlers) is the in-flight limit, and
+/// [`timeout`](Self::timeout) the batch's maximum operation time.
+///
+/// ```
+/// use std::time::Duration;
+/// use baler::{batch_fn, Loader, MemoryCache};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let loader = Loader::builder()
+///     .max_batch_size(100)
+///     .min_batch_size(20)
+///     .ticker(Duration::from_millis(17))
+///     .max_handlers(4)
+///     .timeout(Duration::from_secs(2))
+///     .cache(MemoryCache::new(50_000, Some(Duration::from_secs(60)))?)
+///     .build(batch_fn(|keys: Vec<u32>| async move {
+///         Ok::<_, std::io::Error>(keys.into_iter().map(|k| (k, k * 2)).collect::<Vec<_>>())
+///     }))?;
+/// assert_eq!(loader.load(21).await?, 42);
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a builder does nothing until build() is called"]
+pub struct LoaderBuilder<K, V, E> {
+    max_batch_size: usize,
+    min_batch_size: usize,
+    max_handlers: usize,
+    ticker: Duration,
+    linger: Duration,
+    timeout: Option<Duration>,
+    cache: CacheChoice<K, V, E>,
+    cache_errors: bool,
+    name: String,
+    _types: PhantomData<fn(K) -> (V, E)>,
+}
+
+impl<K, V, E> Default for LoaderBuilder<K, V, E> {
+    fn default() -> Self {
+        LoaderBuilder {
+            max_batch_size: 100,
+            min_batch_size: 1,
+            max_handlers: 8,
+            ticker: Duration::from_millis(17),
+            linger: Duration::ZERO,
+            timeout: None,
+            cache: CacheChoice::Default,
+            cache_errors: false,
+            name: "baler-loader".to_owned(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V, E> fmt::Debug for LoaderBuilder<K, V, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cache = match self.cache {
+            CacheChoice::Default => "default",
+            CacheChoice::None => "none",
+            CacheChoice::Custom(_) => "custom",
+        };
+        f.debug_struct("LoaderBuilder")
+            .field("max_batch_size", &self.max_batch_size)
+            .field("min_batch_size", &self.min_batch_size)
+            .field("max_handlers", &self.max_handlers)
+            .field("ticker", &self.ticker)
+            .field("linger", &self.linger)
+            .field("timeout", &self.timeout)
+            .field("cache", &cache)
+            .field("cache_errors", &self.cache_errors)
+            .finish()
+    }
+}
+
+impl<K, V, E> LoaderBuilder<K, V, E> {
+    /// The most keys in one call of the batch function. Default 100.
+    pub fn max_batch_size(mut self, n: usize) -> Self {
+        self.max_batch_size = n;
+        self
+    }
+
+    /// The fewest keys worth a call of the batch function. Fewer keys wait
+    /// for the next tick of the [`ticker`](Self::ticker), then go anyway.
+    /// Default 1.
+    pub fn min_batch_size(mut self, n: usize) -> Self {
+        self.min_batch_size = n;
+        self
+    }
+
+    /// The most calls of the batch function running at once. Default 8.
+    pub fn max_handlers(mut self, n: usize) -> Self {
+        self.max_handlers = n;
+        self
+    }
+
+    /// The period of the straggler ticker, which sends batches below the
+    /// minimum size. Default 17 ms.
+    pub fn ticker(mut self, period: Duration) -> Self {
+        self.ticker = period;
+        self
+    }
+
+    /// How long a batch waits for more keys while other batches are in
+    /// flight. Default zero: as in seed 001, keys go as soon as a handler is
+    /// free (and at once when none is busy); keys that arrive while every
+    /// handler is busy gather into the next batch anyway. Raise it for
+    /// fuller batches at the price of latency.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// How long one call of the batch function may run; past it, the call is
+    /// cancelled and its keys resolve as [`LoadError::Timeout`]. It is the
+    /// batch's limit: no caller giving up shortens it. Default: no limit.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Caches values in `cache` instead of the default
+    /// [`MemoryCache`] of [`DEFAULT_CACHE_ENTRIES`] entries without expiry.
+    pub fn cache(mut self, cache: impl Cache<K, LoadResult<V, E>>) -> Self {
+        self.cache = CacheChoice::Custom(Arc::new(cache));
+        self
+    }
+
+    /// Caches nothing: every load that is not joined to a fetch in flight
+    /// goes to the batch function.
+    pub fn no_cache(mut self) -> Self {
+        self.cache = CacheChoice::None;
+        self
+    }
+
+    /// Whether [`NotFound`](LoadError::NotFound) and
+    /// [`Fetch`](LoadError::Fetch) errors are cached like values. Default
+    /// false: a failed key is fetched again on its next load. Timeouts,
+    /// panics and shutdown are never cached.
+    pub fn cache_errors(mut self, cache: bool) -> Self {
+        self.cache_errors = cache;
+        self
+    }
+
+    /// The loader's name: the `batcher` field of its batch spans. Default
+    /// `"baler-loader"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+impl<K, V, E> LoaderBuilder<K, V, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Checks the options and starts the loader on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] that names the option to change, or
+    /// [`ConfigError::NoRuntime`] outside a tokio runtime.
+    pub fn build<F>(self, f: F) -> Result<Loader<K, V, E>, ConfigError>
+    where
+        F: BatchFn<K, V, Error = E>,
+    {
+        if self.max_handlers == 0 {
+            return Err(ConfigError::Zero {
+                setting: "max_handlers",
+                hint: "with 0 the batch function could never be called",
+            });
+        }
+        let mut engine = Batcher::builder()
+            .name(self.name)
+            .max_batch_size(self.max_batch_size)
+            .min_batch_size(self.min_batch_size)
+            .ticker(self.ticker)
+            .linger(self.linger)
+            .dispatch(Dispatch::LoadAware)
+            .max_in_flight(self.max_handlers)
+            .buffer_size(BUFFER_KEYS.max(self.max_batch_size))
+            .max_attempts(1);
+        if let Some(limit) = self.timeout {
+            if limit.is_zero() {
+                return Err(ConfigError::ZeroDuration {
+                    setting: "timeout",
+                    hint: "leave it unset for no limit",
+                });
+            }
+            engine = engine.max_operation_time(limit);
+        }
+        let cache = match self.cache {
+            CacheChoice::Default => {
+                let cache: MemoryCache<K, LoadResult<V, E>> =
+                    MemoryCache::new(DEFAULT_CACHE_ENTRIES, None)?;
+                Some(Arc::new(cache) as DynCache<K, V, E>)
+            }
+            CacheChoice::None => None,
+            CacheChoice::Custom(cache) => Some(cache),
+        };
+        let batcher = engine.build(LoaderHandler {
+            f,
+            _values: PhantomData,
+        })?;
+        Ok(Loader {
+            inner: Arc::new(Inner {
+                batcher,
+                table: Mutex::new(HashMap::new()),
+                cache,
+                cache_errors: self.cache_errors,
+                counters: Counters::default(),
+            }),
+        })
+    }
+}
