@@ -50,11 +50,7 @@ impl Db {
     /// `SELECT id, name FROM users WHERE id IN (ids)`: users that do not
     /// exist are simply absent from the answer.
     async fn users(&self, ids: &[u64]) -> Result<Vec<User>, std::io::Error> {
-        let _connection = self
-            .pool
-            .acquire()
-            .await
-            .map_err(std::io::Error::other)?;
+        let _connection = self.pool.acquire().await.map_err(std::io::Error::other)?;
         self.queries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(QUERY_TIME).await;
         Ok(ids
@@ -88,13 +84,17 @@ fn author_ids() -> Vec<u64> {
     let mut ids: Vec<u64> = (1..=DISTINCT as u64).collect();
     let mut state = 0x2545_f491_u64;
     for _ in DISTINCT..RESOLVERS {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
         let earlier = ids[(state >> 33) as usize % ids.len()];
         ids.push(earlier);
     }
     // Interleave the repeats with the first requests, as resolvers would.
     for i in (1..ids.len()).rev() {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
         ids.swap(i, (state >> 33) as usize % (i + 1));
     }
     ids

@@ -42,6 +42,9 @@
 //!   batches in flight and returns a [`ShutdownReport`]; with a deadline,
 //!   whatever is left resolves as [`Error::Abandoned`] and comes back in the
 //!   report, payload and all.
+//! - A [`Loader`] is the engine with keys as operations: request coalescing
+//!   (a dataloader) with de-duplication of keys in flight and a [`Cache`] in
+//!   front; see the [`loader`] module.
 //!
 //! # Example
 //!

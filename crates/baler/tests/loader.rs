@@ -715,3 +715,57 @@ fn building_outside_a_tokio_runtime_is_an_error_not_a_panic() {
     let err = Loader::new(recording(&log, MS)).unwrap_err();
     assert_eq!(err, ConfigError::NoRuntime);
 }
+
+// ----- races --------------------------------------------------------------
+
+/// Many tasks on several threads load overlapping keys, some giving up
+/// half-way (sometimes the caller who started a fetch, sometimes one who
+/// joined it), with keys cleared under their feet: every load that is awaited
+/// gets its own key's value, and none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_racing_with_give_ups_and_clears_on_several_threads_each_get_their_own_value() {
+    let loader: TestLoader = Loader::builder()
+        .max_batch_size(16)
+        .max_handlers(3)
+        .cache(MemoryCache::new(8, None).unwrap())
+        .build(batch_fn(|keys: Vec<u32>| async move {
+            tokio::task::yield_now().await;
+            Ok::<_, String>(keys.into_iter().map(|k| (k, value(k))).collect::<Vec<_>>())
+        }))
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8u32 {
+        let loader = loader.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut answered = 0;
+            for i in 0..2_000u32 {
+                let key = (i * 7 + t * 13) % 40;
+                let load = loader.load(key);
+                if (i + t) % 5 == 0 {
+                    // Give up after one poll, whoever started the fetch.
+                    let mut load = load;
+                    let _ = now_or_never(&mut load);
+                    drop(load);
+                    continue;
+                }
+                if i % 97 == 0 {
+                    loader.clear(&key);
+                }
+                assert_eq!(load.await.unwrap(), value(key));
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    let mut answered = 0;
+    for task in tasks {
+        answered += tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("no load hangs")
+            .unwrap();
+    }
+    assert_eq!(answered, 8 * 1_600);
+    let stats = loader.stats();
+    assert_eq!(stats.loads, 8 * 2_000);
+    assert!(stats.joined > 0 && stats.cache_hits > 0, "{stats:?}");
+}

@@ -18,7 +18,10 @@
 //!   its batch has not gone yet) only when `waiters` reaches zero or the
 //!   result has arrived: one caller giving up never cancels the fetch for
 //!   the others.
-//! - The result, once set, never changes; every waiter gets a clone.
+//! - The waiter that polls the result out of the ticket takes the flight
+//!   out of the table under the flight's lock, so no caller can join after
+//!   that; it stores a clone for the others only if another waiter is
+//!   counted, and wakes them. The result, once stored, never changes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,14 +59,13 @@ pub(crate) struct Flight<K, V, E> {
     pub(crate) waiters: AtomicUsize,
     /// Whether the result may be cached: false once `clear` detached the flight.
     pub(crate) cacheable: AtomicBool,
-    wakers: Arc<WakerSet>,
-    /// Wakes every waiter: the waker the ticket is polled with.
-    broadcast: Waker,
+    /// The waiters' wakers. The flight itself is the waker the fetch is
+    /// polled with: waking it wakes every waiter.
+    wakers: Mutex<Slots>,
 }
 
 impl<K, V, E> Flight<K, V, E> {
     pub(crate) fn new(key: K, stage: Stage<K, V, E>) -> Self {
-        let wakers = Arc::new(WakerSet::default());
         Flight {
             key,
             state: Mutex::new(FlightState {
@@ -72,8 +74,7 @@ impl<K, V, E> Flight<K, V, E> {
             }),
             waiters: AtomicUsize::new(1),
             cacheable: AtomicBool::new(true),
-            broadcast: Waker::from(wakers.clone()),
-            wakers,
+            wakers: Mutex::new(Slots::default()),
         }
     }
 
@@ -83,22 +84,45 @@ impl<K, V, E> Flight<K, V, E> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_wakers(&self) -> MutexGuard<'_, Slots> {
+        self.wakers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers (or refreshes) a waiter's waker in its slot.
     pub(crate) fn register(&self, slot: &mut Option<usize>, waker: &Waker) {
-        self.wakers.register(slot, waker);
+        self.lock_wakers().register(slot, waker);
     }
 
+    /// Forgets a waiter's waker.
     pub(crate) fn deregister(&self, slot: &mut Option<usize>) {
-        self.wakers.deregister(slot);
+        if let Some(i) = slot.take() {
+            self.lock_wakers().release(i);
+        }
     }
 
+    /// Wakes every registered waiter (outside the lock: a waker may run
+    /// code). Each re-registers when it is polled.
     pub(crate) fn wake_all(&self) {
-        self.wakers.wake_all();
+        let (first, rest) = self.lock_wakers().take_all();
+        for waker in first.into_iter().chain(rest) {
+            waker.wake();
+        }
     }
+}
 
-    /// Drives the fetch one step with the broadcast waker. Returns the result
-    /// once it is there; stores it for the other waiters.
-    pub(crate) fn poll_fetch(&self, state: &mut FlightState<K, V, E>) -> Poll<LoadResult<V, E>> {
-        let mut cx = Context::from_waker(&self.broadcast);
+impl<K, V, E> Flight<K, V, E>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Drives the fetch one step, with a waker that wakes every waiter.
+    pub(crate) fn poll_fetch(
+        self: &Arc<Self>,
+        state: &mut FlightState<K, V, E>,
+    ) -> Poll<LoadResult<V, E>> {
+        let waker = Waker::from(self.clone());
+        let mut cx = Context::from_waker(&waker);
         loop {
             let result = match &mut state.stage {
                 Stage::Submitting(submit) => match submit.as_mut().poll(&mut cx) {
@@ -123,58 +147,14 @@ impl<K, V, E> Flight<K, V, E> {
     }
 }
 
-/// The wakers of a flight's waiting callers, in slots that callers keep.
-#[derive(Default)]
-struct WakerSet {
-    slots: Mutex<Slots>,
-}
-
-#[derive(Default)]
-struct Slots {
-    wakers: Vec<Option<Waker>>,
-    free: Vec<usize>,
-}
-
-impl WakerSet {
-    fn lock(&self) -> MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn register(&self, slot: &mut Option<usize>, waker: &Waker) {
-        let mut slots = self.lock();
-        match *slot {
-            Some(i) => match &mut slots.wakers[i] {
-                Some(w) if w.will_wake(waker) => {}
-                w => *w = Some(waker.clone()),
-            },
-            None => {
-                let i = match slots.free.pop() {
-                    Some(i) => {
-                        slots.wakers[i] = Some(waker.clone());
-                        i
-                    }
-                    None => {
-                        slots.wakers.push(Some(waker.clone()));
-                        slots.wakers.len() - 1
-                    }
-                };
-                *slot = Some(i);
-            }
-        }
-    }
-
-    fn deregister(&self, slot: &mut Option<usize>) {
-        if let Some(i) = slot.take() {
-            let mut slots = self.lock();
-            slots.wakers[i] = None;
-            slots.free.push(i);
-        }
-    }
-}
-
-impl Wake for WakerSet {
+impl<K, V, E> Wake for Flight<K, V, E>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
     fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+        self.wake_all();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
@@ -182,15 +162,60 @@ impl Wake for WakerSet {
     }
 }
 
-impl WakerSet {
-    /// Wakes every registered waiter. Each re-registers when it is polled.
-    fn wake_all(&self) {
-        let woken: Vec<Waker> = {
-            let mut slots = self.lock();
-            slots.wakers.iter_mut().filter_map(Option::take).collect()
-        };
-        for waker in woken {
-            waker.wake();
+/// The wakers of a flight's waiting callers, in slots that callers keep.
+/// Slot 0 is inline: a flight with one waiter allocates nothing for it.
+#[derive(Default)]
+struct Slots {
+    first: Option<Waker>,
+    first_taken: bool,
+    rest: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Slots {
+    fn get(&mut self, i: usize) -> &mut Option<Waker> {
+        match i {
+            0 => &mut self.first,
+            i => &mut self.rest[i - 1],
         }
+    }
+
+    fn register(&mut self, slot: &mut Option<usize>, waker: &Waker) {
+        let i = match *slot {
+            Some(i) => i,
+            None => {
+                let i = if !self.first_taken {
+                    self.first_taken = true;
+                    0
+                } else if let Some(i) = self.free.pop() {
+                    i
+                } else {
+                    self.rest.push(None);
+                    self.rest.len()
+                };
+                *slot = Some(i);
+                i
+            }
+        };
+        match self.get(i) {
+            Some(w) if w.will_wake(waker) => {}
+            w => *w = Some(waker.clone()),
+        }
+    }
+
+    fn release(&mut self, i: usize) {
+        *self.get(i) = None;
+        if i == 0 {
+            self.first_taken = false;
+        } else {
+            self.free.push(i);
+        }
+    }
+
+    /// Takes every waker out, keeping the slots. Allocates only for a
+    /// flight that has had more than one waiter.
+    fn take_all(&mut self) -> (Option<Waker>, Vec<Waker>) {
+        let rest = self.rest.iter_mut().filter_map(Option::take).collect();
+        (self.first.take(), rest)
     }
 }

@@ -43,6 +43,7 @@ mod cache;
 mod error;
 mod flight;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -119,7 +120,8 @@ struct Inner<K, V, E> {
 
 #[derive(Default)]
 struct Counters {
-    loads: AtomicU64,
+    /// Loads refused because the loader was shut down.
+    refused: AtomicU64,
     cache_hits: AtomicU64,
     joined: AtomicU64,
     fetches: AtomicU64,
@@ -166,11 +168,19 @@ impl<K, V, E> Loader<K, V, E> {
     /// What the loader has done so far.
     pub fn stats(&self) -> LoaderStats {
         let c = &self.inner.counters;
+        // Every load is counted once, in one of these: one shared counter
+        // fewer on the hot path.
+        let (refused, cache_hits, joined, fetches) = (
+            c.refused.load(Ordering::Relaxed),
+            c.cache_hits.load(Ordering::Relaxed),
+            c.joined.load(Ordering::Relaxed),
+            c.fetches.load(Ordering::Relaxed),
+        );
         LoaderStats {
-            loads: c.loads.load(Ordering::Relaxed),
-            cache_hits: c.cache_hits.load(Ordering::Relaxed),
-            joined: c.joined.load(Ordering::Relaxed),
-            fetches: c.fetches.load(Ordering::Relaxed),
+            loads: refused + cache_hits + joined + fetches,
+            cache_hits,
+            joined,
+            fetches,
             batches: self.inner.batcher.stats().batches,
         }
     }
@@ -203,35 +213,42 @@ where
     /// back (if its batch has not gone yet) when no caller waits any more.
     pub fn load(&self, key: K) -> Load<K, V, E> {
         let inner = &self.inner;
-        inner.counters.loads.fetch_add(1, Ordering::Relaxed);
         if let Some(hit) = inner.cached(&key) {
             return Load::ready(hit);
         }
         let mut table = inner.lock_table();
-        if let Some(flight) = table.get(&key) {
-            flight.waiters.fetch_add(1, Ordering::Relaxed);
-            inner.counters.joined.fetch_add(1, Ordering::Relaxed);
-            return Load::waiting(
-                flight.clone(),
-                inner.clone() as Arc<dyn FlightTable<K, V, E>>,
-            );
-        }
+        let entry = match table.entry(key) {
+            Entry::Occupied(flight) => {
+                let flight = flight.get();
+                flight.waiters.fetch_add(1, Ordering::Relaxed);
+                inner.counters.joined.fetch_add(1, Ordering::Relaxed);
+                return Load::waiting(
+                    flight.clone(),
+                    inner.clone() as Arc<dyn FlightTable<K, V, E>>,
+                );
+            }
+            Entry::Vacant(entry) => entry,
+        };
         // A fetch of this key may have finished between the first look at
         // the cache and taking the table.
-        if let Some(hit) = inner.cached(&key) {
+        if let Some(hit) = inner.cached(entry.key()) {
             return Load::ready(hit);
         }
+        let key = entry.key().clone();
         let stage = match inner.batcher.try_submit(key.clone()) {
             Ok(ticket) => Stage::Queued(ticket),
             Err(SubmitError::Full(key)) => {
                 let batcher = inner.batcher.clone();
                 Stage::Submitting(Box::pin(async move { batcher.submit(key).await }))
             }
-            Err(_) => return Load::ready(Err(LoadError::Stopped)),
+            Err(_) => {
+                inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return Load::ready(Err(LoadError::Stopped));
+            }
         };
         inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let flight = Arc::new(Flight::new(key.clone(), stage));
-        table.insert(key, flight.clone());
+        let flight = Arc::new(Flight::new(key, stage));
+        entry.insert(flight.clone());
         drop(table);
         Load::waiting(flight, inner.clone() as Arc<dyn FlightTable<K, V, E>>)
     }
@@ -309,8 +326,9 @@ where
 /// erased so that `Load` can be dropped without them.
 trait FlightTable<K, V, E>: Send + Sync {
     /// The flight's result arrived: it is no longer in flight, and its
-    /// result may be cached.
-    fn settle(&self, flight: &Arc<Flight<K, V, E>>, result: &LoadResult<V, E>);
+    /// result may be cached. Called under the flight's lock; returns whether
+    /// any other caller waits for the result (none can join any more).
+    fn settle(&self, flight: &Arc<Flight<K, V, E>>, result: &LoadResult<V, E>) -> bool;
     /// A waiter gave up. The last one to leave takes the fetch back.
     fn leave(&self, flight: &Arc<Flight<K, V, E>>);
 }
@@ -340,22 +358,27 @@ where
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
 {
-    fn settle(&self, flight: &Arc<Flight<K, V, E>>, result: &LoadResult<V, E>) {
+    fn settle(&self, flight: &Arc<Flight<K, V, E>>, result: &LoadResult<V, E>) -> bool {
         let mut table = self.lock_table();
-        if table
-            .get(&flight.key)
-            .is_some_and(|f| Arc::ptr_eq(f, flight))
-        {
-            table.remove(&flight.key);
+        if let Some((key, found)) = table.remove_entry(&flight.key) {
+            if !Arc::ptr_eq(&found, flight) {
+                // A newer flight of the key (this one was cleared): keep it.
+                table.insert(key, found);
+            }
         }
-        let Some(cache) = &self.cache else { return };
-        let cache_it = match result {
-            Ok(_) => true,
-            Err(e) => self.cache_errors && e.is_answer(),
-        };
-        if cache_it && flight.cacheable.load(Ordering::Relaxed) {
-            cache.insert(flight.key.clone(), result.clone());
+        // Callers join under the table's lock, and the flight has left the
+        // table: this count can only go down from here.
+        let others = flight.waiters.load(Ordering::Relaxed) > 1;
+        if let Some(cache) = &self.cache {
+            let cache_it = match result {
+                Ok(_) => true,
+                Err(e) => self.cache_errors && e.is_answer(),
+            };
+            if cache_it && flight.cacheable.load(Ordering::Relaxed) {
+                cache.insert(flight.key.clone(), result.clone());
+            }
         }
+        others
     }
 
     fn leave(&self, flight: &Arc<Flight<K, V, E>>) {
@@ -453,21 +476,20 @@ where
                     Some(result) => result.clone(),
                     None => {
                         flight.register(slot, cx.waker());
-                        match flight.poll_fetch(&mut state) {
+                        let result = match flight.poll_fetch(&mut state) {
                             Poll::Pending => return Poll::Pending,
-                            Poll::Ready(result) => {
-                                state.result = Some(result.clone());
-                                drop(state);
-                                flight.wake_all();
-                                inner.settle(flight, &result);
-                                flight.deregister(slot);
-                                this.state = LoadState::Done;
-                                return Poll::Ready(result);
-                            }
+                            Poll::Ready(result) => result,
+                        };
+                        // Still under the flight's lock, so no other waiter
+                        // can look for the result before it is stored.
+                        if inner.settle(flight, &result) {
+                            state.result = Some(result.clone());
+                            drop(state);
+                            flight.wake_all();
                         }
+                        result
                     }
                 };
-                drop(state);
                 flight.deregister(slot);
                 result
             }
