@@ -81,6 +81,7 @@ mod error;
 mod events;
 mod handler;
 mod operation;
+mod processor;
 mod run;
 mod shutdown;
 mod slot;
@@ -95,6 +96,10 @@ pub use error::{ConfigError, CostLimit, Error, SubmitError};
 pub use events::{BatchFailure, BatchId, CapacityEvent, Event, Events, RecvError};
 pub use handler::{handler_fn, Batch, Handler, HandlerFn, HandlerResult, OpInfo, Outcome};
 pub use operation::{OpId, Operation};
+pub use processor::{
+    store_fn, BatchOutcome, BatchReport, Processor, ProcessorBuilder, ProcessorError,
+    ProcessorEvents, ProcessorStats, Store, StoreFn, DEFAULT_MIN_DURATION,
+};
 pub use shutdown::{Abandoned, ShutdownReport};
 pub use stats::Stats;
 pub use ticket::Ticket;
