@@ -88,20 +88,37 @@ pub fn remove_db(path: &Path) {
 impl Bank {
     /// Creates `accounts` accounts with `initial` each, in a new file at `path`.
     /// Every save increments the account's `version`, so the database itself
-    /// counts the saves.
+    /// counts the saves. Commits are not synced to disk one by one
+    /// (`synchronous = NORMAL` in WAL mode).
     pub fn create(path: &Path, accounts: u32, initial: i64) -> Result<Bank, BankError> {
+        Bank::create_with(path, accounts, initial, false)
+    }
+
+    /// As [`create`](Self::create); with `durable`, every commit is synced to
+    /// disk (`synchronous = FULL`).
+    pub fn create_with(
+        path: &Path,
+        accounts: u32,
+        initial: i64,
+        durable: bool,
+    ) -> Result<Bank, BankError> {
         remove_db(path);
         let conn = Connection::open(path).map_err(err)?;
-        conn.execute_batch(
+        let synchronous = if durable { "FULL" } else { "NORMAL" };
+        conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE accounts (
+             PRAGMA synchronous = {synchronous};"
+        ))
+        .map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE accounts (
                  id      INTEGER PRIMARY KEY,
                  balance INTEGER NOT NULL CHECK (balance >= 0),
                  version INTEGER NOT NULL DEFAULT 0
              );",
         )
         .map_err(err)?;
+        conn.execute_batch("BEGIN").map_err(err)?;
         {
             let mut insert = conn
                 .prepare("INSERT INTO accounts (id, balance) VALUES (?1, ?2)")
@@ -110,6 +127,7 @@ impl Bank {
                 insert.execute(params![id, initial]).map_err(err)?;
             }
         }
+        conn.execute_batch("COMMIT").map_err(err)?;
         Ok(Bank {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_owned(),
@@ -141,6 +159,24 @@ impl Bank {
         } else {
             Err(BankError(format!("no account {id}")))
         }
+    }
+
+    /// Loads, changes and saves one account while holding the connection:
+    /// the naive way, one load and one save per operation.
+    pub fn update_now(&self, id: u32, change: impl FnOnce(&mut Account)) -> Result<(), BankError> {
+        let conn = self.conn();
+        let balance = conn
+            .prepare_cached("SELECT balance FROM accounts WHERE id = ?1")
+            .and_then(|mut s| s.query_row(params![id], |row| row.get(0)))
+            .map_err(err)?;
+        let mut account = Account { balance };
+        change(&mut account);
+        conn.prepare_cached(
+            "UPDATE accounts SET balance = ?2, version = version + 1 WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![id, account.balance]))
+        .map_err(err)?;
+        Ok(())
     }
 
     /// Every balance, by account id.
