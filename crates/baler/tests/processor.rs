@@ -453,6 +453,33 @@ async fn a_caller_that_gives_up_while_its_batch_loads_withdraws_its_operation() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_deadline_that_passes_while_the_batch_loads_cancels_the_operation() {
+    let mem = Mem::with_delays(Duration::from_millis(50), Duration::ZERO);
+    let p = start(&mem);
+    let ran = Arc::new(AtomicBool::new(false));
+    let stays = spawn_push(&p, "a", 1);
+    let flag = ran.clone();
+    let t0 = Instant::now();
+    let err = p
+        .run_timeout(
+            key("a"),
+            move |list: &mut Vec<u32>| {
+                flag.store(true, Ordering::SeqCst);
+                list.push(99);
+            },
+            Duration::from_millis(130),
+        )
+        .await
+        .unwrap_err();
+    // Dispatched at 100 ms, still loading at 130 ms: too early to have run.
+    assert!(matches!(err, ProcessorError::Cancelled));
+    assert_eq!(t0.elapsed(), Duration::from_millis(130));
+    assert_eq!(stays.await.unwrap().unwrap(), 1);
+    assert!(!ran.load(Ordering::SeqCst));
+    assert_eq!(mem.saved("a"), vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_batch_whose_callers_all_gave_up_is_neither_loaded_nor_saved() {
     let mem = Mem::with_delays(Duration::from_millis(50), Duration::ZERO);
     let p = start(&mem);
