@@ -85,6 +85,7 @@ mod events;
 mod handler;
 pub mod loader;
 mod operation;
+mod processor;
 mod run;
 mod shutdown;
 mod slot;
@@ -103,6 +104,10 @@ pub use loader::{
     MemoryCache, DEFAULT_CACHE_ENTRIES,
 };
 pub use operation::{OpId, Operation};
+pub use processor::{
+    store_fn, BatchOutcome, BatchReport, Processor, ProcessorBuilder, ProcessorError,
+    ProcessorEvents, ProcessorStats, Store, StoreFn, DEFAULT_MIN_DURATION,
+};
 pub use shutdown::{Abandoned, ShutdownReport};
 pub use stats::Stats;
 pub use ticket::Ticket;
