@@ -448,7 +448,13 @@ async fn collect(mut rx: mpsc::Receiver<Pending>, progress: Arc<Progress>) -> Co
                         progress.log(&format!("baler: record {} not written: {e}", p.seq));
                     }
                 }
-                c.unwritten.push((p.seq, p.body, e.to_string()));
+                let reason = match e {
+                    baler::Error::Abandoned => {
+                        "baler stopped waiting (second signal) before it was written".to_owned()
+                    }
+                    e => e.to_string(),
+                };
+                c.unwritten.push((p.seq, p.body, reason));
             }
         }
     }

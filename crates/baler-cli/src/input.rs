@@ -319,11 +319,22 @@ impl<R: BufRead> LineReader<R> {
                     }),
                     Err(e) => Item::Bad(BadLine::Malformed {
                         line,
-                        reason: e.to_string(),
+                        reason: json_reason(&e),
                     }),
                 },
             ));
         }
+    }
+}
+
+/// The JSON parser's message, with the position given as a column of the
+/// line (the parser sees each line on its own, so its "line 1" means nothing).
+fn json_reason(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&suffix) {
+        Some(message) => format!("{message} at column {}", e.column()),
+        None => text,
     }
 }
 
@@ -361,6 +372,10 @@ mod tests {
     fn a_malformed_line_is_reported_with_its_line_number_and_reading_goes_on() {
         let got = items("{\"a\":1}\n{\"a\":\n{\"b\":2} trailing\n7\n", 100);
         assert!(matches!(got[1], Err(BadLine::Malformed { line: 2, .. })));
+        let Err(BadLine::Malformed { reason, .. }) = &got[2] else {
+            panic!("{:?}", got[2])
+        };
+        assert_eq!(reason, "trailing characters at column 9");
         assert!(matches!(got[2], Err(BadLine::Malformed { line: 3, .. })));
         assert_eq!(got[3], Ok((4, "7".to_owned())));
     }
