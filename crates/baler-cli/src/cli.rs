@@ -88,7 +88,7 @@ pub struct IngestArgs {
     pub capacity: Option<u64>,
 
     /// The cost of each record.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub cost: u32,
 
     /// The most records in one batch (one multi-row INSERT, one transaction).

@@ -191,6 +191,7 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
 
     let start = Instant::now();
     let produced = Arc::new(AtomicU64::new(0));
+    let last_produced = Arc::new(AtomicU64::new(0));
     let done = CancellationToken::new();
 
     let events = tokio::spawn(listen_to_events(batcher.clone(), progress.clone()));
@@ -209,7 +210,7 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         args.cost,
         args.bad_lines,
         tx,
-        produced.clone(),
+        (produced.clone(), last_produced.clone()),
         progress.clone(),
         signals.stop.clone(),
     ));
@@ -294,6 +295,7 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         ended,
         forced,
         produced: produced.load(Ordering::SeqCst),
+        last_produced: Some(last_produced.load(Ordering::SeqCst)).filter(|&n| n > 0),
         written: collected.written,
         failed: collected.failed,
         abandoned: collected.abandoned,
@@ -362,7 +364,7 @@ async fn produce(
     cost: u32,
     bad_lines: BadLines,
     tx: mpsc::Sender<Pending>,
-    produced: Arc<AtomicU64>,
+    (produced, last_produced): (Arc<AtomicU64>, Arc<AtomicU64>),
     progress: Arc<Progress>,
     stop: CancellationToken,
 ) -> (Ended, u64) {
@@ -408,6 +410,7 @@ async fn produce(
         match result {
             Ok(ticket) => {
                 produced.fetch_add(1, Ordering::SeqCst);
+                last_produced.store(seq, Ordering::SeqCst);
                 let pending = Pending {
                     ticket,
                     seq,

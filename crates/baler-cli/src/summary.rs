@@ -57,6 +57,9 @@ pub struct Summary {
     pub forced: bool,
     /// Records accepted for writing.
     pub produced: u64,
+    /// The number (line, or synthetic id) of the last record produced: when
+    /// the run stopped early, the input after it was not read.
+    pub last_produced: Option<u64>,
     /// Records committed to the table.
     pub written: u64,
     /// Records whose write failed (after retries).
@@ -150,6 +153,19 @@ impl Summary {
         }
         let _ = writeln!(out, "{stopped}");
         let _ = writeln!(out, "  produced     {} records", self.produced);
+        if self.ended != Ended::InputDone {
+            match self.last_produced {
+                Some(n) => {
+                    let _ = writeln!(
+                        out,
+                        "  resume       after record {n}: the input after it was not read"
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  resume       from the start: no record was produced");
+                }
+            }
+        }
         let _ = writeln!(out, "  written      {}", self.written);
         let _ = writeln!(
             out,
@@ -255,6 +271,7 @@ impl Summary {
             "stopped": self.ended_text(),
             "forced": self.forced,
             "produced": self.produced,
+            "last_produced": self.last_produced,
             "written": self.written,
             "failed": self.failed,
             "abandoned": self.abandoned,

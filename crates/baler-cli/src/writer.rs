@@ -116,13 +116,15 @@ impl Writer {
     }
 }
 
-impl Handler<Record> for Writer {
-    /// When the batch was committed.
-    type Output = Instant;
-    type Error = SinkError;
-
-    async fn handle(&self, batch: Batch<Record>) -> HandlerResult<Instant, SinkError> {
-        let rows: Vec<Record> = batch.items().to_vec();
+impl Writer {
+    /// Writes `rows` on a detached task and waits for it. If this future is
+    /// dropped first, a commit that happens anyway is recorded in
+    /// [`late_commits`](Self::late_commits).
+    ///
+    /// # Errors
+    ///
+    /// The sink's [`SinkError`].
+    pub async fn write(&self, rows: Vec<Record>) -> Result<Instant, SinkError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::Running),
             seqs: rows.iter().map(|r| r.seq).collect(),
@@ -153,12 +155,106 @@ impl Handler<Record> for Writer {
                 transient: false,
             })
         });
-        // From here the engine receives the result: nothing is late.
+        // From here the caller receives the result: nothing is late.
         guard.armed = false;
-        match result {
+        result
+    }
+}
+
+impl Handler<Record> for Writer {
+    /// When the batch was committed.
+    type Output = Instant;
+    type Error = SinkError;
+
+    async fn handle(&self, batch: Batch<Record>) -> HandlerResult<Instant, SinkError> {
+        let n = batch.len();
+        match self.write(batch.items().to_vec()).await {
             Ok(at) => Ok(batch.done_all(at)),
             Err(e) if e.is_transient() => Ok((0..n).map(|_| Outcome::Retry(e.clone())).collect()),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::SqliteSink;
+
+    fn rows(seqs: std::ops::RangeInclusive<u64>) -> Vec<Record> {
+        seqs.map(|seq| Record {
+            seq,
+            body: format!("{{\"id\":{seq}}}").into(),
+        })
+        .collect()
+    }
+
+    fn sqlite(name: &str) -> (SqliteSink, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("baler-writer-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.db");
+        let _ = std::fs::remove_file(&path);
+        (SqliteSink::open(&path, "t").unwrap(), dir)
+    }
+
+    /// Polls `fut` once.
+    async fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) {
+        tokio::select! {
+            biased;
+            _ = fut => panic!("the write finished while the database was held"),
+            () = tokio::task::yield_now() => {}
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_returned_is_never_late() {
+        let (sink, dir) = sqlite("returned");
+        let writer = Writer::new(Sink::Sqlite(sink.clone()));
+        writer.write(rows(1..=5)).await.unwrap();
+        assert!(writer.settle(Duration::from_secs(10)).await);
+        assert!(writer.late_commits().is_empty());
+        assert_eq!(sink.count().await.unwrap(), 5);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    // Holding the database across the poll is the point: the write must wait.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_commits_after_its_caller_gave_up_is_listed_as_late() {
+        let (sink, dir) = sqlite("late");
+        let writer = Writer::new(Sink::Sqlite(sink.clone()));
+        // Hold the database, so that the write waits for it.
+        let held = sink.hold_for_test();
+        let mut write = Box::pin(writer.write(rows(1..=3)));
+        poll_once(&mut write).await;
+        drop(write); // the engine gave up on the batch
+        assert!(writer.late_commits().is_empty(), "not committed yet");
+        drop(held);
+        assert!(writer.settle(Duration::from_secs(10)).await);
+        assert_eq!(writer.late_commits(), vec![1, 2, 3]);
+        assert_eq!(sink.count().await.unwrap(), 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_committed_unseen_by_its_caller_is_listed_as_late() {
+        let (sink, dir) = sqlite("early");
+        let writer = Writer::new(Sink::Sqlite(sink.clone()));
+        let mut write = Box::pin(writer.write(rows(7..=8)));
+        poll_once(&mut write).await;
+        // Let the detached write commit without polling the caller again.
+        for _ in 0..500 {
+            if sink.count().await.unwrap() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(sink.count().await.unwrap(), 2);
+        // Whether the task has recorded its result yet or not, the records
+        // are in the table and the caller never heard: they are late.
+        drop(write);
+        assert!(writer.settle(Duration::from_secs(10)).await);
+        assert_eq!(writer.late_commits(), vec![7, 8]);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -103,6 +103,7 @@ fn a_malformed_line_stops_the_run_with_its_line_number_after_writing_the_lines_b
         (Some(2), Some(2))
     );
     assert_eq!(s["rejected_lines"], 1);
+    assert_eq!(s["last_produced"], 2, "resume after line 2");
     assert_eq!(ids(&dir.path("m.db"), "records"), vec![1, 2]);
 }
 
@@ -316,6 +317,11 @@ fn graceful_stop(signal: &str) {
     );
     assert_eq!(s["written"].as_u64(), Some(produced));
     assert_eq!(s["stopped"], format!("SIG{signal}"));
+    assert_eq!(
+        s["last_produced"].as_u64(),
+        Some(produced),
+        "synthetic ids count from 1"
+    );
     assert_eq!(count(&dir.path("g.db"), "records"), produced);
     assert_eq!(
         ids(&dir.path("g.db"), "records"),

@@ -96,6 +96,12 @@ impl SqliteSink {
         })
     }
 
+    /// Holds the connection, so that writes wait until the guard is dropped.
+    #[cfg(test)]
+    pub(crate) fn hold_for_test(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap()
+    }
+
     /// How many rows the table holds.
     ///
     /// # Errors
