@@ -50,7 +50,7 @@ pub const DEFAULT_RECORDS: u64 = 10_000;
 
 /// How long nothing may be written, with records waiting, before the
 /// engine's diagnosis is printed.
-const STALL: Duration = Duration::from_secs(3);
+const STALL: Duration = Duration::from_millis(2500);
 
 /// How long to wait, after a forced stop, for writes already running.
 const SETTLE: Duration = Duration::from_secs(10);

@@ -453,3 +453,40 @@ fn a_plain_status_line_shows_capacity_allocated_of_needed_when_not_on_a_terminal
     assert!(line.contains("needed"), "{line}");
     assert!(out.stdout.starts_with("summary"), "{}", out.stdout);
 }
+
+#[test]
+fn a_stalled_run_prints_the_batchers_diagnosis_and_still_writes_everything() {
+    let dir = TempDir::new("stalled");
+    let db = dir.path("locked.db");
+    let first = run(
+        &dir.0,
+        &["ingest", "--records", "1", "--sink", "locked.db"],
+        "",
+    );
+    assert_eq!(first.code(), 0, "{}", first.stderr);
+    // Another writer holds the database, so baler's first batch waits.
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut baler = Running::start(
+        &dir.0,
+        &[
+            "ingest",
+            "--records",
+            "3000",
+            "--sink",
+            "locked.db",
+            "--max-in-flight",
+            "1",
+            "--progress",
+            "plain",
+            "--json",
+        ],
+    );
+    let line = baler.wait_for_line("nothing written for");
+    assert!(line.contains("in-flight-cap-reached"), "{line}");
+    holder.execute_batch("COMMIT").unwrap();
+    let out = baler.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.json()["written"], 3000);
+    assert_eq!(count(&db, "records"), 3001);
+}
