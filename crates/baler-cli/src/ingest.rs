@@ -4,7 +4,7 @@
 //! ```text
 //!  source ──► producer ──submit──► Batcher ──batches──► Writer ──► SQLite / PostgreSQL
 //!               │ (waits while the buffer is full)            (one transaction per batch)
-//!               └──tickets──► collector: written, latency, records not written
+//!               └──tickets──► one small task each: written, latency, records not written
 //! ```
 //!
 //! - **Backpressure.** `submit` waits while the batcher holds `--buffer`
@@ -33,9 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baler::{Batcher, Capacity, Event, Operation, RecvError, Ticket};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cli::{BadLines, IngestArgs};
 use crate::input::{InputError, Item, Source};
@@ -86,22 +86,26 @@ pub enum IngestError {
     Signals(std::io::Error),
 }
 
-/// A record submitted and not yet resolved, as the collector holds it.
-struct Pending {
-    ticket: Ticket<Instant, SinkError>,
-    seq: u64,
-    body: Arc<str>,
-    submitted: Instant,
-}
-
-/// What the collector saw.
+/// What the tickets said, added up.
 #[derive(Default)]
 struct Collected {
     written: u64,
     failed: u64,
     abandoned: u64,
+    /// Failures printed so far (the first few are).
+    reported: u32,
     latency: Histogram,
     unwritten: Vec<(u64, Arc<str>, String)>,
+}
+
+/// Where each ticket's task adds its outcome. A task per ticket, rather than
+/// one loop awaiting them in order, so that one slow batch never holds up the
+/// accounting of those after it (nor, through it, the producer).
+#[derive(Clone)]
+struct Collector {
+    collected: Arc<Mutex<Collected>>,
+    tasks: TaskTracker,
+    progress: Arc<Progress>,
 }
 
 /// What the event listener added up.
@@ -202,14 +206,17 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         start,
         done.clone(),
     ));
-    let (tx, rx) = mpsc::channel(args.buffer.saturating_mul(2).max(1));
-    let collector = tokio::spawn(collect(rx, progress.clone()));
+    let collector = Collector {
+        collected: Arc::default(),
+        tasks: TaskTracker::new(),
+        progress: progress.clone(),
+    };
     let producer = tokio::spawn(produce(
         source,
         batcher.clone(),
         args.cost,
         args.bad_lines,
-        tx,
+        collector.clone(),
         (produced.clone(), last_produced.clone()),
         progress.clone(),
         signals.stop.clone(),
@@ -245,7 +252,10 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
             }
         }
     };
-    let mut collected = collector.await.unwrap_or_default();
+    // Every ticket has resolved now; wait for their tasks to have counted.
+    collector.tasks.close();
+    collector.tasks.wait().await;
+    let mut collected = std::mem::take(&mut *lock(&collector.collected));
     done.cancel();
     let _ = status.await;
     let tally = events.await.unwrap_or_default();
@@ -287,7 +297,10 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
     } else {
         0.0
     };
-    let table_rows = writer.sink().count().await.ok();
+    let table_rows = tokio::time::timeout(Duration::from_secs(5), writer.sink().count())
+        .await
+        .ok()
+        .and_then(Result::ok);
     Ok(Summary {
         source: source_text,
         sink: spec.describe(),
@@ -363,7 +376,7 @@ async fn produce(
     batcher: Batcher<crate::input::Record, Instant, SinkError>,
     cost: u32,
     bad_lines: BadLines,
-    tx: mpsc::Sender<Pending>,
+    collector: Collector,
     (produced, last_produced): (Arc<AtomicU64>, Arc<AtomicU64>),
     progress: Arc<Progress>,
     stop: CancellationToken,
@@ -411,15 +424,7 @@ async fn produce(
             Ok(ticket) => {
                 produced.fetch_add(1, Ordering::SeqCst);
                 last_produced.store(seq, Ordering::SeqCst);
-                let pending = Pending {
-                    ticket,
-                    seq,
-                    body,
-                    submitted,
-                };
-                if tx.send(pending).await.is_err() {
-                    return (Ended::Refused("the collector stopped".to_owned()), rejected);
-                }
+                collector.watch(ticket, seq, body, submitted);
             }
             Err(e) => {
                 progress.log(&format!("baler: record {seq} refused: {e}"));
@@ -429,39 +434,53 @@ async fn produce(
     }
 }
 
-/// Awaits every ticket, in order: counts what was written, measures latency,
-/// and keeps what was not written for the replay file.
-async fn collect(mut rx: mpsc::Receiver<Pending>, progress: Arc<Progress>) -> Collected {
-    let mut c = Collected::default();
-    let mut reported = 0;
-    while let Some(p) = rx.recv().await {
-        match p.ticket.await {
-            Ok(committed) => {
-                c.written += 1;
-                c.latency
-                    .record(committed.saturating_duration_since(p.submitted));
-            }
-            Err(e) => {
-                if matches!(e, baler::Error::Abandoned) {
+impl Collector {
+    /// Awaits `ticket` on a task of its own and adds up its outcome. Holding
+    /// the ticket until it resolves matters: a ticket dropped before its
+    /// record is dispatched cancels the record.
+    fn watch(
+        &self,
+        ticket: Ticket<Instant, SinkError>,
+        seq: u64,
+        body: Arc<str>,
+        submitted: Instant,
+    ) {
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let result = ticket.await;
+            let mut c = lock(&this.collected);
+            match result {
+                Ok(committed) => {
+                    c.written += 1;
+                    c.latency
+                        .record(committed.saturating_duration_since(submitted));
+                }
+                Err(baler::Error::Abandoned) => {
                     c.abandoned += 1;
-                } else {
+                    let reason =
+                        "baler stopped waiting (second signal) before it was written".to_owned();
+                    c.unwritten.push((seq, body, reason));
+                }
+                Err(e) => {
                     c.failed += 1;
-                    if reported < 3 {
-                        reported += 1;
-                        progress.log(&format!("baler: record {} not written: {e}", p.seq));
+                    let report = c.reported < 3;
+                    if report {
+                        c.reported += 1;
+                    }
+                    c.unwritten.push((seq, body, e.to_string()));
+                    drop(c);
+                    if report {
+                        this.progress
+                            .log(&format!("baler: record {seq} not written: {e}"));
                     }
                 }
-                let reason = match e {
-                    baler::Error::Abandoned => {
-                        "baler stopped waiting (second signal) before it was written".to_owned()
-                    }
-                    e => e.to_string(),
-                };
-                c.unwritten.push((p.seq, p.body, reason));
             }
-        }
+        });
     }
-    c
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Adds up write times and batch sizes, and reports failed batches.
