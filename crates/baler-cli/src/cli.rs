@@ -1,0 +1,172 @@
+//! The command line: `baler ingest` and its flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The `baler` command.
+#[derive(Debug, Parser)]
+#[command(
+    name = "baler",
+    version,
+    about = "Load records into a database in batches, at a pace it can take, and lose none."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write records (synthetic, or JSON lines from a file or stdin) into
+    /// SQLite or PostgreSQL in batches.
+    ///
+    /// Ctrl-C or SIGTERM stops producing, writes everything already produced
+    /// and prints the summary. A second Ctrl-C stops waiting: the records not
+    /// yet written are saved to a JSON-lines file that `--input` replays.
+    ///
+    /// Exit codes: 0 every record was written; 1 some records were not
+    /// written (they are listed and saved for replay); 2 nothing was produced
+    /// (bad flags, unreadable input, unreachable database); 3 every record
+    /// was written but input lines were rejected (malformed or too large).
+    Ingest(IngestArgs),
+}
+
+/// What to do with an input line that is not valid JSON or is too large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BadLines {
+    /// Report it, stop reading, write what was produced, and exit with 3.
+    Stop,
+    /// Report it, skip it and go on; exit with 3 at the end.
+    Skip,
+}
+
+/// How progress is shown while records are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// A live progress bar when stdout and stderr are terminals, else a plain
+    /// status line each second.
+    Auto,
+    /// Always the live progress bar.
+    Bar,
+    /// Always a plain status line each second, on stderr.
+    Plain,
+    /// No progress; only the summary.
+    Off,
+}
+
+/// The flags of `baler ingest`.
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    /// Generate this many synthetic records (the default without --input: 10000).
+    #[arg(long, value_name = "N", conflicts_with = "input")]
+    pub records: Option<u64>,
+
+    /// The size in bytes of each synthetic record's JSON body.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    pub record_size: usize,
+
+    /// Read JSON lines (one record per line) from this file, or `-` for stdin.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Where to write: a SQLite file (created with its table if missing),
+    /// `sqlite://PATH`, or `postgres://user@host:port/database`.
+    #[arg(long, value_name = "PATH|URL", default_value = "baler.db")]
+    pub sink: String,
+
+    /// The table to write into (created if missing, with columns
+    /// `seq` and `body`).
+    #[arg(long, default_value = "records")]
+    pub table: String,
+
+    /// The database's capacity in cost units per second (default: unlimited).
+    #[arg(long, value_name = "COST_PER_SECOND")]
+    pub capacity: Option<u64>,
+
+    /// The cost of each record.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cost: u32,
+
+    /// The most records in one batch (one multi-row INSERT, one transaction).
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+
+    /// How long a batch may wait to fill, from its first record (e.g. 5ms, 1s).
+    #[arg(long, value_name = "DURATION", default_value = "5ms", value_parser = parse_duration)]
+    pub linger: Duration,
+
+    /// The most batches being written at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_in_flight: usize,
+
+    /// The most records held (buffered or being written); producing waits
+    /// while it is full.
+    #[arg(long, value_name = "RECORDS", default_value_t = 10_000)]
+    pub buffer: usize,
+
+    /// How many times a batch that failed with a transient error (database
+    /// busy, connection lost) is tried in all.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// The largest record accepted, in bytes; a larger one is refused.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_record_size: usize,
+
+    /// What to do with a malformed or oversized input line.
+    #[arg(long, value_enum, default_value_t = BadLines::Stop)]
+    pub bad_lines: BadLines,
+
+    /// Where the records not written are saved, as JSON lines for `--input`
+    /// (default: baler-unwritten-<unix time>.jsonl, only if there are any).
+    #[arg(long, value_name = "FILE")]
+    pub replay_file: Option<PathBuf>,
+
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How to show progress.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+/// Reads a duration such as `5ms`, `250us`, `2s`, `1m`, or `0`.
+///
+/// ```
+/// use std::time::Duration;
+/// use baler_cli::cli::parse_duration;
+///
+/// assert_eq!(parse_duration("5ms"), Ok(Duration::from_millis(5)));
+/// assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+/// assert!(parse_duration("5 parsecs").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{text:?} has no unit; write it as e.g. 5ms, 250us, 2s or 1m"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number; write e.g. 5ms"))?;
+    let seconds = match unit.trim() {
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use us, ms, s or m"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}

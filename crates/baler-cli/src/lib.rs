@@ -1,0 +1,25 @@
+//! The `baler` command: load records into a database in batches, at a pace it
+//! can take, show what is happening, and never lose a record.
+//!
+//! ```text
+//! baler ingest --records 100000                      # synthetic records into ./baler.db
+//! baler ingest --input rows.jsonl --sink out.db      # JSON lines from a file
+//! cat rows.jsonl | baler ingest --input - --sink postgres://me@127.0.0.1/test
+//! baler ingest --records 20000 --cost 10 --capacity 10000 --batch-size 10
+//! ```
+//!
+//! It is built on the [`baler`] engine: the records go through a
+//! [`baler::Batcher`] whose handler ([`writer::Writer`]) writes each batch as
+//! multi-row inserts in one transaction. See [`ingest`] for how a run is put
+//! together and how it stops.
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+
+pub mod cli;
+pub mod ingest;
+pub mod input;
+pub mod latency;
+pub mod progress;
+pub mod sink;
+pub mod summary;
+pub mod writer;

@@ -1,0 +1,51 @@
+//! The `baler` binary. See the `baler_cli` crate for what it does.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use baler_cli::cli::{Cli, Command};
+use baler_cli::summary::EXIT_SETUP;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("baler: error: cannot start the tokio runtime: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    let code = match cli.command {
+        Command::Ingest(args) => {
+            let json = args.json;
+            match runtime.block_on(baler_cli::ingest::run(args)) {
+                Ok(summary) => {
+                    if json {
+                        println!("{}", summary.to_json());
+                    } else {
+                        print!("{}", summary.to_text());
+                    }
+                    summary.exit_code()
+                }
+                Err(e) => {
+                    eprintln!("baler: error: {e}");
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "error": e.to_string(), "exit_code": EXIT_SETUP })
+                        );
+                    }
+                    EXIT_SETUP
+                }
+            }
+        }
+    };
+    // Do not wait for a write that is still running after a forced stop
+    // (the summary said so); its records are in the replay file.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    ExitCode::from(code)
+}

@@ -1,0 +1,331 @@
+//! Where records go: a SQLite file (the default) or a PostgreSQL database.
+//!
+//! Both write a batch as multi-row inserts inside one transaction, so a batch
+//! is either all in the table or not at all. Both are opened, and their table
+//! created and checked, before any record is produced: a database that cannot
+//! be reached is reported at once, not after the input was read.
+
+mod postgres;
+mod sqlite;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use postgres::PostgresSink;
+pub use sqlite::SqliteSink;
+
+use crate::input::Record;
+
+/// Which database `--sink` names.
+#[derive(Clone)]
+pub enum SinkSpec {
+    /// A SQLite file, created if missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(Box<tokio_postgres::Config>),
+}
+
+impl fmt::Debug for SinkSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl SinkSpec {
+    /// Reads `--sink`: `postgres://…` or `postgresql://…` for PostgreSQL,
+    /// `sqlite://PATH` or a plain path for SQLite.
+    ///
+    /// ```
+    /// use baler_cli::sink::SinkSpec;
+    ///
+    /// assert!(matches!(SinkSpec::parse("out.db"), Ok(SinkSpec::Sqlite(_))));
+    /// assert!(matches!(SinkSpec::parse("postgres://me@127.0.0.1/test"), Ok(SinkSpec::Postgres(_))));
+    /// assert!(SinkSpec::parse("redis://127.0.0.1").is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::BadSink`] for another scheme or a URL that does not parse.
+    pub fn parse(text: &str) -> Result<Self, SinkError> {
+        let bad = |reason: String| SinkError::BadSink {
+            given: redact(text),
+            reason,
+        };
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            let mut config: tokio_postgres::Config = text
+                .parse()
+                .map_err(|e: tokio_postgres::Error| bad(error_chain(&e)))?;
+            if config.get_connect_timeout().is_none() {
+                config.connect_timeout(std::time::Duration::from_secs(5));
+            }
+            return Ok(SinkSpec::Postgres(Box::new(config)));
+        }
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            return Ok(SinkSpec::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(bad(format!(
+                "the scheme {scheme:?} is not supported; give a SQLite file path or a \
+                 postgres:// URL"
+            )));
+        }
+        if text.is_empty() {
+            return Err(bad(
+                "it is empty; give a SQLite file path or a postgres:// URL".into(),
+            ));
+        }
+        Ok(SinkSpec::Sqlite(PathBuf::from(text)))
+    }
+
+    /// Says which database this is, without a password.
+    pub fn describe(&self) -> String {
+        match self {
+            SinkSpec::Sqlite(path) => format!("sqlite {}", path.display()),
+            SinkSpec::Postgres(config) => {
+                let hosts: Vec<String> = config
+                    .get_hosts()
+                    .iter()
+                    .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+                    .map(|(host, port)| match host {
+                        tokio_postgres::config::Host::Tcp(h) => format!("{h}:{port}"),
+                        #[cfg(unix)]
+                        tokio_postgres::config::Host::Unix(p) => format!("{}", p.display()),
+                    })
+                    .collect();
+                format!(
+                    "postgres {} (database {}, user {})",
+                    if hosts.is_empty() {
+                        "localhost:5432".to_owned()
+                    } else {
+                        hosts.join(",")
+                    },
+                    config.get_dbname().unwrap_or("(default)"),
+                    config.get_user().unwrap_or("(default)"),
+                )
+            }
+        }
+    }
+}
+
+/// An open database with its table ready.
+#[derive(Debug)]
+pub enum Sink {
+    /// SQLite.
+    Sqlite(SqliteSink),
+    /// PostgreSQL.
+    Postgres(PostgresSink),
+}
+
+impl Sink {
+    /// Opens the database, creates the table if it is missing, and checks
+    /// that a batch can be inserted into it. `connections` is how many
+    /// batches may be written at once (PostgreSQL opens that many
+    /// connections; SQLite has one writer and queues the rest).
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::BadTable`], [`SinkError::Open`], [`SinkError::Connect`]
+    /// or [`SinkError::Table`], each saying what to change.
+    pub async fn open(spec: &SinkSpec, table: &str, connections: usize) -> Result<Sink, SinkError> {
+        check_table_name(table)?;
+        match spec {
+            SinkSpec::Sqlite(path) => {
+                let path = path.clone();
+                let table = table.to_owned();
+                tokio::task::spawn_blocking(move || SqliteSink::open(&path, &table))
+                    .await
+                    .map_err(|e| SinkError::Open {
+                        what: spec.describe(),
+                        reason: e.to_string(),
+                    })?
+                    .map(Sink::Sqlite)
+            }
+            SinkSpec::Postgres(config) => PostgresSink::open(config, table, connections)
+                .await
+                .map(Sink::Postgres),
+        }
+    }
+
+    /// Writes `rows` as multi-row inserts in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`]; nothing of the batch is in the table then.
+    pub async fn write(&self, rows: Vec<Record>) -> Result<(), SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.write(rows).await,
+            Sink::Postgres(p) => p.write(rows).await,
+        }
+    }
+
+    /// How many rows the table holds.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`] if the count fails.
+    pub async fn count(&self) -> Result<u64, SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.count().await,
+            Sink::Postgres(p) => p.count().await,
+        }
+    }
+}
+
+/// Why a sink could not be opened or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// `--sink` names nothing baler can write to.
+    #[error("--sink {given:?} is not usable: {reason}")]
+    BadSink {
+        /// What was given (without a password).
+        given: String,
+        /// Why.
+        reason: String,
+    },
+    /// `--table` is not a plain SQL name.
+    #[error(
+        "--table {table:?} is not a plain table name; use letters, digits and underscores \
+         (at most 63), starting with a letter or underscore"
+    )]
+    BadTable {
+        /// What was given.
+        table: String,
+    },
+    /// The SQLite file could not be opened or created.
+    #[error(
+        "cannot open the database {what}: {reason}; check that its directory exists and is \
+         writable, and that the file is a SQLite database"
+    )]
+    Open {
+        /// The database.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The PostgreSQL server could not be reached.
+    #[error(
+        "cannot connect to {what}: {reason}; check that the server is running and that --sink \
+         names the right host, port, user and database"
+    )]
+    Connect {
+        /// The database.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The table could not be created, or has other columns.
+    #[error(
+        "cannot use the table {table} in {what}: {reason}; baler writes into columns \
+         seq (integer) and body (text): name another table with --table, or drop this one"
+    )]
+    Table {
+        /// The table.
+        table: String,
+        /// The database.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// A batch could not be written.
+    #[error("writing a batch of {rows} record(s) failed: {reason}")]
+    Write {
+        /// The batch's size.
+        rows: usize,
+        /// Why.
+        reason: String,
+        /// Whether trying again may succeed (database busy, connection lost).
+        transient: bool,
+    },
+}
+
+impl SinkError {
+    /// Whether trying the same write again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SinkError::Write {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Checks that `table` is a plain SQL identifier, so that it can be quoted
+/// into statements safely.
+fn check_table_name(table: &str) -> Result<(), SinkError> {
+    let mut chars = table.chars();
+    let ok = table.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(SinkError::BadTable {
+            table: table.to_owned(),
+        })
+    }
+}
+
+/// An error and its sources, joined with ": ".
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// A `--sink` value with the password of a URL hidden.
+fn redact(text: &str) -> String {
+    match text.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                if userinfo.contains(':') {
+                    format!("{scheme}://{user}:***@{host}")
+                } else {
+                    text.to_owned()
+                }
+            }
+            None => text.to_owned(),
+        },
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_must_be_plain_identifiers() {
+        for ok in ["records", "_t1", "Batch_2024"] {
+            assert_eq!(check_table_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "1abc", "a-b", "x\"; DROP TABLE y; --", &"a".repeat(64)] {
+            assert!(check_table_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_sink_url_is_described_without_its_password() {
+        let spec = SinkSpec::parse("postgres://me:secret@127.0.0.1:5433/test").unwrap();
+        let text = spec.describe();
+        assert!(
+            text.contains("127.0.0.1:5433") && text.contains("test"),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
+        let err = SinkSpec::parse("mysql://me:secret@host/db").unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+}

@@ -1,0 +1,203 @@
+//! The SQLite sink: one connection, one writer at a time.
+//!
+//! SQLite lets one transaction write at a time, so batches written
+//! concurrently queue on the connection's lock; each runs on tokio's
+//! blocking pool. The file is put in WAL mode, in which a commit appends to
+//! the log instead of rewriting pages, and readers (a `SELECT count(*)` while
+//! a run goes on) do not block the writer.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+
+use super::SinkError;
+use crate::input::Record;
+
+/// SQLite allows 32,766 parameters per statement; two per row.
+const MAX_ROWS_PER_STATEMENT: usize = 16_000;
+
+/// An open SQLite database with its table.
+#[derive(Debug, Clone)]
+pub struct SqliteSink {
+    conn: Arc<Mutex<Connection>>,
+    table: String,
+    what: String,
+}
+
+impl SqliteSink {
+    /// Opens (or creates) the file and the table, and checks that rows can be
+    /// inserted.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Open`] or [`SinkError::Table`].
+    pub fn open(path: &Path, table: &str) -> Result<Self, SinkError> {
+        let what = format!("sqlite {}", path.display());
+        let open_err = |e: rusqlite::Error| SinkError::Open {
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        // Reading the journal mode is the first access to the file: a file
+        // that is not a database fails here.
+        conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+            row.get::<_, String>(0)
+        })
+        .map_err(open_err)?;
+        let table_err = |e: rusqlite::Error| SinkError::Table {
+            table: table.to_owned(),
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS \"{table}\" (seq INTEGER NOT NULL, body TEXT NOT NULL)"
+        ))
+        .map_err(table_err)?;
+        conn.prepare(&insert_sql(table, 1)).map_err(table_err)?;
+        Ok(SqliteSink {
+            conn: Arc::new(Mutex::new(conn)),
+            table: table.to_owned(),
+            what,
+        })
+    }
+
+    /// Writes `rows` in one transaction, on the blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`], transient when the database was busy or locked.
+    pub async fn write(&self, rows: Vec<Record>) -> Result<(), SinkError> {
+        let this = self.clone();
+        let n = rows.len();
+        tokio::task::spawn_blocking(move || this.write_blocking(&rows))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SinkError::Write {
+                    rows: n,
+                    reason: format!("the write task failed: {e}"),
+                    transient: false,
+                })
+            })
+    }
+
+    fn write_blocking(&self, rows: &[Record]) -> Result<(), SinkError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        insert(&mut conn, &self.table, rows).map_err(|e| SinkError::Write {
+            rows: rows.len(),
+            transient: matches!(
+                e.sqlite_error_code(),
+                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+            ),
+            reason: format!("{}: {e}", self.what),
+        })
+    }
+
+    /// Holds the connection, so that writes wait until the guard is dropped.
+    #[cfg(test)]
+    pub(crate) fn hold_for_test(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap()
+    }
+
+    /// How many rows the table holds.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`] if the count fails.
+    pub async fn count(&self) -> Result<u64, SinkError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = this.conn.lock().unwrap_or_else(|p| p.into_inner());
+            conn.query_row(
+                &format!("SELECT count(*) FROM \"{}\"", this.table),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map(|n| n.max(0) as u64)
+        .map_err(|reason| SinkError::Write {
+            rows: 0,
+            reason,
+            transient: false,
+        })
+    }
+}
+
+/// `INSERT INTO "table" (seq, body) VALUES (?, ?), (?, ?), …` for `rows` rows.
+fn insert_sql(table: &str, rows: usize) -> String {
+    let mut sql = format!("INSERT INTO \"{table}\" (seq, body) VALUES ");
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(?, ?)" } else { ", (?, ?)" });
+    }
+    sql
+}
+
+/// One transaction of multi-row inserts.
+fn insert(conn: &mut Connection, table: &str, rows: &[Record]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
+        let mut stmt = tx.prepare_cached(&insert_sql(table, chunk.len()))?;
+        for (i, row) in chunk.iter().enumerate() {
+            let seq = i64::try_from(row.seq).unwrap_or(i64::MAX);
+            stmt.raw_bind_parameter(2 * i + 1, seq)?;
+            stmt.raw_bind_parameter(2 * i + 2, &*row.body)?;
+        }
+        stmt.raw_execute()?;
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(range: std::ops::Range<u64>) -> Vec<Record> {
+        range
+            .map(|seq| Record {
+                seq,
+                body: format!("{{\"n\":{seq}}}").into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_larger_than_one_statement_is_written_whole_in_one_transaction() {
+        let dir = std::env::temp_dir().join(format!("baler-sqlite-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.db");
+        let _ = std::fs::remove_file(&path);
+        let sink = SqliteSink::open(&path, "t").unwrap();
+        sink.write_blocking(&rows(0..40_000)).unwrap();
+        let conn = sink.conn.lock().unwrap();
+        let (n, sum): (i64, i64) = conn
+            .query_row("SELECT count(*), sum(seq) FROM t", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(n, 40_000);
+        assert_eq!(sum, (0..40_000).sum::<i64>());
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_table_with_other_columns_is_refused_when_opening() {
+        let dir = std::env::temp_dir().join(format!("baler-sqlite-cols-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cols.db");
+        let _ = std::fs::remove_file(&path);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE records (name TEXT)")
+            .unwrap();
+        let err = SqliteSink::open(&path, "records").unwrap_err();
+        assert!(matches!(err, SinkError::Table { .. }), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
