@@ -82,6 +82,7 @@ mod events;
 mod handler;
 mod operation;
 mod run;
+mod shared;
 mod shutdown;
 mod slot;
 mod stats;
@@ -95,6 +96,10 @@ pub use error::{ConfigError, CostLimit, Error, SubmitError};
 pub use events::{BatchFailure, BatchId, CapacityEvent, Event, Events, RecvError};
 pub use handler::{handler_fn, Batch, Handler, HandlerFn, HandlerResult, OpInfo, Outcome};
 pub use operation::{OpId, Operation};
+pub use shared::{
+    LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, SharedCapacity, DEFAULT_LEASE_TIME,
+    MAX_PARTITIONS,
+};
 pub use shutdown::{Abandoned, ShutdownReport};
 pub use stats::Stats;
 pub use ticket::Ticket;
