@@ -433,3 +433,21 @@ fn building_outside_a_runtime_is_refused() {
     let e = Capacity::shared(0, 10_000, 1_000, MemoryLeaseStore::new()).unwrap_err();
     assert_eq!(e, ConfigError::CapacityNoRuntime);
 }
+
+#[tokio::test(start_paused = true)]
+async fn release_all_gives_every_lease_back_and_keeps_the_reserved_part() {
+    let store = MemoryLeaseStore::new();
+    let (capacity, leases) = SharedCapacity::new(store.clone())
+        .reserved(300)
+        .shared(10_000, 1_000)
+        .lease_time(LEASE)
+        .start()
+        .unwrap();
+    let (batcher, _open) = holding(&capacity);
+    let _tickets = want(&batcher, 10_000);
+    sleep(10 * MS).await;
+    assert_eq!(store.held(), 10);
+    leases.release_all().await;
+    assert_eq!(store.held(), 0);
+    assert_eq!(capacity.rate(), Some(300));
+}

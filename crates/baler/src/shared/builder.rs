@@ -8,7 +8,7 @@ use crate::error::ConfigError;
 
 use super::leaser::{self, Timing};
 use super::partitions::{random_u64, Plan, MAX_PARTITIONS};
-use super::source::SharedSource;
+use super::source::{SharedSource, State};
 use super::store::LeaseStore;
 
 /// The default lease time: how long a lease lasts in the store unless
@@ -185,6 +185,29 @@ impl SharedCapacity {
     /// runtime. The task gives every lease back when the last clone of the
     /// capacity is dropped.
     pub fn build(self) -> Result<Capacity, ConfigError> {
+        self.start().map(|(capacity, _leases)| capacity)
+    }
+
+    /// Like [`build`](Self::build), and also returns a handle with which a
+    /// process that is about to exit gives its leases back, and waits until
+    /// the store has them, so that other instances can take them at once.
+    ///
+    /// ```
+    /// use baler::{MemoryLeaseStore, SharedCapacity};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), baler::ConfigError> {
+    /// let (capacity, leases) = SharedCapacity::new(MemoryLeaseStore::new())
+    ///     .reserved(50)
+    ///     .shared(10_000, 1_000)
+    ///     .start()?;
+    /// // ... batchers draw on `capacity` ...
+    /// leases.release_all().await;
+    /// assert_eq!(capacity.rate(), Some(50)); // only the reserved part is left
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start(self) -> Result<(Capacity, SharedLeases), ConfigError> {
         if self.factor == 0 {
             return Err(ConfigError::Zero {
                 setting: "SharedCapacity::shared (factor)",
@@ -227,7 +250,7 @@ impl SharedCapacity {
         );
         let source = Arc::new(SharedSource::new(plan));
         let capacity = Capacity::from_source(source.clone(), self.burst_interval)?;
-        leaser::start(
+        let task = leaser::start(
             &runtime,
             source.state(),
             self.store,
@@ -235,7 +258,11 @@ impl SharedCapacity {
             timing,
             random_u64(),
         );
-        Ok(capacity)
+        let leases = SharedLeases {
+            state: source.state(),
+            task,
+        };
+        Ok((capacity, leases))
     }
 
     fn timing(&self) -> Result<Timing, ConfigError> {
@@ -287,5 +314,31 @@ impl std::fmt::Debug for SharedCapacity {
             .field("factor", &self.factor)
             .field("lease_time", &self.lease_time)
             .finish_non_exhaustive()
+    }
+}
+
+/// The lease task of a shared capacity, from [`SharedCapacity::start`].
+/// Dropping it changes nothing: the task runs until the capacity is dropped.
+pub struct SharedLeases {
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SharedLeases {
+    /// Gives every lease back and stops taking new ones; returns once the
+    /// store has been told (or the calls failed: unreleased leases expire).
+    /// From then on the capacity grants only its reserved part.
+    pub async fn release_all(self) {
+        self.state
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.wake.notify_one();
+        let _ = self.task.await;
+    }
+}
+
+impl std::fmt::Debug for SharedLeases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLeases").finish_non_exhaustive()
     }
 }

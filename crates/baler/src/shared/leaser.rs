@@ -45,7 +45,7 @@ pub(crate) fn start(
     owner: String,
     timing: Timing,
     seed: u64,
-) {
+) -> tokio::task::JoinHandle<()> {
     let leaser = Leaser {
         state,
         store,
@@ -58,7 +58,7 @@ pub(crate) fn start(
         last_round_wanted: 0,
         published_rate: None,
     };
-    runtime.spawn(leaser.run());
+    runtime.spawn(leaser.run())
 }
 
 #[derive(Debug, Clone, Copy)]

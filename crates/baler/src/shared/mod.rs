@@ -29,7 +29,7 @@ mod partitions;
 mod source;
 mod store;
 
-pub use builder::{SharedCapacity, DEFAULT_LEASE_TIME};
+pub use builder::{SharedCapacity, SharedLeases, DEFAULT_LEASE_TIME};
 pub use memory::MemoryLeaseStore;
 pub use partitions::MAX_PARTITIONS;
 pub use store::{LeaseFuture, LeaseStore, LeaseStoreError};
