@@ -34,7 +34,10 @@ struct Worker {
 }
 
 fn now_ms() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
 }
 
 fn spawn(i: usize, url: &str, dir: &Path) -> Worker {
@@ -121,7 +124,9 @@ fn four_processes_share_10000_per_second_through_redis() {
     let mut server = RedisServer::start();
     let dir = scratch("ledgers");
     let started = now_ms();
-    let mut workers: Vec<Worker> = (0..WORKERS).map(|i| spawn(i, &server.url(), &dir)).collect();
+    let mut workers: Vec<Worker> = (0..WORKERS)
+        .map(|i| spawn(i, &server.url(), &dir))
+        .collect();
 
     // Phase 1: ramp up and share.
     sleep(Duration::from_secs(7));
@@ -143,7 +148,10 @@ fn four_processes_share_10000_per_second_through_redis() {
     sleep(Duration::from_millis(3_500));
     for &w in &survivors {
         let status = workers[w].child.try_wait().unwrap();
-        assert!(status.is_none(), "worker {w} exited during the outage: {status:?}");
+        assert!(
+            status.is_none(),
+            "worker {w} exited during the outage: {status:?}"
+        );
     }
 
     // Phase 4: Redis comes back (empty, as after a crash).
@@ -170,7 +178,10 @@ fn four_processes_share_10000_per_second_through_redis() {
     let left = {
         let client = redis::Client::open(server.url()).unwrap();
         let mut c = client.get_connection().unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg("baler:multi:*").query(&mut c).unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("baler:multi:*")
+            .query(&mut c)
+            .unwrap();
         keys
     };
 
@@ -189,11 +200,22 @@ fn four_processes_share_10000_per_second_through_redis() {
         t if t < stopping => "Redis back",
         _ => "stopping",
     };
-    println!("second  {}   total  phase", (0..WORKERS).map(|w| format!("worker{w}")).collect::<Vec<_>>().join(" "));
+    println!(
+        "second  {}   total  phase",
+        (0..WORKERS)
+            .map(|w| format!("worker{w}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     for (s, spent) in &seconds {
         let total: u64 = spent.iter().sum();
         let cells: Vec<String> = spent.iter().map(|c| format!("{c:>7}")).collect();
-        println!("{:>6}  {}  {total:>6}  {}", s * 1000 - started.min(s * 1000), cells.join(" "), phase(*s));
+        println!(
+            "{:>6}  {}  {total:>6}  {}",
+            s * 1000 - started.min(s * 1000),
+            cells.join(" "),
+            phase(*s)
+        );
     }
 
     // Never more than the shared capacity, plus one operation per instance
@@ -211,7 +233,10 @@ fn four_processes_share_10000_per_second_through_redis() {
         assert!(!whole.is_empty(), "{what}: no whole second to judge");
         for s in whole {
             let total: u64 = seconds.get(&s).map_or(0, |v| v.iter().sum());
-            assert!(total >= SHARED * 9 / 10, "{what}, second {s}: only {total} spent");
+            assert!(
+                total >= SHARED * 9 / 10,
+                "{what}, second {s}: only {total} spent"
+            );
         }
     };
     used(started + 2_000, killed, "shared by four");
@@ -223,7 +248,10 @@ fn four_processes_share_10000_per_second_through_redis() {
     let took = first_sum(&ledgers, &survivors, killed, SHARED)
         .expect("the survivors never held the whole capacity");
     println!("worker {victim} (holding {victim_rate}/s) killed: its partitions taken over after {took} ms");
-    assert!(took <= LEASE_MS + RETRY_MS + SAMPLE_MS, "taken over after {took} ms");
+    assert!(
+        took <= LEASE_MS + RETRY_MS + SAMPLE_MS,
+        "taken over after {took} ms"
+    );
     used(killed + took + 1_000, outage, "after the kill");
 
     // Redis down: each survivor falls back to its reserved capacity (0)
