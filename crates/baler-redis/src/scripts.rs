@@ -46,3 +46,33 @@ return 0
 ",
     )
 });
+
+/// Records how many partitions an owner wants until `now + ttl` by Redis's
+/// `TIME`, drops the announcements that expired, and returns the live ones as
+/// a flat list: owner, wanted, owner, wanted... KEYS[1] is the capacity's
+/// demand hash, ARGV[1] the owner, ARGV[2] what it wants, ARGV[3] the time to
+/// live in milliseconds. The hash itself expires when nobody announces.
+pub(crate) static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. (now + ttl))
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #all, 2 do
+    local sep = string.find(all[i + 1], ':', 1, true)
+    local expires = sep and tonumber(string.sub(all[i + 1], sep + 1))
+    if expires == nil or expires <= now then
+        redis.call('HDEL', KEYS[1], all[i])
+    else
+        table.insert(live, all[i])
+        table.insert(live, string.sub(all[i + 1], 1, sep - 1))
+    end
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return live
+",
+    )
+});

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use baler::{LeaseFuture, LeaseStore, LeaseStoreError};
+use baler::{Demand, LeaseFuture, LeaseStore, LeaseStoreError};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use tokio::sync::Mutex;
 
-use crate::scripts::{ACQUIRE, RELEASE, RENEW};
+use crate::scripts::{ACQUIRE, ANNOUNCE, RELEASE, RENEW};
 
 /// How long connecting and each answer may take by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,7 +30,8 @@ pub enum RedisStoreError {
 }
 
 /// A [`LeaseStore`] in Redis: partition `n` of the capacity named `name` is
-/// the key `baler:{name}:partition:{n}`.
+/// the key `baler:{name}:partition:{n}`, and the instances' demands (for
+/// sharing the partitions fairly) are the hash `baler:{name}:demand`.
 ///
 /// Every instance sharing a capacity must use the same Redis and the same
 /// name. The connection is multiplexed (the parallel calls of one round share
@@ -38,6 +39,7 @@ pub enum RedisStoreError {
 pub struct RedisLeaseStore {
     client: Client,
     prefix: String,
+    demand_key: String,
     config: AsyncConnectionConfig,
     connection: Mutex<Option<MultiplexedConnection>>,
 }
@@ -56,6 +58,7 @@ impl RedisLeaseStore {
         Ok(RedisLeaseStore {
             client,
             prefix: format!("baler:{name}:partition:"),
+            demand_key: format!("baler:{name}:demand"),
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(DEFAULT_TIMEOUT))
                 .set_response_timeout(Some(DEFAULT_TIMEOUT)),
@@ -168,6 +171,42 @@ impl LeaseStore for RedisLeaseStore {
         Box::pin(async move {
             self.run(&RELEASE, partition, owner, None).await?;
             Ok(())
+        })
+    }
+
+    fn announce<'a>(
+        &'a self,
+        owner: &'a str,
+        wanted: u32,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Option<Vec<Demand>>> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let flat: Vec<String> = ANNOUNCE
+                .key(&self.demand_key)
+                .arg(owner)
+                .arg(wanted)
+                .arg(millis)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|e| self.failed(e))?;
+            let mut demands = Vec::with_capacity(flat.len() / 2);
+            for pair in flat.chunks(2) {
+                let [owner, wanted] = pair else {
+                    return Err(LeaseStoreError::protocol(
+                        "the demand list has an owner without a count",
+                    ));
+                };
+                let wanted = wanted.parse().map_err(|_| {
+                    LeaseStoreError::protocol(format!("{owner}'s demand {wanted:?} is not a count"))
+                })?;
+                demands.push(Demand {
+                    owner: owner.clone(),
+                    wanted,
+                });
+            }
+            Ok(Some(demands))
         })
     }
 }

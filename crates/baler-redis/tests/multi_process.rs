@@ -179,7 +179,7 @@ fn four_processes_share_10000_per_second_through_redis() {
         let client = redis::Client::open(server.url()).unwrap();
         let mut c = client.get_connection().unwrap();
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("baler:multi:*")
+            .arg("baler:multi:partition:*")
             .query(&mut c)
             .unwrap();
         keys
@@ -207,14 +207,17 @@ fn four_processes_share_10000_per_second_through_redis() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    for (s, spent) in &seconds {
+    let first = started / 1000;
+    let last = seconds.keys().next_back().copied().unwrap_or(first);
+    for s in first..=last {
+        let spent = seconds.get(&s).cloned().unwrap_or_else(|| vec![0; WORKERS]);
         let total: u64 = spent.iter().sum();
         let cells: Vec<String> = spent.iter().map(|c| format!("{c:>7}")).collect();
         println!(
             "{:>6}  {}  {total:>6}  {}",
-            s * 1000 - started.min(s * 1000),
+            s - first,
             cells.join(" "),
-            phase(*s)
+            phase(s)
         );
     }
 
@@ -240,6 +243,12 @@ fn four_processes_share_10000_per_second_through_redis() {
         }
     };
     used(started + 2_000, killed, "shared by four");
+    // And shared fairly: 3,000, 3,000, 2,000 and 2,000 once they all know of
+    // each other; nobody below 1,500.
+    for s in (started + 3_000).div_ceil(1000)..killed / 1000 {
+        let spent = &seconds[&s];
+        assert!(spent.iter().all(|&c| c >= 1_500), "second {s}: {spent:?}");
+    }
 
     // The killed worker's partitions are taken by the others once its leases
     // expire in Redis: within a lease time of its last renewal, plus the

@@ -179,3 +179,27 @@ async fn a_released_partition_is_taken_by_another_instance_at_once() {
     }
     assert_eq!(a.rate(), Some(0));
 }
+
+#[tokio::test]
+async fn demands_are_shared_and_expire_by_redis_clock() {
+    let server = RedisServer::start();
+    let store = RedisLeaseStore::new(&server.url(), "demand").unwrap();
+    let mine = store.announce("a", 7, MINUTE).await.unwrap().unwrap();
+    assert_eq!(mine.len(), 1);
+    let short = Duration::from_millis(50);
+    let both = store.announce("b", 3, short).await.unwrap().unwrap();
+    let mut seen: Vec<(String, u32)> = both.into_iter().map(|d| (d.owner, d.wanted)).collect();
+    seen.sort();
+    assert_eq!(seen, [("a".to_owned(), 7), ("b".to_owned(), 3)]);
+    // b's announcement runs out in Redis.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = store.announce("a", 7, MINUTE).await.unwrap().unwrap();
+        if now.len() == 1 {
+            assert_eq!(now[0].owner, "a");
+            break;
+        }
+        assert!(Instant::now() < deadline, "b's demand never expired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -97,8 +97,8 @@ pub use events::{BatchFailure, BatchId, CapacityEvent, Event, Events, RecvError}
 pub use handler::{handler_fn, Batch, Handler, HandlerFn, HandlerResult, OpInfo, Outcome};
 pub use operation::{OpId, Operation};
 pub use shared::{
-    LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, SharedCapacity, SharedLeases,
-    DEFAULT_LEASE_TIME, MAX_PARTITIONS,
+    Demand, LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, SharedCapacity,
+    SharedLeases, DEFAULT_LEASE_TIME, MAX_PARTITIONS,
 };
 pub use shutdown::{Abandoned, ShutdownReport};
 pub use stats::Stats;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baler::{
-    handler_fn, Batch, Batcher, Capacity, CapacityEvent, Code, ConfigError, Event, LeaseFuture,
-    LeaseStore, LeaseStoreError, MemoryLeaseStore, Operation, Outcome, SharedCapacity,
+    handler_fn, Batch, Batcher, Capacity, CapacityEvent, Code, ConfigError, Demand, Event,
+    LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, Operation, Outcome, SharedCapacity,
 };
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
@@ -80,6 +80,17 @@ impl LeaseStore for Flaky {
             self.inner.release(p, owner).await
         })
     }
+    fn announce<'a>(
+        &'a self,
+        owner: &'a str,
+        wanted: u32,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Option<Vec<Demand>>> {
+        Box::pin(async move {
+            self.gate().await?;
+            self.inner.announce(owner, wanted, ttl).await
+        })
+    }
 }
 
 fn shared(store: impl LeaseStore, reserved: u64) -> Capacity {
@@ -123,6 +134,7 @@ async fn takes_the_partitions_the_target_needs_in_parallel_not_one_by_one() {
     let store = Flaky::new(MemoryLeaseStore::new(), 50 * MS);
     let capacity = shared(store.clone(), 0);
     let (batcher, _open) = holding(&capacity);
+    sleep(LEASE).await; // up and running, with no work yet
     let start = Instant::now();
     let _tickets = want(&batcher, 10_000);
     while capacity.rate() != Some(10_000) {
@@ -179,13 +191,17 @@ async fn renews_leases_for_as_long_as_they_are_needed() {
         sleep(100 * MS).await;
         assert_eq!(capacity.rate(), Some(10_000));
     }
-    // Ten lease times later: the same owners, renewed about every 500 ms.
+    // Five lease times later: the same owners, renewed about every 500 ms.
     assert_eq!(
         (0..10).map(|p| store.inner.holder(p)).collect::<Vec<_>>(),
         owners
     );
     let calls = store.calls.load(Ordering::SeqCst);
-    assert!((10 * 19..=10 * 22).contains(&calls), "{calls} store calls");
+    // 20 renewals of 10 leases, and 20 announcements of this instance's demand.
+    assert!(
+        (200 + 20..=220 + 22).contains(&calls),
+        "{calls} store calls"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -450,4 +466,51 @@ async fn release_all_gives_every_lease_back_and_keeps_the_reserved_part() {
     leases.release_all().await;
     assert_eq!(store.held(), 0);
     assert_eq!(capacity.rate(), Some(300));
+}
+
+#[tokio::test(start_paused = true)]
+async fn instances_that_all_want_more_than_there_is_share_it_evenly() {
+    let store = MemoryLeaseStore::new();
+    let capacities: Vec<Capacity> = (0..4).map(|_| shared(store.clone(), 0)).collect();
+    let held: Vec<_> = capacities.iter().map(holding).collect();
+    let _tickets: Vec<_> = held.iter().map(|(b, _)| want(b, 20_000)).collect();
+    let mut max_total = 0;
+    for _ in 0..200 {
+        sleep(10 * MS).await;
+        max_total = max_total.max(capacities.iter().map(|c| c.rate().unwrap()).sum());
+    }
+    let mut rates: Vec<u64> = capacities.iter().map(|c| c.rate().unwrap()).collect();
+    rates.sort_unstable();
+    assert_eq!(rates, [2_000, 2_000, 3_000, 3_000]);
+    assert!(max_total <= 10_000, "together they counted {max_total}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newcomer_gets_its_share_from_an_instance_that_held_everything() {
+    let store = MemoryLeaseStore::new();
+    let a = shared(store.clone(), 0);
+    let (a_batcher, _a_open) = holding(&a);
+    let _a_tickets = want(&a_batcher, 20_000);
+    sleep(LEASE).await;
+    assert_eq!(a.rate(), Some(10_000));
+
+    let b = shared(store.clone(), 0);
+    let (b_batcher, _b_open) = holding(&b);
+    let _b_tickets = want(&b_batcher, 20_000);
+    let joined = Instant::now();
+    let mut max_total = 0;
+    while b.rate() != Some(5_000) {
+        max_total = max_total.max(a.rate().unwrap() + b.rate().unwrap());
+        assert!(joined.elapsed() < LEASE, "b never got its share");
+        sleep(10 * MS).await;
+    }
+    // a hears of b at its next announcement (every renewal period), gives
+    // back its extra partitions, and b takes them at its next retry.
+    assert!(
+        joined.elapsed() <= Duration::from_millis(500) + RETRY + 20 * MS,
+        "b got its share after {:?}",
+        joined.elapsed()
+    );
+    assert_eq!(a.rate(), Some(5_000));
+    assert!(max_total <= 10_000, "together they counted {max_total}");
 }

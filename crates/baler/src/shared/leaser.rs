@@ -12,6 +12,9 @@
 //! - A lease stops counting *before* its release is sent.
 //! - An acquire that fails or times out counts nothing: the store may have
 //!   granted it, but then nobody else can have it either until it expires.
+//! - Fair sharing only ever lowers what an instance wants (to its max-min
+//!   share of the demands announced to the store); it never takes a
+//!   partition that is not free, so it cannot break the invariants above.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -24,9 +27,9 @@ use tokio::time::Instant;
 
 use crate::events::CapacityEvent;
 
-use super::partitions::shuffled;
+use super::partitions::{fair_share, shuffled};
 use super::source::{lock, Counted, State};
-use super::store::{LeaseStore, LeaseStoreError};
+use super::store::{Demand, LeaseStore, LeaseStoreError};
 
 /// How leases are timed.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +60,10 @@ pub(crate) fn start(
         next_round: None,
         last_round_wanted: 0,
         published_rate: None,
+        announces: true,
+        others: None,
+        announced: None,
+        next_announce: None,
     };
     runtime.spawn(leaser.run())
 }
@@ -88,6 +95,13 @@ struct Leaser {
     next_round: Option<Instant>,
     last_round_wanted: usize,
     published_rate: Option<u64>,
+    /// Whether the store keeps demands (see [`LeaseStore::announce`]).
+    announces: bool,
+    /// The other instances' demands, as the store last gave them.
+    others: Option<Vec<Demand>>,
+    /// The demand last announced.
+    announced: Option<u32>,
+    next_announce: Option<Instant>,
 }
 
 impl Leaser {
@@ -99,6 +113,10 @@ impl Leaser {
             }
             let now = Instant::now();
             self.expire(now);
+            if self.others.is_none() {
+                // Learn the others' demands before taking anything.
+                self.announce(now).await;
+            }
             let wanted = self.wanted();
             if self.held.len() > wanted {
                 self.release_extra(wanted).await;
@@ -109,13 +127,79 @@ impl Leaser {
             if self.held.len() < wanted && (round_due || wanted > self.last_round_wanted) {
                 self.acquire_round().await;
             }
+            let before = self.wanted();
+            self.announce(Instant::now()).await;
             self.publish();
+            if self.wanted() != before {
+                // The fair share changed: give back or take at once.
+                continue;
+            }
             self.sleep().await;
         }
     }
 
+    /// The partitions the target needs.
+    fn needed(&self) -> u32 {
+        self.state.wanted.load(Ordering::SeqCst)
+    }
+
+    /// The partitions to hold: what the target needs, but no more than the
+    /// fair share when the store keeps demands.
     fn wanted(&self) -> usize {
-        self.state.wanted.load(Ordering::SeqCst) as usize
+        let needed = self.needed();
+        let Some(others) = &self.others else {
+            return needed as usize;
+        };
+        let mut all = others.clone();
+        all.push(Demand {
+            owner: self.owner.to_string(),
+            wanted: needed,
+        });
+        fair_share(&self.owner, &all, self.state.plan.count).min(needed) as usize
+    }
+
+    /// Tells the store what this instance needs, and learns its fair share:
+    /// when the need changed, and otherwise every renewal period (every retry
+    /// period while it needs more than it holds, to notice sooner when
+    /// another instance leaves).
+    async fn announce(&mut self, now: Instant) {
+        if !self.announces {
+            return;
+        }
+        let needed = self.needed();
+        let due = self.next_announce.is_none_or(|t| now >= t) || self.announced != Some(needed);
+        if !due {
+            return;
+        }
+        let t = self.timing;
+        let result = match tokio::time::timeout(
+            t.call_timeout,
+            self.store.announce(&self.owner, needed, t.lease_time),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(timed_out(t.call_timeout)),
+        };
+        self.seen(&result);
+        let mut every = if needed as usize > self.held.len() {
+            t.retry_every
+        } else {
+            t.renew_every
+        };
+        match result {
+            Ok(Some(demands)) => {
+                let me: &str = &self.owner;
+                self.others = Some(demands.into_iter().filter(|d| d.owner != me).collect());
+                self.announced = Some(needed);
+            }
+            Ok(None) => {
+                self.announces = false;
+                self.others = None;
+            }
+            Err(_) => every = t.retry_every,
+        }
+        self.next_announce = Some(Instant::now() + every);
     }
 
     /// Sleeps until the next renewal, expiry or acquire round, or until the
@@ -129,6 +213,11 @@ impl Leaser {
         }
         if self.held.len() < self.wanted() {
             if let Some(t) = self.next_round {
+                consider(t);
+            }
+        }
+        if self.announces {
+            if let Some(t) = self.next_announce {
                 consider(t);
             }
         }
@@ -182,8 +271,17 @@ impl Leaser {
         let all: Vec<u32> = self.held.keys().copied().collect();
         self.held.clear();
         self.sync_counted();
-        // Errors do not matter here: an unreleased lease expires.
+        // Errors do not matter here: an unreleased lease expires, and so
+        // does an announcement.
         let _ = self.calls(Call::Release, &all).await;
+        if self.announces {
+            let t = self.timing;
+            let _ = tokio::time::timeout(
+                t.call_timeout,
+                self.store.announce(&self.owner, 0, t.lease_time),
+            )
+            .await;
+        }
     }
 
     async fn renew_due(&mut self, now: Instant) {
@@ -296,10 +394,7 @@ impl Leaser {
                 };
                 let result = match tokio::time::timeout(t.call_timeout, future).await {
                     Ok(result) => result,
-                    Err(_) => Err(LeaseStoreError::unreachable(format!(
-                        "no answer within the call timeout of {:?}",
-                        t.call_timeout
-                    ))),
+                    Err(_) => Err(timed_out(t.call_timeout)),
                 };
                 (partition, sent, result)
             });
@@ -322,7 +417,7 @@ impl Leaser {
     }
 
     /// Records whether the store answered.
-    fn seen(&mut self, result: &Result<bool, LeaseStoreError>) {
+    fn seen<T>(&mut self, result: &Result<T, LeaseStoreError>) {
         match result {
             Ok(_) if !self.reachable => {
                 self.reachable = true;
@@ -375,4 +470,8 @@ impl Leaser {
             notifier.event(event);
         }
     }
+}
+
+fn timed_out(timeout: Duration) -> LeaseStoreError {
+    LeaseStoreError::unreachable(format!("no answer within the call timeout of {timeout:?}"))
 }

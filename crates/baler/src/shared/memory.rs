@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::store::{LeaseFuture, LeaseStore};
+use super::store::{Demand, LeaseFuture, LeaseStore};
 
 /// A [`LeaseStore`] in memory: shares a capacity between the capacities of
 /// one process (one per tenant, say), and stands in for a real store in
@@ -30,6 +30,7 @@ use super::store::{LeaseFuture, LeaseStore};
 #[derive(Debug, Clone, Default)]
 pub struct MemoryLeaseStore {
     leases: Arc<Mutex<HashMap<u32, Lease>>>,
+    demands: Arc<Mutex<HashMap<String, (u32, Instant)>>>,
 }
 
 #[derive(Debug)]
@@ -110,6 +111,29 @@ impl LeaseStore for MemoryLeaseStore {
                 leases.remove(&partition);
             }
             Ok(())
+        })
+    }
+
+    fn announce<'a>(
+        &'a self,
+        owner: &'a str,
+        wanted: u32,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Option<Vec<Demand>>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let mut demands = self.demands.lock().unwrap_or_else(|p| p.into_inner());
+            demands.insert(owner.to_owned(), (wanted, now + ttl));
+            demands.retain(|_, (_, expires)| *expires > now);
+            Ok(Some(
+                demands
+                    .iter()
+                    .map(|(owner, (wanted, _))| Demand {
+                        owner: owner.clone(),
+                        wanted: *wanted,
+                    })
+                    .collect(),
+            ))
         })
     }
 }

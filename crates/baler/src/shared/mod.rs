@@ -32,4 +32,4 @@ mod store;
 pub use builder::{SharedCapacity, SharedLeases, DEFAULT_LEASE_TIME};
 pub use memory::MemoryLeaseStore;
 pub use partitions::MAX_PARTITIONS;
-pub use store::{LeaseFuture, LeaseStore, LeaseStoreError};
+pub use store::{Demand, LeaseFuture, LeaseStore, LeaseStoreError};

@@ -1,4 +1,7 @@
-//! How a shared capacity is cut into partitions, and how many a target needs.
+//! How a shared capacity is cut into partitions, how many a target needs,
+//! and how many an instance may hold when others want them too.
+
+use super::store::Demand;
 
 /// The most partitions a shared capacity may be cut into: each one is a
 /// lease to renew, so more would load the store for little precision.
@@ -43,6 +46,42 @@ impl Plan {
             .div_ceil(self.factor.max(1));
         u32::try_from(need).unwrap_or(u32::MAX).min(self.count)
     }
+}
+
+/// The max-min fair share of `me` among `demands` for `count` partitions:
+/// owners that want less than an equal share get what they want; the rest
+/// split what is left equally, and the remainder goes one each to the first
+/// of them by token. Every instance computes the same answer from the same
+/// demands, and the shares add up to at most `count`.
+pub(crate) fn fair_share(me: &str, demands: &[Demand], count: u32) -> u32 {
+    let mut wanting: Vec<(u32, &str)> = demands
+        .iter()
+        .filter(|d| d.wanted > 0)
+        .map(|d| (d.wanted.min(count), d.owner.as_str()))
+        .collect();
+    wanting.sort_unstable();
+    let mut remaining = count;
+    for i in 0..wanting.len() {
+        let left = u32::try_from(wanting.len() - i).unwrap_or(u32::MAX);
+        let share = remaining / left;
+        let (wanted, owner) = wanting[i];
+        if wanted <= share {
+            if owner == me {
+                return wanted;
+            }
+            remaining -= wanted;
+            continue;
+        }
+        // Everyone from here on wants more than the equal share.
+        let extra = (remaining % left) as usize;
+        let mut rest: Vec<&str> = wanting[i..].iter().map(|w| w.1).collect();
+        rest.sort_unstable();
+        return rest
+            .iter()
+            .position(|o| *o == me)
+            .map_or(0, |k| share + u32::from(k < extra));
+    }
+    0
 }
 
 /// A random number, from the standard library's randomly keyed hasher (no
@@ -98,6 +137,53 @@ mod tests {
         assert_eq!(plan.wanted(501), 1);
         assert_eq!(plan.wanted(2_500), 2);
         assert_eq!(plan.wanted(1_000_000), 10);
+    }
+
+    fn demands(list: &[(&str, u32)]) -> Vec<Demand> {
+        list.iter()
+            .map(|(o, w)| Demand {
+                owner: (*o).to_owned(),
+                wanted: *w,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn owners_that_all_want_everything_split_it_evenly() {
+        let d = demands(&[("d", 10), ("b", 10), ("a", 10), ("c", 10)]);
+        let shares: Vec<u32> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|o| fair_share(o, &d, 10))
+            .collect();
+        assert_eq!(shares, [3, 3, 2, 2]);
+    }
+
+    #[test]
+    fn what_a_modest_owner_leaves_goes_to_the_others() {
+        let d = demands(&[("a", 1), ("b", 10), ("c", 4), ("z", 0)]);
+        let shares: Vec<u32> = ["a", "b", "c", "z"]
+            .iter()
+            .map(|o| fair_share(o, &d, 10))
+            .collect();
+        assert_eq!(shares, [1, 5, 4, 0]);
+        assert_eq!(fair_share("unknown", &d, 10), 0);
+    }
+
+    #[test]
+    fn shares_never_add_up_to_more_than_there_is() {
+        for n in 1..6u32 {
+            for count in 1..20u32 {
+                let d: Vec<Demand> = (0..n)
+                    .map(|i| Demand {
+                        owner: format!("o{i}"),
+                        wanted: (i * 7 + count) % 13,
+                    })
+                    .collect();
+                let total: u32 = d.iter().map(|x| fair_share(&x.owner, &d, count)).sum();
+                let want: u32 = d.iter().map(|x| x.wanted.min(count)).sum();
+                assert_eq!(total, want.min(count), "{d:?} of {count}");
+            }
+        }
     }
 
     #[test]

@@ -69,6 +69,34 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Gives `owner`'s lease on `partition` back, so that another owner can
     /// take it at once. Does nothing if `owner` does not hold it.
     fn release<'a>(&'a self, partition: u32, owner: &'a str) -> LeaseFuture<'a, ()>;
+
+    /// Announces that `owner` wants `wanted` partitions, valid for `ttl` by
+    /// the store's clock, and returns the demand of every owner whose
+    /// announcement has not expired, this one's included. Instances use the
+    /// demands to share the partitions fairly (max-min: nobody gets more than
+    /// an equal share while another that wants more gets less).
+    ///
+    /// `Ok(None)` means the store does not keep demands; then there is no
+    /// fair sharing, and whoever holds a partition keeps it while it needs
+    /// it. That is the default.
+    fn announce<'a>(
+        &'a self,
+        owner: &'a str,
+        wanted: u32,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Option<Vec<Demand>>> {
+        let _ = (owner, wanted, ttl);
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// How many partitions one owner wants, as announced to a [`LeaseStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    /// The owner's token.
+    pub owner: String,
+    /// The partitions it wants.
+    pub wanted: u32,
 }
 
 impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
@@ -92,6 +120,15 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
 
     fn release<'a>(&'a self, partition: u32, owner: &'a str) -> LeaseFuture<'a, ()> {
         (**self).release(partition, owner)
+    }
+
+    fn announce<'a>(
+        &'a self,
+        owner: &'a str,
+        wanted: u32,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Option<Vec<Demand>>> {
+        (**self).announce(owner, wanted, ttl)
     }
 }
 
