@@ -3,15 +3,17 @@
 //!
 //! ```text
 //! baler-redis-ledger --redis redis://127.0.0.1:6379 --name demo --ledger spent.log \
-//!     [--reserved 0] [--shared 10000] [--factor 1000] [--lease-ms 2000] [--cost 100]
+//!     [--reserved 0] [--shared 10000] [--factor 1000] [--lease-ms 2000] [--cost 100] \
+//!     [--seconds N]
 //! ```
 //!
 //! It submits operations of `--cost` each, keeping its buffer full (so its
 //! target is always above the whole shared capacity), one operation per
 //! batch. The ledger gets one line per batch, `spend <unix ms> <cost>`, and
 //! one line every 100 ms, `rate <unix ms> <rate> <partitions held>
-//! <store reachable: 1 or 0>`. It stops, giving its leases back, when its
-//! standard input closes. The multi-process test runs four of them.
+//! <store reachable: 1 or 0>`. It stops, giving its leases back, after
+//! `--seconds` if given, otherwise when its standard input closes. The
+//! multi-process test runs four of them.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -31,6 +33,7 @@ struct Args {
     factor: u64,
     lease: Duration,
     cost: u32,
+    seconds: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -43,6 +46,7 @@ fn parse() -> Result<Args, String> {
         factor: 1_000,
         lease: Duration::from_secs(2),
         cost: 100,
+        seconds: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +64,7 @@ fn parse() -> Result<Args, String> {
             "--shared" => args.shared = number()?,
             "--factor" => args.factor = number()?,
             "--lease-ms" => args.lease = Duration::from_millis(number()?),
+            "--seconds" => args.seconds = Some(number()?),
             "--cost" => {
                 args.cost = u32::try_from(number()?)
                     .map_err(|_| format!("--cost is at most {}", u32::MAX))?
@@ -174,10 +179,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
     };
 
-    // Run until standard input closes.
-    let mut stdin = tokio::io::stdin();
-    let mut buf = [0u8; 64];
-    while stdin.read(&mut buf).await.unwrap_or(0) > 0 {}
+    match args.seconds {
+        Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
+        None => {
+            // Run until standard input closes.
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            while stdin.read(&mut buf).await.unwrap_or(0) > 0 {}
+        }
+    }
 
     submitter.abort();
     sampler.abort();
