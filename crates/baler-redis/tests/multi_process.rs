@@ -251,14 +251,15 @@ fn four_processes_share_10000_per_second_through_redis() {
     }
 
     // The killed worker's partitions are taken by the others once its leases
-    // expire in Redis: within a lease time of its last renewal, plus the
-    // others' retry period.
+    // (and its announced demand) expire in Redis: within a lease time of its
+    // last renewal, which was at most a lease time before the kill, plus the
+    // others' retry period, plus one sample to see it in the ledgers.
     assert!(victim_rate > 0, "the victim held nothing");
     let took = first_sum(&ledgers, &survivors, killed, SHARED)
         .expect("the survivors never held the whole capacity");
     println!("worker {victim} (holding {victim_rate}/s) killed: its partitions taken over after {took} ms");
     assert!(
-        took <= LEASE_MS + RETRY_MS + SAMPLE_MS,
+        took <= LEASE_MS + RETRY_MS + 2 * SAMPLE_MS,
         "taken over after {took} ms"
     );
     used(killed + took + 1_000, outage, "after the kill");

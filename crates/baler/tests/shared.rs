@@ -514,3 +514,36 @@ async fn a_newcomer_gets_its_share_from_an_instance_that_held_everything() {
     assert_eq!(a.rate(), Some(5_000));
     assert!(max_total <= 10_000, "together they counted {max_total}");
 }
+
+/// A store that keeps leases but no demands (the trait's default announce).
+struct NoDemands(MemoryLeaseStore);
+
+impl LeaseStore for NoDemands {
+    fn acquire<'a>(&'a self, p: u32, owner: &'a str, t: Duration) -> LeaseFuture<'a, bool> {
+        self.0.acquire(p, owner, t)
+    }
+    fn renew<'a>(&'a self, p: u32, owner: &'a str, t: Duration) -> LeaseFuture<'a, bool> {
+        self.0.renew(p, owner, t)
+    }
+    fn release<'a>(&'a self, p: u32, owner: &'a str) -> LeaseFuture<'a, ()> {
+        self.0.release(p, owner)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_without_demands_shares_safely_first_come_first_served() {
+    let store = MemoryLeaseStore::new();
+    let a = shared(NoDemands(store.clone()), 0);
+    let (a_batcher, _a_open) = holding(&a);
+    let _a_tickets = want(&a_batcher, 20_000);
+    sleep(10 * MS).await;
+    let b = shared(NoDemands(store.clone()), 0);
+    let (b_batcher, _b_open) = holding(&b);
+    let _b_tickets = want(&b_batcher, 20_000);
+    for _ in 0..300 {
+        sleep(10 * MS).await;
+        assert!(a.rate().unwrap() + b.rate().unwrap() <= 10_000);
+    }
+    // Without demands nobody knows of b: a keeps what it renews.
+    assert_eq!((a.rate(), b.rate()), (Some(10_000), Some(0)));
+}

@@ -1,4 +1,4 @@
-//! A lease store in memory, for the processes of one... process.
+//! A lease store in memory: for the capacities of one process, and for tests.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
