@@ -253,7 +253,8 @@ fn four_processes_share_10000_per_second_through_redis() {
     // The killed worker's partitions are taken by the others once its leases
     // (and its announced demand) expire in Redis: within a lease time of its
     // last renewal, which was at most a lease time before the kill, plus the
-    // others' retry period, plus one sample to see it in the ledgers.
+    // others' retry period, plus the ledgers' resolution (a sample every
+    // 100 ms, taken at any time within it).
     assert!(victim_rate > 0, "the victim held nothing");
     let took = first_sum(&ledgers, &survivors, killed, SHARED)
         .expect("the survivors never held the whole capacity");

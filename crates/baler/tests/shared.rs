@@ -442,6 +442,18 @@ async fn settings_that_cannot_work_are_refused_with_what_to_change() {
         .build()
         .unwrap_err();
     assert!(matches!(e, ConfigError::LeaseTiming { .. }), "{e}");
+    let e = SharedCapacity::new(store())
+        .shared(10_000, 1_000)
+        .lease_time(Duration::MAX)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
+    let e = SharedCapacity::new(store())
+        .shared(10_000, 1_000)
+        .retry_every(Duration::from_secs(60))
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
 }
 
 #[test]

@@ -64,6 +64,10 @@ impl Capacity {
 ///   [`safety_margin`](Self::safety_margin) *before* it expires (timed from
 ///   just before the request was sent), so two instances never count the
 ///   same partition;
+/// - shares the partitions fairly when the store keeps demands (see
+///   [`LeaseStore::announce`]): each instance announces how many partitions
+///   it needs, and holds no more than its max-min fair share of them, so an
+///   instance that came first gives partitions back to those that came later;
 /// - when the store cannot be reached, keeps its leases only until they
 ///   would expire and falls back to its reserved capacity; it takes
 ///   partitions again when the store comes back.
@@ -273,6 +277,14 @@ impl SharedCapacity {
                 hint: "a lease must last long enough to be renewed; 10 s is a good start",
             });
         }
+        const MAX_LEASE: Duration = Duration::from_secs(3_600);
+        if lease > MAX_LEASE {
+            return Err(ConfigError::TooLarge {
+                setting: "SharedCapacity::lease_time (milliseconds)",
+                value: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                max: u64::try_from(MAX_LEASE.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
         let timing = Timing {
             lease_time: lease,
             safety_margin: self.safety_margin.unwrap_or(lease / 5),
@@ -291,6 +303,13 @@ impl SharedCapacity {
                     hint: "leave it unset for its default, a fraction of the lease time",
                 });
             }
+        }
+        if timing.retry_every > lease {
+            return Err(ConfigError::TooLarge {
+                setting: "SharedCapacity::retry_every (milliseconds; at most the lease time)",
+                value: u64::try_from(timing.retry_every.as_millis()).unwrap_or(u64::MAX),
+                max: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+            });
         }
         // A renewal sent at the last moment must come back before the lease
         // stops counting.

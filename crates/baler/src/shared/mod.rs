@@ -18,6 +18,11 @@
 //!                                                             LeaseStore (its clock decides expiry)
 //! ```
 //!
+//! When the store keeps demands, every instance also announces how many
+//! partitions it needs and holds no more than its max-min fair share, so the
+//! partitions are shared between instances rather than kept by whoever came
+//! first.
+//!
 //! The pieces, one per file: [`LeaseStore`] (the store's contract),
 //! [`MemoryLeaseStore`], [`SharedCapacity`] (the builder and its timing), the
 //! source the engine draws on, and the lease task with its invariants.
