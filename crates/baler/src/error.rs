@@ -346,4 +346,28 @@ pub enum ConfigError {
          call it from within a runtime (for example inside #[tokio::main])"
     )]
     NoRuntime,
+    /// A shared capacity was built outside a tokio runtime.
+    #[error(
+        "a shared capacity renews its leases on the caller's tokio runtime, but build() was \
+         called outside one; call it from within a runtime (for example inside #[tokio::main])"
+    )]
+    CapacityNoRuntime,
+    /// A shared capacity's lease timing would let a lease lapse before its
+    /// renewal comes back.
+    #[error(
+        "the lease time ({lease_time:?}) must be at least the safety margin ({safety_margin:?}) \
+         plus the renewal period ({renew_every:?}) plus the store call timeout \
+         ({call_timeout:?}), or a lease could stop counting before it is renewed; lengthen \
+         lease_time or shorten the others"
+    )]
+    LeaseTiming {
+        /// The lease time.
+        lease_time: Duration,
+        /// The safety margin.
+        safety_margin: Duration,
+        /// The renewal period.
+        renew_every: Duration,
+        /// The store call timeout.
+        call_timeout: Duration,
+    },
 }

@@ -87,6 +87,7 @@ pub mod loader;
 mod operation;
 mod processor;
 mod run;
+mod shared;
 mod shutdown;
 mod slot;
 mod stats;
@@ -107,6 +108,10 @@ pub use operation::{OpId, Operation};
 pub use processor::{
     store_fn, BatchOutcome, BatchReport, Processor, ProcessorBuilder, ProcessorError,
     ProcessorEvents, ProcessorStats, Store, StoreFn, DEFAULT_MIN_DURATION,
+};
+pub use shared::{
+    Demand, LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, SharedCapacity,
+    SharedLeases, DEFAULT_LEASE_TIME, MAX_PARTITIONS,
 };
 pub use shutdown::{Abandoned, ShutdownReport};
 pub use stats::Stats;
