@@ -677,6 +677,28 @@ async fn dropping_the_loader_still_answers_the_loads_waiting() {
     assert_eq!(load.await.unwrap(), value(4));
 }
 
+// ----- backpressure -------------------------------------------------------
+
+/// More keys than the engine's buffer holds (10,000): the loads beyond it
+/// wait for room, driven by their callers, instead of failing; every key is
+/// answered, once.
+#[tokio::test(start_paused = true)]
+async fn loads_beyond_the_buffer_wait_for_room_instead_of_failing() {
+    let log = Log::new();
+    let loader = Loader::builder()
+        .max_batch_size(100)
+        .max_handlers(1)
+        .build(recording(&log, Duration::from_secs(1)))
+        .unwrap();
+    let keys = 0..10_050u32;
+    let results = loader.load_many(keys.clone()).await;
+    for (k, result) in keys.zip(results) {
+        assert_eq!(result.unwrap(), value(k));
+    }
+    assert_eq!(log.keys().len(), 10_050, "each key fetched once");
+    assert_eq!(loader.stats().fetches, 10_050);
+}
+
 // ----- configuration ------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
