@@ -79,6 +79,14 @@ fn recording(
 
 type TestLoader = Loader<u32, String, String>;
 
+/// Awaits `f`, failing the test (rather than hanging it) if it takes more
+/// than an hour of the paused clock.
+async fn within_an_hour<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(3600), f)
+        .await
+        .expect("a load hung")
+}
+
 fn spawn_load(
     loader: &TestLoader,
     key: u32,
@@ -478,10 +486,10 @@ async fn a_caller_that_gives_up_during_the_batch_does_not_cancel_it_for_the_othe
     let patient = spawn_load(&loader, 7);
     let other = spawn_load(&loader, 8);
     assert!(impatient.await.unwrap().is_err(), "gave up after 100 ms");
-    let (waited, result) = patient.await.unwrap();
+    let (waited, result) = within_an_hour(patient).await.unwrap();
     assert_eq!(result.unwrap(), value(7));
     assert_eq!(waited, 500 * MS, "the batch ran to its end");
-    assert_eq!(other.await.unwrap().1.unwrap(), value(8));
+    assert_eq!(within_an_hour(other).await.unwrap().1.unwrap(), value(8));
     assert_eq!(log.keys(), vec![7, 8]);
 }
 
@@ -499,8 +507,8 @@ async fn a_caller_that_gives_up_before_dispatch_leaves_the_key_queued_for_the_ot
     let other = spawn_load(&loader, 2);
     settle().await;
     drop(first);
-    assert_eq!(joined.await.unwrap().1.unwrap(), value(1));
-    assert_eq!(other.await.unwrap().1.unwrap(), value(2));
+    assert_eq!(within_an_hour(joined).await.unwrap().1.unwrap(), value(1));
+    assert_eq!(within_an_hour(other).await.unwrap().1.unwrap(), value(2));
     assert_eq!(
         log.calls(),
         vec![Call {
@@ -523,7 +531,7 @@ async fn a_key_whose_callers_all_gave_up_before_dispatch_is_not_fetched() {
     let kept = spawn_load(&loader, 2);
     settle().await;
     drop((a, b));
-    assert_eq!(kept.await.unwrap().1.unwrap(), value(2));
+    assert_eq!(within_an_hour(kept).await.unwrap().1.unwrap(), value(2));
     assert_eq!(log.keys(), vec![2]);
     // Key 1 is neither in flight nor cached: a new load fetches it.
     assert_eq!(loader.load(1).await.unwrap(), value(1));
@@ -633,11 +641,11 @@ async fn shutdown_dispatches_stragglers_below_the_minimum_at_once_and_nothing_ha
     let loads: Vec<_> = (0..5).map(|k| spawn_load(&loader, k)).collect();
     settle().await;
     assert!(log.calls().is_empty(), "held below the minimum");
-    let report = loader.shutdown(None).await;
+    let report = within_an_hour(loader.shutdown(None)).await;
     assert!(report.is_clean());
     assert_eq!(report.flushed, 5);
     for (k, load) in (0..5).zip(loads) {
-        let (waited, result) = load.await.unwrap();
+        let (waited, result) = within_an_hour(load).await.unwrap();
         assert_eq!(result.unwrap(), value(k));
         assert_eq!(waited, Duration::ZERO);
     }
@@ -673,8 +681,36 @@ async fn dropping_the_loader_still_answers_the_loads_waiting() {
         .build(recording(&log, Duration::ZERO))
         .unwrap();
     let load = loader.load(4);
+    let start = Instant::now();
     drop(loader);
-    assert_eq!(load.await.unwrap(), value(4));
+    assert_eq!(within_an_hour(load).await.unwrap(), value(4));
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "dispatched by the drain, not by the ticker an hour later"
+    );
+}
+
+// ----- backpressure -------------------------------------------------------
+
+/// More keys than the engine's buffer holds (10,000): the loads beyond it
+/// wait for room, driven by their callers, instead of failing; every key is
+/// answered, once.
+#[tokio::test(start_paused = true)]
+async fn loads_beyond_the_buffer_wait_for_room_instead_of_failing() {
+    let log = Log::new();
+    let loader = Loader::builder()
+        .max_batch_size(100)
+        .max_handlers(1)
+        .build(recording(&log, Duration::from_secs(1)))
+        .unwrap();
+    let keys = 0..10_050u32;
+    let results = loader.load_many(keys.clone()).await;
+    for (k, result) in keys.zip(results) {
+        assert_eq!(result.unwrap(), value(k));
+    }
+    assert_eq!(log.keys().len(), 10_050, "each key fetched once");
+    assert_eq!(loader.stats().fetches, 10_050);
 }
 
 // ----- configuration ------------------------------------------------------

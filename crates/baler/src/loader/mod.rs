@@ -106,11 +106,15 @@ type Table<K, V, E> = HashMap<K, Arc<Flight<K, V, E>>>;
 /// # }
 /// ```
 pub struct Loader<K, V, E> {
+    /// Held by the loader's handles only, not by their loads: when the last
+    /// handle goes, the engine drains, so loads still waiting are dispatched
+    /// at once rather than left to the ticker.
+    batcher: Batcher<K, V, FetchError<E>>,
     inner: Arc<Inner<K, V, E>>,
 }
 
+/// What a loader's handles and its waiting loads share.
 struct Inner<K, V, E> {
-    batcher: Batcher<K, V, FetchError<E>>,
     /// Keys in flight: the fetch that every new caller of the key joins.
     table: Mutex<Table<K, V, E>>,
     cache: Option<DynCache<K, V, E>>,
@@ -146,6 +150,7 @@ pub struct LoaderStats {
 impl<K, V, E> Clone for Loader<K, V, E> {
     fn clone(&self) -> Self {
         Loader {
+            batcher: self.batcher.clone(),
             inner: self.inner.clone(),
         }
     }
@@ -181,7 +186,7 @@ impl<K, V, E> Loader<K, V, E> {
             cache_hits,
             joined,
             fetches,
-            batches: self.inner.batcher.stats().batches,
+            batches: self.batcher.stats().batches,
         }
     }
 }
@@ -235,10 +240,10 @@ where
             return Load::ready(hit);
         }
         let key = entry.key().clone();
-        let stage = match inner.batcher.try_submit(key.clone()) {
+        let stage = match self.batcher.try_submit(key.clone()) {
             Ok(ticket) => Stage::Queued(ticket),
             Err(SubmitError::Full(key)) => {
-                let batcher = inner.batcher.clone();
+                let batcher = self.batcher.clone();
                 Stage::Submitting(Box::pin(async move { batcher.submit(key).await }))
             }
             Err(_) => {
@@ -318,7 +323,7 @@ where
     /// [`LoadError::Abandoned`] and are listed in the report. Every load
     /// resolves either way: nothing hangs.
     pub async fn shutdown(&self, deadline: impl Into<Option<Duration>>) -> ShutdownReport<K> {
-        self.inner.batcher.shutdown(deadline).await
+        self.batcher.shutdown(deadline).await
     }
 }
 
@@ -731,8 +736,8 @@ where
             _values: PhantomData,
         })?;
         Ok(Loader {
+            batcher,
             inner: Arc::new(Inner {
-                batcher,
                 table: Mutex::new(HashMap::new()),
                 cache,
                 cache_errors: self.cache_errors,
