@@ -7,7 +7,28 @@
 //! - `BALER_BENCH_REPS`: measurements per (contender, submitters) (default 5);
 //! - `BALER_BENCH_SUBMITTERS`: a comma-separated subset of 1,16,256 (or any
 //!   other counts) to run, and `BALER_BENCH_CONTENDER`: `baler` or `floor` to
-//!   run only one contender; both for profiling, e.g. under `perf record`.
+//!   run only one contender; both for profiling, e.g. under `perf record`;
+//! - `BALER_BENCH_RECORDER`: `none` (default) or `prometheus`, which installs
+//!   `metrics-exporter-prometheus`'s recorder (histogram buckets set, upkeep
+//!   every second on a thread of its own) so that baler's metrics are
+//!   recorded for real.
+//!
+//! Run by `cargo test` (without `--bench`), it is a smoke test: 2,000
+//! operations and one repetition unless the environment says otherwise.
+//!
+//! # The cost of metrics
+//!
+//! The `metrics` feature is on by default. Its cost is the difference
+//! between three runs, each compared with the floor of its own run (the floor
+//! does not use baler, so it corrects for drift between runs):
+//!
+//! ```text
+//! cargo bench -p baler --bench throughput --no-default-features          # feature off
+//! cargo bench -p baler --bench throughput                                # on, no recorder
+//! BALER_BENCH_RECORDER=prometheus cargo bench -p baler --bench throughput # on, recording
+//! ```
+//!
+//! (`BALER_BENCH_SUBMITTERS=256` for the 256-submitter figure alone.)
 //!
 //! # What is measured
 //!
@@ -109,6 +130,28 @@ fn contenders() -> Vec<Contender> {
         Ok("baler") => vec![Contender::Baler],
         Ok("floor") => vec![Contender::Floor],
         Ok(other) => panic!("BALER_BENCH_CONTENDER must be baler or floor, got {other:?}"),
+    }
+}
+
+/// Installs the recorder `BALER_BENCH_RECORDER` names; returns its name.
+fn install_recorder() -> &'static str {
+    match std::env::var("BALER_BENCH_RECORDER").as_deref() {
+        Err(_) | Ok("none") => "none",
+        #[cfg(feature = "metrics")]
+        Ok("prometheus") => {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&[0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
+                .and_then(|b| b.install_recorder())
+                .expect("the Prometheus recorder installs");
+            std::thread::spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(1));
+                handle.run_upkeep();
+            });
+            "prometheus"
+        }
+        #[cfg(not(feature = "metrics"))]
+        Ok("prometheus") => panic!("BALER_BENCH_RECORDER=prometheus needs the metrics feature"),
+        Ok(other) => panic!("BALER_BENCH_RECORDER must be none or prometheus, got {other:?}"),
     }
 }
 
@@ -294,14 +337,25 @@ fn thousands(x: f64) -> String {
 }
 
 fn main() {
-    let ops = env_usize("BALER_BENCH_OPS", 1_000_000).max(1);
-    let reps = env_usize("BALER_BENCH_REPS", 5).max(1);
+    // `cargo bench` passes --bench; `cargo test` does not: a smoke test then.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let ops = env_usize("BALER_BENCH_OPS", if benching { 1_000_000 } else { 2_000 }).max(1);
+    let reps = env_usize("BALER_BENCH_REPS", if benching { 5 } else { 1 }).max(1);
     let submitters = submitters();
     let contenders = contenders();
+    let metrics = format!(
+        "metrics feature {}, recorder {}",
+        if cfg!(feature = "metrics") {
+            "on"
+        } else {
+            "off"
+        },
+        install_recorder()
+    );
 
     eprintln!(
         "throughput: {ops} ops, {reps} reps, submitters {submitters:?}, \
-         max_batch_size {MAX_BATCH}, linger {LINGER:?}, {WORKER_THREADS} worker threads"
+         max_batch_size {MAX_BATCH}, linger {LINGER:?}, {WORKER_THREADS} worker threads, {metrics}"
     );
 
     let warmup = (ops / 10).max(1);
@@ -343,7 +397,7 @@ fn main() {
     println!();
     println!(
         "Throughput of {} no-op operations, closed loop, max_batch_size {MAX_BATCH}, \
-         linger {} ms, {WORKER_THREADS} worker threads, {reps} reps (ops/s):",
+         linger {} ms, {WORKER_THREADS} worker threads, {reps} reps, {metrics} (ops/s):",
         thousands(ops as f64),
         LINGER.as_millis()
     );

@@ -47,6 +47,7 @@ use crate::diagnose::{Code, Diagnosis, Finding, Severity};
 use crate::error::Error;
 use crate::events::{BatchId, Event};
 use crate::handler::{BatchData, ErasedHandler, OpInfo};
+use crate::instruments::EngineMetrics;
 use crate::operation::OpId;
 use crate::run::{run_batch, Done, Ended, RunCtx, Tracker};
 use crate::shutdown::{Abandoned, ShutdownReport};
@@ -238,6 +239,8 @@ pub(crate) struct Engine<T, K, O, E> {
     retry_window: VecDeque<(u64, u64, u64)>,
     /// Cancellations not yet reported in an event.
     cancelled_unreported: u64,
+    /// The metrics handles (empty without the `metrics` feature).
+    metrics: EngineMetrics,
 }
 
 impl<T, K, O, E> Engine<T, K, O, E>
@@ -298,6 +301,7 @@ where
             audit_mismatch: None,
             retry_window: VecDeque::new(),
             cancelled_unreported: 0,
+            metrics: EngineMetrics::new(&cfg.name),
             cfg,
         }
     }
@@ -509,6 +513,7 @@ where
         let duration = now.saturating_duration_since(batch.started);
         let key = &self.slots[slot].key;
         let size = batch.ops as usize;
+        self.metrics.ended(done.ended);
         match done.ended {
             Ended::Outcomes => self.emit(|| Event::BatchCompleted {
                 batch: batch.id,
@@ -893,6 +898,7 @@ where
                 cost: op.cost,
                 attempts,
                 epoch: op.epoch,
+                enqueued: op.enqueued,
                 submitted: op.submitted,
             });
         }
@@ -911,6 +917,7 @@ where
             closing.report.flushed += ops;
         }
         self.count_window(now, ops, 0);
+        self.metrics.dispatched(ops, cost);
         let id = self.next_batch;
         self.next_batch += 1;
         let attempt = info.iter().map(|i| i.attempt).max().unwrap_or(1);
@@ -954,6 +961,8 @@ where
             abort: self.abort.clone(),
             tx: self.tx.clone(),
             name: self.cfg.name.clone(),
+            dispatched: now,
+            metrics: self.metrics.batch(),
         };
         tokio::spawn(run_batch(self.handler.clone(), data, trackers, ctx));
     }
@@ -1156,6 +1165,9 @@ where
         self.target_slot.set(self.stats.target);
         self.report_target(now);
         self.shared.publish(&self.stats);
+        let shared = &self.shared;
+        self.metrics
+            .publish(&self.stats, || shared.waiting_submitters());
     }
 
     /// Emits `TargetChanged` when the target moved, at most once per
@@ -1403,6 +1415,7 @@ where
             true
         } else {
             self.audit_mismatch = Some((target, recounted));
+            self.metrics.audit_failed();
             tracing::error!(
                 target,
                 recounted,

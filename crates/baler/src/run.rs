@@ -23,6 +23,7 @@ use crate::engine::{Msg, Queued, Res};
 use crate::error::Error;
 use crate::events::{BatchFailure, BatchId};
 use crate::handler::{Batch, BatchData, BoxFuture, ErasedHandler, HandlerResult, Outcome};
+use crate::instruments::{self, BatchMetrics};
 use crate::operation::OpId;
 use crate::slot::Resolver;
 
@@ -33,6 +34,8 @@ pub(crate) struct Tracker<O, E> {
     pub(crate) cost: u32,
     pub(crate) attempts: u32,
     pub(crate) epoch: u64,
+    /// When it entered the buffer for this attempt.
+    pub(crate) enqueued: tokio::time::Instant,
     pub(crate) submitted: tokio::time::Instant,
 }
 
@@ -66,6 +69,9 @@ pub(crate) struct RunCtx<T, K, O, E> {
     pub(crate) tx: UnboundedSender<Msg<T, K, O, E>>,
     /// The batcher's name, for the batch's span.
     pub(crate) name: Arc<str>,
+    /// When the engine dispatched the batch.
+    pub(crate) dispatched: tokio::time::Instant,
+    pub(crate) metrics: BatchMetrics,
 }
 
 enum Finish<O, E> {
@@ -104,6 +110,13 @@ pub(crate) async fn run_batch<T, K, O, E>(
         attempt = data.info.iter().map(|i| i.attempt).max().unwrap_or(1),
         outcome = tracing::field::Empty,
     );
+    if instruments::ENABLED {
+        for t in &trackers {
+            ctx.metrics
+                .queue_wait(ctx.dispatched.saturating_duration_since(t.enqueued));
+        }
+    }
+    let handler_started = instruments::ENABLED.then(tokio::time::Instant::now);
     let ended = {
         let handler_future = CatchUnwind {
             inner: handler.call(Batch { data: data.clone() }),
@@ -127,6 +140,12 @@ pub(crate) async fn run_batch<T, K, O, E>(
         tracing::Instrument::instrument(raced, span.clone()).await
         // The handler's future is dropped here, before anything is resolved.
     };
+    // Resolutions below are stamped with the time the handler ended.
+    let handler_ended = instruments::ENABLED.then(tokio::time::Instant::now);
+    if let (Some(start), Some(end)) = (handler_started, handler_ended) {
+        ctx.metrics
+            .handler_duration(end.saturating_duration_since(start));
+    }
     let summary = match &ended {
         Finish::Outcomes(o) if o.len() == trackers.len() => Ended::Outcomes,
         Finish::Outcomes(_) => Ended::Failed(BatchFailure::OutcomeCount),
@@ -216,6 +235,14 @@ pub(crate) async fn run_batch<T, K, O, E>(
         abandoned: Vec::new(),
         abandoned_count: 0,
     };
+    // End-to-end latency, from submit to resolution, for every operation
+    // this batch resolves (not those it hands back for a retry).
+    let resolved = |t: &Tracker<O, E>| {
+        if let Some(end) = handler_ended {
+            ctx.metrics
+                .latency(end.saturating_duration_since(t.submitted));
+        }
+    };
     for (i, (fate, t)) in fates.into_iter().zip(trackers).enumerate() {
         let payload = payloads.get_mut(i).and_then(Option::take);
         match (fate, payload) {
@@ -225,6 +252,7 @@ pub(crate) async fn run_batch<T, K, O, E>(
                 } else {
                     done.failed += 1;
                 }
+                resolved(&t);
                 let _ = t.resolver.send(result);
             }
             (Fate::Retry(_), Some(payload)) => done.retry.push(Queued {
@@ -241,10 +269,12 @@ pub(crate) async fn run_batch<T, K, O, E>(
                 // The handler kept the batch alive, so the payload cannot be
                 // queued again: resolve with the error it was retried for.
                 done.failed += 1;
+                resolved(&t);
                 let _ = t.resolver.send(err);
             }
             (Fate::Abandon, payload) => {
                 done.abandoned_count += 1;
+                resolved(&t);
                 let _ = t.resolver.send(Err(Error::Abandoned));
                 if let Some(payload) = payload {
                     done.abandoned.push((OpId(t.id), t.cost, payload));
