@@ -895,6 +895,8 @@ where
     }
 
     fn dispatch(&mut self, slot: usize, count: usize, now: Instant) {
+        // The front of the queue entered it first: the batch's longest wait.
+        let oldest = self.slots[slot].queue.front().map(|op| op.enqueued);
         let mut items = Vec::with_capacity(count);
         let mut info = Vec::with_capacity(count);
         let mut trackers = Vec::with_capacity(count);
@@ -927,7 +929,6 @@ where
                 cost: op.cost,
                 attempts,
                 epoch: op.epoch,
-                enqueued: op.enqueued,
                 submitted: op.submitted,
             });
         }
@@ -954,7 +955,11 @@ where
                 ..WindowSecond::default()
             },
         );
-        self.metrics.dispatched(ops, cost);
+        self.metrics.dispatched(
+            ops,
+            cost,
+            oldest.map_or(Duration::ZERO, |at| now.saturating_duration_since(at)),
+        );
         let id = self.next_batch;
         self.next_batch += 1;
         let attempt = info.iter().map(|i| i.attempt).max().unwrap_or(1);
@@ -998,7 +1003,6 @@ where
             abort: self.abort.clone(),
             tx: self.tx.clone(),
             name: self.cfg.name.clone(),
-            dispatched: now,
             metrics: self.metrics.batch(),
         };
         tokio::spawn(run_batch(self.handler.clone(), data, trackers, ctx));

@@ -5,7 +5,9 @@
 //! atomic update, with no allocation and no look-up. Counters follow the
 //! engine's [`Stats`] (one delta per engine turn, so they always agree with
 //! `stats()`); gauges are set once per turn; per-batch histograms are recorded
-//! at dispatch, and the per-operation ones by the batch task, off the engine.
+//! at dispatch (size, cost, queue wait) and when the handler returns
+//! (duration); the one per-operation histogram, latency, by the batch task,
+//! off the engine.
 //!
 //! Without the feature, the same types exist with empty bodies and
 //! [`ENABLED`] is `false`, so call sites compile to nothing.
@@ -120,6 +122,7 @@ mod imp {
         paused: Gauge,
         batch_size: Histogram,
         batch_cost: Histogram,
+        queue_wait: Histogram,
         last: Counted,
         batch: BatchMetrics,
     }
@@ -129,7 +132,6 @@ mod imp {
     pub(crate) struct BatchMetrics(Arc<BatchHandles>);
 
     struct BatchHandles {
-        queue_wait: Histogram,
         handler_duration: Histogram,
         latency: Histogram,
     }
@@ -179,7 +181,7 @@ mod imp {
         describe_histogram!(
             QUEUE_WAIT,
             Unit::Seconds,
-            "Per operation: time in the buffer before dispatch (each attempt counts)."
+            "Per batch: how long its oldest operation waited in the buffer before dispatch."
         );
         describe_histogram!(
             HANDLER_DURATION,
@@ -227,9 +229,9 @@ mod imp {
                 paused: gauge(PAUSED),
                 batch_size: histogram(BATCH_SIZE),
                 batch_cost: histogram(BATCH_COST),
+                queue_wait: histogram(QUEUE_WAIT),
                 last: Counted::default(),
                 batch: BatchMetrics(Arc::new(BatchHandles {
-                    queue_wait: histogram(QUEUE_WAIT),
                     handler_duration: histogram(HANDLER_DURATION),
                     latency: histogram(LATENCY),
                 })),
@@ -264,10 +266,11 @@ mod imp {
             self.paused.set(if s.paused { 1.0 } else { 0.0 });
         }
 
-        /// A batch was dispatched.
-        pub(crate) fn dispatched(&self, size: u64, cost: u64) {
+        /// A batch was dispatched; its oldest operation waited `wait`.
+        pub(crate) fn dispatched(&self, size: u64, cost: u64, wait: Duration) {
             self.batch_size.record(size as f64);
             self.batch_cost.record(cost as f64);
+            self.queue_wait.record(wait.as_secs_f64());
         }
 
         /// A batch's task reported how the batch ended.
@@ -287,10 +290,6 @@ mod imp {
     }
 
     impl BatchMetrics {
-        pub(crate) fn queue_wait(&self, wait: Duration) {
-            self.0.queue_wait.record(wait.as_secs_f64());
-        }
-
         pub(crate) fn handler_duration(&self, duration: Duration) {
             self.0.handler_duration.record(duration.as_secs_f64());
         }
@@ -324,7 +323,7 @@ mod imp {
         #[inline(always)]
         pub(crate) fn publish(&mut self, _s: &Stats, _waiting: impl FnOnce() -> usize) {}
         #[inline(always)]
-        pub(crate) fn dispatched(&self, _size: u64, _cost: u64) {}
+        pub(crate) fn dispatched(&self, _size: u64, _cost: u64, _wait: Duration) {}
         #[inline(always)]
         pub(crate) fn ended(&self, _ended: Ended) {}
         #[inline(always)]
@@ -336,8 +335,6 @@ mod imp {
     }
 
     impl BatchMetrics {
-        #[inline(always)]
-        pub(crate) fn queue_wait(&self, _wait: Duration) {}
         #[inline(always)]
         pub(crate) fn handler_duration(&self, _duration: Duration) {}
         #[inline(always)]

@@ -108,7 +108,7 @@
 //! | `baler_paused` | gauge | `batcher` | 1 while dispatching is paused, else 0 |
 //! | `baler_batch_size` | histogram | `batcher` | operations per dispatched batch |
 //! | `baler_batch_cost` | histogram | `batcher` | cost per dispatched batch |
-//! | `baler_queue_wait_seconds` | histogram | `batcher` | per operation and attempt: time from entering the buffer to dispatch |
+//! | `baler_queue_wait_seconds` | histogram | `batcher` | per batch: how long its oldest operation waited in the buffer before the batch was dispatched (the longest wait in the batch; a retry's wait counts from its return to the buffer) |
 //! | `baler_handler_duration_seconds` | histogram | `batcher` | per batch: how long the handler ran (until it returned, panicked, timed out or was abandoned) |
 //! | `baler_operation_latency_seconds` | histogram | `batcher` | per operation a batch resolves: from submit to resolution, across retries |
 //!

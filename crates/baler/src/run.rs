@@ -34,8 +34,6 @@ pub(crate) struct Tracker<O, E> {
     pub(crate) cost: u32,
     pub(crate) attempts: u32,
     pub(crate) epoch: u64,
-    /// When it entered the buffer for this attempt.
-    pub(crate) enqueued: tokio::time::Instant,
     pub(crate) submitted: tokio::time::Instant,
 }
 
@@ -69,8 +67,6 @@ pub(crate) struct RunCtx<T, K, O, E> {
     pub(crate) tx: UnboundedSender<Msg<T, K, O, E>>,
     /// The batcher's name, for the batch's span.
     pub(crate) name: Arc<str>,
-    /// When the engine dispatched the batch.
-    pub(crate) dispatched: tokio::time::Instant,
     pub(crate) metrics: BatchMetrics,
 }
 
@@ -110,12 +106,6 @@ pub(crate) async fn run_batch<T, K, O, E>(
         attempt = data.info.iter().map(|i| i.attempt).max().unwrap_or(1),
         outcome = tracing::field::Empty,
     );
-    if instruments::ENABLED {
-        for t in &trackers {
-            ctx.metrics
-                .queue_wait(ctx.dispatched.saturating_duration_since(t.enqueued));
-        }
-    }
     let handler_started = instruments::ENABLED.then(tokio::time::Instant::now);
     let ended = {
         let handler_future = CatchUnwind {

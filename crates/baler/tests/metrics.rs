@@ -177,11 +177,19 @@ async fn a_known_workload_scrapes_to_the_numbers_it_determines() {
     let handler = s.value("baler_handler_duration_seconds_sum", l);
     assert!(close(handler, 0.4), "handler time {handler}");
 
-    // Queue wait, per dispatched operation: 20 went at once, 5 waited out
-    // the 5 ms linger, and the retry went at once when its backoff ended.
-    assert_eq!(s.value("baler_queue_wait_seconds_count", l), 26.0);
+    // Queue wait, per batch (its oldest operation): the first two went at
+    // once, the third waited out the 5 ms linger, and the retry went at once
+    // when its backoff ended.
+    assert_eq!(s.value("baler_queue_wait_seconds_count", l), 4.0);
     let wait = s.value("baler_queue_wait_seconds_sum", l);
-    assert!(close(wait, 0.025), "queue wait {wait}");
+    assert!(close(wait, 0.005), "queue wait {wait}");
+    assert_eq!(
+        s.value(
+            "baler_queue_wait_seconds_bucket",
+            r#"batcher="scrape",le="1""#
+        ),
+        4.0
+    );
 
     // Latency, per resolved operation: 20 took 100 ms, 4 took 105 ms, and
     // item 24 took 105 ms + a 5-10 ms backoff + 100 ms (+ up to 1 ms: the
