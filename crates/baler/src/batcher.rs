@@ -400,9 +400,11 @@ where
     }
 
     /// Asks the engine why work is, or is not, moving: paused, no capacity,
-    /// in-flight limit reached, a batch running too long, a full buffer, a
-    /// retry storm, or an accounting mismatch. Runs an audit of the target as
-    /// part of it. Returns an empty diagnosis once the engine has stopped.
+    /// the capacity setting the pace, in-flight limit reached, a batch running
+    /// too long, a full buffer, a retry storm, small batches, or an accounting
+    /// mismatch. Runs an audit of the target as part of it. Returns an empty
+    /// diagnosis once the engine has stopped. `docs/troubleshooting.md` shows
+    /// each finding in its situation.
     pub async fn diagnose(&self) -> Diagnosis {
         let (tx, rx) = oneshot::channel();
         if self.shared().tx.send(Msg::Diagnose(tx)).is_ok() {

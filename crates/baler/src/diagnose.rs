@@ -29,6 +29,8 @@ pub enum Code {
     Paused,
     /// Work is waiting but the capacity grants nothing.
     NoCapacity,
+    /// Work is waiting for the capacity's tokens: the capacity sets the pace.
+    CapacityBound,
     /// Every in-flight slot is busy and work is waiting.
     InFlightCapReached,
     /// A batch has run past its maximum operation time.
@@ -41,6 +43,8 @@ pub enum Code {
     RetryStorm,
     /// The target differs from the cost of what is held.
     AuditMismatch,
+    /// Recent batches averaged under a quarter of the maximum batch size.
+    SmallBatches,
 }
 
 impl Code {
@@ -49,12 +53,14 @@ impl Code {
         match self {
             Code::Paused => "paused",
             Code::NoCapacity => "no-capacity",
+            Code::CapacityBound => "capacity-bound",
             Code::InFlightCapReached => "in-flight-cap-reached",
             Code::BatchOverdue => "batch-overdue",
             Code::BatchRunningLong => "batch-running-long",
             Code::BufferFull => "buffer-full",
             Code::RetryStorm => "retry-storm",
             Code::AuditMismatch => "audit-mismatch",
+            Code::SmallBatches => "small-batches",
         }
     }
 }

@@ -52,6 +52,7 @@ use crate::diagnose::{Code, Diagnosis, Finding, Severity};
 use crate::error::Error;
 use crate::events::{BatchId, Event};
 use crate::handler::{BatchData, ErasedHandler, OpInfo};
+use crate::instruments::EngineMetrics;
 use crate::operation::OpId;
 use crate::run::{run_batch, Done, Ended, RunCtx, Tracker};
 use crate::shutdown::{Abandoned, ShutdownReport};
@@ -90,8 +91,31 @@ pub(crate) const LONG_RUNNING: Duration = Duration::from_secs(30);
 /// The least time between two `TargetChanged` events.
 const TARGET_EVENT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How far back `diagnose()` looks for a retry storm, in seconds.
+/// How far back `diagnose()` looks for a retry storm or small batches, in
+/// seconds.
 const RETRY_WINDOW_SECS: u64 = 10;
+
+/// The least number of recent batches for a small-batches finding.
+const SMALL_BATCHES_MIN: u64 = 20;
+
+/// What was dispatched and retried in one second, for `diagnose()`.
+#[derive(Debug, Default, Clone, Copy)]
+struct WindowSecond {
+    second: u64,
+    dispatched: u64,
+    retried: u64,
+    batches: u64,
+    cost: u64,
+}
+
+impl WindowSecond {
+    fn add(&mut self, other: &WindowSecond) {
+        self.dispatched += other.dispatched;
+        self.retried += other.retried;
+        self.batches += other.batches;
+        self.cost += other.cost;
+    }
+}
 
 /// Messages to the engine.
 pub(crate) enum Msg<T, K, O, E> {
@@ -245,9 +269,11 @@ pub(crate) struct Engine<T, K, O, E> {
     /// The last audit's mismatch, if it found one: (target, recounted).
     audit_mismatch: Option<(u64, u64)>,
     /// Per-second counts of dispatched and retried operations.
-    retry_window: VecDeque<(u64, u64, u64)>,
+    retry_window: VecDeque<WindowSecond>,
     /// Cancellations not yet reported in an event.
     cancelled_unreported: u64,
+    /// The metrics handles (empty without the `metrics` feature).
+    metrics: EngineMetrics,
 }
 
 impl<T, K, O, E> Engine<T, K, O, E>
@@ -309,6 +335,7 @@ where
             audit_mismatch: None,
             retry_window: VecDeque::new(),
             cancelled_unreported: 0,
+            metrics: EngineMetrics::new(&cfg.name),
             cfg,
         }
     }
@@ -536,10 +563,17 @@ where
         self.stats.completed += done.completed;
         self.stats.failed += done.failed + done.abandoned_count;
         let retried = done.retry.len() as u64;
-        self.count_window(now, 0, retried);
+        self.count_window(
+            now,
+            WindowSecond {
+                retried,
+                ..WindowSecond::default()
+            },
+        );
         let duration = now.saturating_duration_since(batch.started);
         let key = &self.slots[slot].key;
         let size = batch.ops as usize;
+        self.metrics.ended(done.ended);
         match done.ended {
             Ended::Outcomes => self.emit(|| Event::BatchCompleted {
                 batch: batch.id,
@@ -892,6 +926,8 @@ where
     }
 
     fn dispatch(&mut self, slot: usize, count: usize, now: Instant) {
+        // The front of the queue entered it first: the batch's longest wait.
+        let oldest = self.slots[slot].queue.front().map(|op| op.enqueued);
         let mut items = Vec::with_capacity(count);
         let mut info = Vec::with_capacity(count);
         let mut trackers = Vec::with_capacity(count);
@@ -941,7 +977,20 @@ where
         if let Some(closing) = &mut self.closing {
             closing.report.flushed += ops;
         }
-        self.count_window(now, ops, 0);
+        self.count_window(
+            now,
+            WindowSecond {
+                dispatched: ops,
+                batches: 1,
+                cost,
+                ..WindowSecond::default()
+            },
+        );
+        self.metrics.dispatched(
+            ops,
+            cost,
+            oldest.map_or(Duration::ZERO, |at| now.saturating_duration_since(at)),
+        );
         let id = self.next_batch;
         self.next_batch += 1;
         let attempt = info.iter().map(|i| i.attempt).max().unwrap_or(1);
@@ -984,6 +1033,7 @@ where
             retry_timeouts: self.cfg.retry_timeouts,
             abort: self.abort.clone(),
             name: self.cfg.name.clone(),
+            metrics: self.metrics.batch(),
         };
         let batch = run_batch(self.handler.clone(), data, trackers, ctx);
         match self.cfg.execution {
@@ -1197,6 +1247,9 @@ where
         self.target_slot.set(self.stats.target);
         self.report_target(now);
         self.shared.publish(&self.stats);
+        let shared = &self.shared;
+        self.metrics
+            .publish(&self.stats, || shared.waiting_submitters());
     }
 
     /// Emits `TargetChanged` when the target moved, at most once per
@@ -1230,19 +1283,18 @@ where
     }
 
     /// Counts dispatched and retried operations in the current second.
-    fn count_window(&mut self, now: Instant, dispatched: u64, retried: u64) {
+    fn count_window(&mut self, now: Instant, counts: WindowSecond) {
         let second = now.saturating_duration_since(self.ticker_origin).as_secs();
         match self.retry_window.back_mut() {
-            Some((s, d, r)) if *s == second => {
-                *d += dispatched;
-                *r += retried;
-            }
-            _ => self.retry_window.push_back((second, dispatched, retried)),
+            Some(w) if w.second == second => w.add(&counts),
+            _ => self
+                .retry_window
+                .push_back(WindowSecond { second, ..counts }),
         }
         while self
             .retry_window
             .front()
-            .is_some_and(|(s, _, _)| *s + RETRY_WINDOW_SECS <= second)
+            .is_some_and(|w| w.second + RETRY_WINDOW_SECS <= second)
         {
             self.retry_window.pop_front();
         }
@@ -1306,6 +1358,29 @@ where
                 ),
                 numbers,
             });
+        }
+
+        if let (Some(rate), Some(_)) = (self.cfg.capacity.rate(), self.capacity_wait) {
+            if rate > 0 && waiting > 0 {
+                let drain = s.target as f64 / rate as f64;
+                findings.push(Finding {
+                    severity: Severity::Info,
+                    code: Code::CapacityBound,
+                    message: format!(
+                        "{waiting} operation(s) wait for capacity: the target is {} but the \
+                         capacity grants {rate} per second, so the capacity sets the pace \
+                         (about {drain:.1} s to dispatch what is held); raise the capacity if \
+                         the datastore can take more",
+                        s.target
+                    ),
+                    numbers: vec![
+                        ("target", s.target as f64),
+                        ("capacity", rate as f64),
+                        ("waiting", waiting as f64),
+                        ("seconds_to_drain", drain),
+                    ],
+                });
+            }
         }
 
         let max = self.cfg.max_in_flight as u64;
@@ -1372,7 +1447,8 @@ where
                 code: Code::BufferFull,
                 message: format!(
                     "the buffer is full ({held} of {buffer} operations held) and {submitters} \
-                     submitter(s) wait for room: the handler is slower than the submit rate; \
+                     submitter(s) wait for room, each holding its payload: the handler is \
+                     slower than the submit rate; \
                      this is backpressure working, but if it lasts, raise max_in_flight or the \
                      capacity, or slow the producers"
                 ),
@@ -1384,10 +1460,11 @@ where
             });
         }
 
-        let (dispatched, retried) = self
-            .retry_window
-            .iter()
-            .fold((0, 0), |(d, r), (_, dd, rr)| (d + dd, r + rr));
+        let mut window = WindowSecond::default();
+        for w in &self.retry_window {
+            window.add(w);
+        }
+        let (dispatched, retried) = (window.dispatched, window.retried);
         if retried >= 10 && retried * 2 >= dispatched {
             findings.push(Finding {
                 severity: Severity::Warning,
@@ -1403,6 +1480,15 @@ where
                     ("window_seconds", RETRY_WINDOW_SECS as f64),
                 ],
             });
+        }
+
+        let max_size = self.cfg.max_batch_size as f64;
+        if window.batches >= SMALL_BATCHES_MIN && max_size >= 4.0 {
+            let mean_size = window.dispatched as f64 / window.batches as f64;
+            let mean_cost = window.cost as f64 / window.batches as f64;
+            if mean_size * 4.0 < max_size {
+                findings.push(self.small_batches(mean_size, mean_cost, window.batches));
+            }
         }
 
         if let Some((target, recounted)) = self.audit_mismatch {
@@ -1422,6 +1508,62 @@ where
         Diagnosis {
             findings,
             stats: self.stats.clone(),
+        }
+    }
+
+    /// Says why recent batches averaged under a quarter of `max_batch_size`.
+    fn small_batches(&self, mean_size: f64, mean_cost: f64, batches: u64) -> Finding {
+        let limit = self.batch_cost_limit;
+        let keys = self.index.len();
+        let why = if mean_cost * 2.0 >= limit as f64 {
+            if limit < self.cfg.max_batch_cost {
+                format!(
+                    "batches are cut at a cost of {limit}, the capacity's burst (what it \
+                     grants in one burst interval); give the capacity a larger burst \
+                     (Capacity::provisioned_with_burst) or make operations cheaper"
+                )
+            } else {
+                format!(
+                    "batches are cut at max_batch_cost ({limit}); raise it if the datastore \
+                     takes bigger batches"
+                )
+            }
+        } else if keys > 1 {
+            format!(
+                "operations of {keys} different keys are held and never share a batch; use \
+                 fewer keys, or no key where batches need not be split"
+            )
+        } else if self.cfg.dispatch == Dispatch::LoadAware {
+            "with Dispatch::LoadAware a batch goes as soon as its key has nothing in flight, \
+             which keeps latency low when the load is light; to trade latency for bigger \
+             batches, set min_batch_size, or use Dispatch::Linger with a longer linger"
+                .to_owned()
+        } else {
+            format!(
+                "batches close when their linger ({:?}) runs out before they fill; raise the \
+                 linger to trade latency for bigger batches",
+                self.cfg.linger
+            )
+        };
+        let mut numbers = vec![
+            ("mean_batch_size", mean_size),
+            ("max_batch_size", self.cfg.max_batch_size as f64),
+            ("mean_batch_cost", mean_cost),
+        ];
+        if limit < u64::MAX {
+            numbers.push(("batch_cost_limit", limit as f64));
+        }
+        numbers.push(("batches", batches as f64));
+        numbers.push(("keys", keys as f64));
+        Finding {
+            severity: Severity::Info,
+            code: Code::SmallBatches,
+            message: format!(
+                "the last {batches} batches averaged {mean_size:.1} operation(s) (cost \
+                 {mean_cost:.1}) of at most {}: {why}",
+                self.cfg.max_batch_size
+            ),
+            numbers,
         }
     }
 
@@ -1446,6 +1588,7 @@ where
             true
         } else {
             self.audit_mismatch = Some((target, recounted));
+            self.metrics.audit_failed();
             tracing::error!(
                 target,
                 recounted,

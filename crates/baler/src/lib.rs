@@ -72,6 +72,54 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Metrics
+//!
+//! With the default cargo feature `metrics`, every batcher records through the
+//! [`metrics`](https://docs.rs/metrics) facade, into whatever recorder the
+//! service installed (for Prometheus, `metrics-exporter-prometheus`; see
+//! `examples/prometheus.rs`). The batcher registers its handles **when it is
+//! built**, against the recorder current at that moment, so install the
+//! recorder first. Recording is an atomic update on a handle: no allocation,
+//! no look-up, nothing per operation on the engine's task. Without the
+//! feature (`default-features = false`) nothing is recorded and nothing is
+//! paid.
+//!
+//! Every metric carries the label `batcher`, the batcher's
+//! [`name`](Builder::name). Counters move with [`Stats`] (they always agree
+//! with [`Batcher::stats`]); gauges are set once per turn of the engine, so
+//! they are as of its last turn.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `baler_operations_submitted_total` | counter | `batcher` | operations accepted |
+//! | `baler_operations_completed_total` | counter | `batcher` | operations resolved with an output |
+//! | `baler_operations_failed_total` | counter | `batcher` | operations resolved with an error: handler error, retries exhausted, timeout, panic, wrong outcome count, abandoned at a shutdown deadline |
+//! | `baler_operations_retried_total` | counter | `batcher` | times an operation was put back for another attempt |
+//! | `baler_operations_cancelled_total` | counter | `batcher` | operations taken out because their ticket was dropped before dispatch |
+//! | `baler_batches_dispatched_total` | counter | `batcher` | batches handed to the handler |
+//! | `baler_batches_ended_total` | counter | `batcher`, `outcome` | batches ended, by `outcome`: `ok` (the handler returned one outcome per operation), `handler_error`, `panicked`, `outcome_count` (wrong number of outcomes), `timed_out`, `abandoned` (shutdown deadline) |
+//! | `baler_audit_failures_total` | counter | `batcher` | audits that found the target differing from the cost of what is held: a bug in baler, see [`Code::AuditMismatch`] |
+//! | `baler_target` | gauge | `batcher` | the target: the cost of everything held, buffered, retrying or in flight |
+//! | `baler_capacity` | gauge | `batcher` | the capacity's rate in cost per second; infinite (`inf`) when unlimited |
+//! | `baler_buffered_operations` | gauge | `batcher` | operations waiting in the buffer for a batch |
+//! | `baler_buffered_cost` | gauge | `batcher` | their total cost |
+//! | `baler_retrying_operations` | gauge | `batcher` | operations waiting out a retry backoff |
+//! | `baler_in_flight_batches` | gauge | `batcher` | batches whose handler is running |
+//! | `baler_in_flight_operations` | gauge | `batcher` | operations in those batches |
+//! | `baler_waiting_submitters` | gauge | `batcher` | submitters waiting for room in the buffer |
+//! | `baler_paused` | gauge | `batcher` | 1 while dispatching is paused, else 0 |
+//! | `baler_batch_size` | histogram | `batcher` | operations per dispatched batch |
+//! | `baler_batch_cost` | histogram | `batcher` | cost per dispatched batch |
+//! | `baler_queue_wait_seconds` | histogram | `batcher` | per batch: how long its oldest operation waited in the buffer before the batch was dispatched (the longest wait in the batch; a retry's wait counts from its return to the buffer) |
+//! | `baler_handler_duration_seconds` | histogram | `batcher` | per batch: how long the handler ran (until it returned, panicked, timed out or was abandoned) |
+//! | `baler_operation_latency_seconds` | histogram | `batcher` | per operation a batch resolves: from submit to resolution, across retries |
+//!
+//! Where to look first: `baler_target` above `baler_capacity` for long means
+//! the capacity is the bottleneck; `baler_in_flight_batches` stuck at
+//! `max_in_flight` means the handler is; `baler_waiting_submitters` above 0
+//! means producers are being pushed back. [`Batcher::diagnose`] says the same
+//! in words.
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
@@ -83,6 +131,7 @@ mod engine;
 mod error;
 mod events;
 mod handler;
+mod instruments;
 pub mod loader;
 mod operation;
 mod processor;

@@ -24,6 +24,7 @@ use crate::engine::{Queued, Res};
 use crate::error::Error;
 use crate::events::{BatchFailure, BatchId};
 use crate::handler::{Batch, BatchData, BoxFuture, ErasedHandler, HandlerResult, Outcome};
+use crate::instruments::{self, BatchMetrics};
 use crate::operation::OpId;
 use crate::slot::Resolver;
 
@@ -66,6 +67,7 @@ pub(crate) struct RunCtx {
     pub(crate) abort: CancellationToken,
     /// The batcher's name, for the batch's span.
     pub(crate) name: Arc<str>,
+    pub(crate) metrics: BatchMetrics,
 }
 
 enum Finish<O, E> {
@@ -105,6 +107,7 @@ where
         attempt = data.info.iter().map(|i| i.attempt).max().unwrap_or(1),
         outcome = tracing::field::Empty,
     );
+    let handler_started = instruments::ENABLED.then(tokio::time::Instant::now);
     let ended = {
         let handler_future = CatchUnwind {
             inner: handler.call(Batch { data: data.clone() }),
@@ -128,6 +131,12 @@ where
         tracing::Instrument::instrument(raced, span.clone()).await
         // The handler's future is dropped here, before anything is resolved.
     };
+    // Resolutions below are stamped with the time the handler ended.
+    let handler_ended = instruments::ENABLED.then(tokio::time::Instant::now);
+    if let (Some(start), Some(end)) = (handler_started, handler_ended) {
+        ctx.metrics
+            .handler_duration(end.saturating_duration_since(start));
+    }
     let summary = match &ended {
         Finish::Outcomes(o) if o.len() == trackers.len() => Ended::Outcomes,
         Finish::Outcomes(_) => Ended::Failed(BatchFailure::OutcomeCount),
@@ -217,6 +226,14 @@ where
         abandoned: Vec::new(),
         abandoned_count: 0,
     };
+    // End-to-end latency, from submit to resolution, for every operation
+    // this batch resolves (not those it hands back for a retry).
+    let resolved = |t: &Tracker<O, E>| {
+        if let Some(end) = handler_ended {
+            ctx.metrics
+                .latency(end.saturating_duration_since(t.submitted));
+        }
+    };
     for (i, (fate, t)) in fates.into_iter().zip(trackers).enumerate() {
         let payload = payloads.get_mut(i).and_then(Option::take);
         match (fate, payload) {
@@ -226,6 +243,7 @@ where
                 } else {
                     done.failed += 1;
                 }
+                resolved(&t);
                 let _ = t.resolver.send(result);
             }
             (Fate::Retry(_), Some(payload)) => done.retry.push(Queued {
@@ -242,10 +260,12 @@ where
                 // The handler kept the batch alive, so the payload cannot be
                 // queued again: resolve with the error it was retried for.
                 done.failed += 1;
+                resolved(&t);
                 let _ = t.resolver.send(err);
             }
             (Fate::Abandon, payload) => {
                 done.abandoned_count += 1;
+                resolved(&t);
                 let _ = t.resolver.send(Err(Error::Abandoned));
                 if let Some(payload) = payload {
                     done.abandoned.push((OpId(t.id), t.cost, payload));

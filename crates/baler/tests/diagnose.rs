@@ -96,6 +96,42 @@ async fn work_waiting_with_no_capacity_says_why_the_batch_never_starts() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn work_waiting_for_capacity_says_the_capacity_sets_the_pace() {
+    // 100 cost per second, operations of cost 10: one operation every 100 ms.
+    let (handler, log) = Recorder::<u32, ()>::new(Duration::ZERO);
+    let b = Batcher::builder()
+        .capacity(Capacity::provisioned(100).unwrap())
+        .build(handler)
+        .unwrap();
+    let _t: Vec<_> = (0..20)
+        .map(|i| b.try_submit(Operation::new(i).cost(10)).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let d = b.diagnose().await;
+    let f = d
+        .find(Code::CapacityBound)
+        .expect("a capacity-bound finding");
+    assert_eq!(f.severity, Severity::Info);
+    assert_eq!(f.number("capacity"), Some(100.0));
+    let dispatched = log.lock().unwrap().len() as f64;
+    assert!((4.0..=6.0).contains(&dispatched), "{dispatched}");
+    assert_eq!(f.number("waiting"), Some(20.0 - dispatched));
+    assert_eq!(f.number("target"), Some(d.stats.target as f64));
+    assert_eq!(
+        f.number("seconds_to_drain"),
+        Some(d.stats.target as f64 / 100.0)
+    );
+    assert!(f.message.contains("the capacity sets the pace"), "{f}");
+
+    // With an unlimited capacity nothing waits for it.
+    let (handler, _) = Recorder::<u32, ()>::new(Duration::from_secs(1));
+    let b = Batcher::builder().max_in_flight(1).build(handler).unwrap();
+    let _t: Vec<_> = (0..20).map(|i| b.try_submit(i).unwrap()).collect();
+    settle().await;
+    assert!(b.diagnose().await.find(Code::CapacityBound).is_none());
+}
+
+#[tokio::test(start_paused = true)]
 async fn in_flight_cap_reached_with_work_waiting() {
     let (handler, _) = Recorder::<u32, ()>::new(Duration::from_secs(1));
     let b = Batcher::builder()
@@ -242,6 +278,73 @@ async fn operations_retried_again_and_again_are_a_retry_storm() {
             Err(baler::Error::Exhausted { attempts: 10, .. })
         ));
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn small_batches_at_light_load_are_explained_by_the_load_aware_policy() {
+    let (handler, _) = Recorder::<u32, ()>::new(MS);
+    let b = Batcher::builder().build(handler).unwrap();
+    for i in 0..30 {
+        b.submit(i).await.unwrap().await.unwrap();
+    }
+    let d = b.diagnose().await;
+    let f = d.find(Code::SmallBatches).expect("a small-batches finding");
+    assert_eq!(f.severity, Severity::Info);
+    assert_eq!(f.number("mean_batch_size"), Some(1.0));
+    assert_eq!(f.number("batches"), Some(30.0));
+    assert!(f.message.contains("Dispatch::LoadAware"), "{f}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn small_batches_cut_by_the_capacity_burst_say_so() {
+    // 1,000 per second: a burst of 100, so at most 2 operations of cost 50.
+    let (handler, log) = Recorder::<u32, ()>::new(Duration::ZERO);
+    let b = Batcher::builder()
+        .capacity(Capacity::provisioned(1_000).unwrap())
+        .build(handler)
+        .unwrap();
+    let tickets: Vec<_> = (0..60)
+        .map(|i| b.try_submit(Operation::new(i).cost(50)).unwrap())
+        .collect();
+    for t in tickets {
+        t.await.unwrap();
+    }
+    assert!(common::sizes(&log).iter().all(|&n| n <= 2));
+    let d = b.diagnose().await;
+    let f = d.find(Code::SmallBatches).expect("a small-batches finding");
+    assert_eq!(f.number("batch_cost_limit"), Some(100.0));
+    assert!(f.message.contains("the capacity's burst"), "{f}");
+    assert!(f.message.contains("provisioned_with_burst"), "{f}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn small_batches_spread_over_many_keys_say_so() {
+    let (handler, _) = Recorder::<u32, u32>::new(Duration::from_secs(1));
+    let b = Batcher::builder().max_in_flight(32).build(handler).unwrap();
+    let _t: Vec<_> = (0..25)
+        .map(|i| b.try_submit(Operation::new(i).key(i)).unwrap())
+        .collect();
+    settle().await;
+    let d = b.diagnose().await;
+    let f = d.find(Code::SmallBatches).expect("a small-batches finding");
+    assert_eq!(f.number("keys"), Some(25.0));
+    assert!(f.message.contains("25 different keys"), "{f}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_batches_are_not_small() {
+    let (handler, _) = Recorder::<u32, ()>::new(MS);
+    let b = Batcher::builder()
+        .max_batch_size(10)
+        .build(handler)
+        .unwrap();
+    let tickets: Vec<_> = (0..300).map(|i| b.try_submit(i).unwrap()).collect();
+    for t in tickets {
+        t.await.unwrap();
+    }
+    assert!(b.stats().batches >= 30);
+    let d = b.diagnose().await;
+    assert!(d.find(Code::SmallBatches).is_none(), "{d}");
 }
 
 #[tokio::test(start_paused = true)]
