@@ -583,7 +583,7 @@ async fn show_progress(
 }
 
 /// Writes the records not written as JSON lines, in input order, to `path`
-/// or to a new `baler-unwritten-<unix time>.jsonl`.
+/// or to a new `baler-unwritten-UNIXTIME.jsonl`.
 fn save_replay(
     path: Option<&Path>,
     records: &[(u64, Arc<str>, String)],
