@@ -309,6 +309,7 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         forced,
         produced: produced.load(Ordering::SeqCst),
         last_produced: Some(last_produced.load(Ordering::SeqCst)).filter(|&n| n > 0),
+        numbered_by_line: args.input.is_some(),
         written: collected.written,
         failed: collected.failed,
         abandoned: collected.abandoned,
