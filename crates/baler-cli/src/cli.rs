@@ -122,7 +122,7 @@ pub struct IngestArgs {
     pub bad_lines: BadLines,
 
     /// Where the records not written are saved, as JSON lines for `--input`
-    /// (default: baler-unwritten-<unix time>.jsonl, only if there are any).
+    /// (default: baler-unwritten-UNIXTIME.jsonl, only if there are any).
     #[arg(long, value_name = "FILE")]
     pub replay_file: Option<PathBuf>,
 

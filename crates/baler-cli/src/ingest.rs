@@ -309,6 +309,7 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         forced,
         produced: produced.load(Ordering::SeqCst),
         last_produced: Some(last_produced.load(Ordering::SeqCst)).filter(|&n| n > 0),
+        numbered_by_line: args.input.is_some(),
         written: collected.written,
         failed: collected.failed,
         abandoned: collected.abandoned,
@@ -583,7 +584,7 @@ async fn show_progress(
 }
 
 /// Writes the records not written as JSON lines, in input order, to `path`
-/// or to a new `baler-unwritten-<unix time>.jsonl`.
+/// or to a new `baler-unwritten-UNIXTIME.jsonl`.
 fn save_replay(
     path: Option<&Path>,
     records: &[(u64, Arc<str>, String)],

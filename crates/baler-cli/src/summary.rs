@@ -60,6 +60,9 @@ pub struct Summary {
     /// The number (line, or synthetic id) of the last record produced: when
     /// the run stopped early, the input after it was not read.
     pub last_produced: Option<u64>,
+    /// Whether records are numbered by their input line (JSON lines) rather
+    /// than by a count (synthetic records).
+    pub numbered_by_line: bool,
     /// Records committed to the table.
     pub written: u64,
     /// Records whose write failed (after retries).
@@ -156,9 +159,14 @@ impl Summary {
         if self.ended != Ended::InputDone {
             match self.last_produced {
                 Some(n) => {
+                    let what = if self.numbered_by_line {
+                        "line"
+                    } else {
+                        "record"
+                    };
                     let _ = writeln!(
                         out,
-                        "  resume       after record {n}: the input after it was not read"
+                        "  resume       after {what} {n}: the input after it was not read"
                     );
                 }
                 None => {

@@ -490,3 +490,20 @@ fn a_stalled_run_prints_the_batchers_diagnosis_and_still_writes_everything() {
     assert_eq!(out.json()["written"], 3000);
     assert_eq!(count(&db, "records"), 3001);
 }
+
+#[test]
+fn a_missing_input_file_is_reported_before_the_database_is_opened() {
+    let dir = TempDir::new("missing-input");
+    let out = run(
+        &dir.0,
+        &["ingest", "--input", "nope.jsonl", "--sink", "never.db"],
+        "",
+    );
+    assert_eq!(out.code(), 2);
+    assert!(
+        out.stderr.contains("cannot open the input file nope.jsonl"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.path("never.db").exists());
+}
