@@ -62,10 +62,18 @@ pub fn thousands(x: f64) -> String {
 }
 
 fn ratio(a: f64, b: f64) -> String {
-    if a.is_finite() && b.is_finite() && b > 0.0 {
-        format!("{:.2}×", a / b)
+    if !(a.is_finite() && b.is_finite() && b > 0.0) {
+        return "—".to_owned();
+    }
+    let x = a / b;
+    if x >= 100.0 {
+        format!("{}×", thousands(x))
+    } else if x >= 0.1 {
+        format!("{x:.2}×")
     } else {
-        "—".to_owned()
+        // Keep two significant digits: 0.0006× says more than 0.00×.
+        let digits = (-x.log10()).ceil() as usize + 1;
+        format!("{x:.digits$}×")
     }
 }
 
@@ -468,6 +476,18 @@ fn goals(w: &mut String, s: &Settings, r: &Results, floor: Option<usize>, baler:
     if let Some(ni) = s.submitters.iter().position(|&n| n == 256) {
         let f = summarize(&r.throughput[floor][ni], |t| t.ops_per_sec);
         let b = summarize(&r.throughput[baler][ni], |t| t.ops_per_sec);
+        if let Some(li) = index_of(&r.names, "baler (Linger)") {
+            if let (Ok(f), Ok(l)) = (
+                summarize(&r.throughput[floor][ni], |t| t.ops_per_sec),
+                summarize(&r.throughput[li][ni], |t| t.ops_per_sec),
+            ) {
+                let _ = writeln!(
+                    w,
+                    "- baler with `Dispatch::Linger` at 256 submitters: {:.2}× the floor.",
+                    l.median / f.median
+                );
+            }
+        }
         if let (Ok(f), Ok(b)) = (f, b) {
             let x = b.median / f.median;
             let _ = writeln!(
@@ -487,7 +507,7 @@ fn goals(w: &mut String, s: &Settings, r: &Results, floor: Option<usize>, baler:
             continue;
         };
         for (ci, name) in r.names.iter().enumerate() {
-            if ci == baler || ci == floor {
+            if ci == floor || name.starts_with("baler") {
                 continue;
             }
             if let Ok(p) = summarize(&r.throughput[ci][ni], |t| t.ops_per_sec) {
@@ -506,7 +526,7 @@ fn goals(w: &mut String, s: &Settings, r: &Results, floor: Option<usize>, baler:
     for (label, f) in checks {
         if let Ok(b) = summarize(&r.latency[baler], f) {
             for (ci, name) in r.names.iter().enumerate() {
-                if ci == baler || ci == floor {
+                if ci == floor || name.starts_with("baler") {
                     continue;
                 }
                 if let Ok(p) = summarize(&r.latency[ci], f) {
@@ -523,7 +543,7 @@ fn goals(w: &mut String, s: &Settings, r: &Results, floor: Option<usize>, baler:
     }
     if let Ok(b) = summarize(&r.memory[baler], |m| m.bytes_per_op) {
         for (ci, name) in r.names.iter().enumerate() {
-            if ci == baler || ci == floor {
+            if ci == floor || name.starts_with("baler") {
                 continue;
             }
             if let Ok(p) = summarize(&r.memory[ci], |m| m.bytes_per_op) {
@@ -686,6 +706,14 @@ mod tests {
         assert_eq!(civil(0), (1970, 1, 1));
         assert_eq!(civil(19_782), (2024, 2, 29));
         assert_eq!(civil(20_417), (2025, 11, 25));
+    }
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(ratio(1.0, 2.0), "0.50×");
+        assert_eq!(ratio(418.0, 741_741.0), "0.00056×");
+        assert_eq!(ratio(2131.3, 0.4), "5,328×");
+        assert_eq!(ratio(1.0, 0.0), "—");
     }
 
     #[test]

@@ -1,12 +1,30 @@
 //! baler's `Batcher` with its defaults, but for batch size, linger and
 //! buffer size.
 
-use baler::{handler_fn, Batch, Batcher};
+use baler::{handler_fn, Batch, Batcher, Dispatch};
 
 use super::{Contender, Setup};
 use crate::shared::{BoxError, LINGER, MAX_BATCH};
 
-pub struct Baler;
+pub struct Baler {
+    dispatch: Dispatch,
+}
+
+impl Baler {
+    /// Its default: a batch goes at once when nothing is in flight.
+    pub fn load_aware() -> Self {
+        Self {
+            dispatch: Dispatch::LoadAware,
+        }
+    }
+
+    /// Like the peers' lingers: a partial batch always waits out its linger.
+    pub fn linger() -> Self {
+        Self {
+            dispatch: Dispatch::Linger,
+        }
+    }
+}
 
 type Handle = Batcher<u64, (), std::convert::Infallible>;
 
@@ -14,11 +32,17 @@ impl Contender for Baler {
     type Handle = Handle;
 
     fn name(&self) -> &'static str {
-        "baler"
+        match self.dispatch {
+            Dispatch::Linger => "baler (Linger)",
+            _ => "baler",
+        }
     }
 
     fn config(&self) -> &'static str {
-        "`Batcher::builder().max_batch_size(100).linger(1 ms).buffer_size(buffer)`, default `Dispatch::LoadAware`, `max_in_flight` 8"
+        match self.dispatch {
+            Dispatch::Linger => "as baler, with `.dispatch(Dispatch::Linger)`: a partial batch always waits out its linger",
+            _ => "`Batcher::builder().max_batch_size(100).linger(1 ms).buffer_size(buffer)`; defaults: `Dispatch::LoadAware`, `max_in_flight` 8",
+        }
     }
 
     fn start(&self, setup: &Setup) -> Handle {
@@ -27,6 +51,7 @@ impl Contender for Baler {
             .max_batch_size(MAX_BATCH)
             .linger(LINGER)
             .buffer_size(setup.buffer)
+            .dispatch(self.dispatch)
             .build(handler_fn(move |batch: Batch<u64>| {
                 let shared = shared.clone();
                 async move {
