@@ -60,7 +60,12 @@ pub fn draw(s: &Settings, r: &Results, path: &Path) -> Result<(), String> {
         .draw()
         .map_err(err)?;
     for (i, (name, points)) in lines.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        // The floor in black, baler thick; the others from the palette.
+        let color = if *name == "floor" {
+            BLACK.to_rgba()
+        } else {
+            Palette99::pick(i).to_rgba()
+        };
         let width = if *name == "baler" { 4 } else { 2 };
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))
