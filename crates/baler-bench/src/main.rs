@@ -100,7 +100,7 @@ impl Settings {
             workloads,
             out_dir: std::env::var("BALER_BENCH_OUT")
                 .map(PathBuf::from)
-                .unwrap_or(default_out),
+                .unwrap_or_else(|_| default_out.canonicalize().unwrap_or(default_out)),
         })
     }
 

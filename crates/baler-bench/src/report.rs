@@ -243,13 +243,18 @@ pub fn markdown(s: &Settings, meta: &Meta, r: &Results) -> String {
     let _ = writeln!(w, "| command | `{}` |", command());
     let _ = writeln!(
         w,
-        "| repetitions | {} per row, interleaved; median, min and max over them |",
-        s.reps
+        "| repetitions | {} per row, interleaved; median, min and max over them{} |",
+        s.reps,
+        if s.reps >= 5 {
+            ""
+        } else {
+            " (the default is 5, changed for this run)"
+        }
     );
     let _ = writeln!(
         w,
         "| measurement | {window_ms} ms of closed-loop operations per throughput, latency and loader row{} |",
-        if window_ms == 1000 { "" } else { " (the default is 1,000 ms: reduced for this run)" }
+        if window_ms == 1000 { "" } else { " (the default is 1,000 ms, changed for this run)" }
     );
     let _ = writeln!(
         w,
@@ -258,7 +263,7 @@ pub fn markdown(s: &Settings, meta: &Meta, r: &Results) -> String {
         if s.pending == 1_000_000 {
             ""
         } else {
-            " (the issue asks for 1,000,000: reduced for this run)"
+            " (the default is 1,000,000, changed for this run)"
         }
     );
     let _ = writeln!(
