@@ -41,6 +41,7 @@ use crate::cli::{BadLines, IngestArgs};
 use crate::input::{InputError, Item, Source};
 use crate::latency::Histogram;
 use crate::progress::{Progress, Snapshot};
+use crate::shared::{SharedError, SharedPlan};
 use crate::sink::{Sink, SinkError, SinkSpec};
 use crate::summary::{Ended, Summary, Unwritten};
 use crate::writer::Writer;
@@ -81,6 +82,9 @@ pub enum IngestError {
         /// The capacity's burst.
         limit: u64,
     },
+    /// The `--shared` flags cannot be used, or Redis cannot be reached.
+    #[error(transparent)]
+    Shared(#[from] SharedError),
     /// The signal handlers could not be installed.
     #[error("cannot listen for SIGINT and SIGTERM: {0}")]
     Signals(std::io::Error),
@@ -133,9 +137,14 @@ struct Signals {
 /// An [`IngestError`] if the run could not start: nothing was produced then.
 pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
     let spec = SinkSpec::parse(&args.sink)?;
-    let capacity = match args.capacity {
-        Some(rate) => Capacity::provisioned(rate)?,
-        None => Capacity::unlimited(),
+    let shared = SharedPlan::from_args(&args)?;
+    let (capacity, leases) = match (&shared, args.capacity) {
+        (Some(plan), _) => {
+            let (capacity, leases) = plan.start().await?;
+            (capacity, Some(leases))
+        }
+        (None, Some(rate)) => (Capacity::provisioned(rate)?, None),
+        (None, None) => (Capacity::unlimited(), None),
     };
     if let Some(limit) = capacity.max_burst() {
         if u64::from(args.cost) > limit {
@@ -189,8 +198,11 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         args.max_in_flight,
         args.buffer,
         args.cost,
-        args.capacity
-            .map_or_else(|| "unlimited".to_owned(), |c| format!("{c}/s")),
+        match (&shared, args.capacity) {
+            (Some(plan), _) => plan.describe(),
+            (None, Some(c)) => format!("{c}/s"),
+            (None, None) => "unlimited".to_owned(),
+        },
     ));
 
     let start = Instant::now();
@@ -260,6 +272,14 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
     let _ = status.await;
     let tally = events.await.unwrap_or_default();
     let settled = writer.settle(SETTLE).await;
+    if let Some(leases) = leases {
+        if !leases.release().await {
+            progress.log(
+                "baler: Redis did not confirm that the leases were given back; they expire on \
+                 their own",
+            );
+        }
+    }
     let elapsed = start.elapsed();
     progress.finish();
 

@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod input;
 pub mod latency;
 pub mod progress;
+pub mod shared;
 pub mod sink;
 pub mod summary;
 pub mod writer;
