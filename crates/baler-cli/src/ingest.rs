@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baler::{Batcher, Capacity, Event, Operation, RecvError, Ticket};
+use baler::{Batcher, Capacity, CapacityEvent, Event, Operation, RecvError, Ticket};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -538,6 +538,15 @@ async fn listen_to_events(
                 progress.log(&format!(
                     "baler: batch {batch}: {operations} records will be tried again"
                 ));
+            }
+            Ok(Event::Capacity(CapacityEvent::StoreUnreachable { error })) => {
+                progress.log(&format!(
+                    "baler: the shared capacity's Redis cannot be reached ({error}); writing at \
+                     the --reserved rate until it can"
+                ));
+            }
+            Ok(Event::Capacity(CapacityEvent::StoreReachable)) => {
+                progress.log("baler: the shared capacity's Redis can be reached again");
             }
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => t.lagged = true,

@@ -175,6 +175,29 @@ fn leases_are_given_back_after_ctrl_c() {
 }
 
 #[test]
+fn a_redis_outage_in_the_middle_is_reported_and_the_run_recovers_and_writes_everything() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let dir = TempDir::new("shared-outage");
+    let mut baler = Running::start(&dir.0, &shared_args("o.db", &url, "1000000"));
+    baler.wait_for_line("capacity 2000 allocated");
+    server.stop();
+    baler.wait_for_line("the shared capacity's Redis cannot be reached");
+    server.launch();
+    baler.wait_for_line("the shared capacity's Redis can be reached again");
+    baler.wait_for_line("capacity 2000 allocated");
+    baler.signal("INT");
+    let out = baler.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let s = out.json();
+    assert_eq!(s["written"], s["produced"], "{s}");
+    assert_eq!(
+        count(&dir.path("o.db"), "records"),
+        s["written"].as_u64().unwrap()
+    );
+}
+
+#[test]
 fn an_unreachable_redis_is_reported_before_any_record_is_produced() {
     let dir = TempDir::new("shared-unreachable");
     let url = format!("redis://127.0.0.1:{}", free_port());
