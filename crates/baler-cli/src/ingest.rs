@@ -12,7 +12,10 @@
 //!   as fast as the database takes batches, and memory stays bounded.
 //! - **Pace.** `--capacity` is a token bucket in cost units per second; each
 //!   record costs `--cost`. Batches go when they hold `--batch-size` records
-//!   or their `--linger` ran out, at most `--max-in-flight` at a time.
+//!   or their `--linger` ran out, at most `--max-in-flight` at a time. With
+//!   `--shared redis://…`, `--capacity` is shared with the other processes
+//!   using the same Redis and name, through partition leases (see
+//!   [`crate::shared`]); the leases are given back when the run ends.
 //! - **Stopping.** The first SIGINT or SIGTERM stops the producer (a record
 //!   it was waiting to submit is not produced), then the batcher shuts down
 //!   without a deadline: everything produced is written, and the summary says
