@@ -30,8 +30,9 @@ pub enum Command {
     ///
     /// Exit codes: 0 every record was written; 1 some records were not
     /// written (they are listed and saved for replay); 2 nothing was produced
-    /// (bad flags, unreadable input, unreachable database); 3 every record
-    /// was written but input lines were rejected (malformed or too large).
+    /// (bad flags, unreadable input, unreachable database or --shared Redis);
+    /// 3 every record was written but input lines were rejected (malformed
+    /// or too large).
     Ingest(IngestArgs),
 }
 
