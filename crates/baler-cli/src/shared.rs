@@ -70,7 +70,7 @@ pub enum SharedError {
     #[error("--shared-name is empty; give the shared capacity a name, such as the database's")]
     EmptyName,
     /// `--shared` is not a Redis URL.
-    #[error("--shared: {reason}")]
+    #[error("--shared {url} is not a Redis URL ({reason}); write it as redis://HOST:PORT")]
     BadUrl {
         /// The URL (password hidden).
         url: String,
@@ -197,9 +197,15 @@ impl SharedPlan {
         let url = redact(&self.url);
         let store = RedisLeaseStore::new(&self.url, &self.name).map_err(|e| match e {
             RedisStoreError::EmptyName => SharedError::EmptyName,
+            // The Redis client's own words, without the URL (and any
+            // password in it).
+            RedisStoreError::InvalidUrl { source, .. } => SharedError::BadUrl {
+                url: url.clone(),
+                reason: error_chain(&source),
+            },
             other => SharedError::BadUrl {
                 url: url.clone(),
-                reason: error_chain(&other),
+                reason: other.to_string(),
             },
         })?;
         let store = store.timeout(CHECK_TIMEOUT);

@@ -242,8 +242,13 @@ fn shared_flags_that_do_not_work_together_are_refused_naming_the_flag() {
             "makes 10000 partitions, more than the 500 allowed; raise --factor to at least 200",
         ),
         (
-            vec!["--shared", "http://127.0.0.1:1", "--capacity", "100"],
-            "--shared: \"http://127.0.0.1:1\" is not a Redis URL",
+            vec![
+                "--shared",
+                "http://me:secret@127.0.0.1:1",
+                "--capacity",
+                "100",
+            ],
+            "--shared http://me:***@127.0.0.1:1 is not a Redis URL",
         ),
         (
             vec!["--capacity", "100", "--factor", "10"],
@@ -261,5 +266,6 @@ fn shared_flags_that_do_not_work_together_are_refused_naming_the_flag() {
             out.stderr
         );
         assert!(!dir.path("f.db").exists(), "{flags:?}: nothing was written");
+        assert!(!out.stderr.contains("secret"), "{}", out.stderr);
     }
 }
