@@ -247,3 +247,83 @@ impl Leases {
             .is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn plan(flags: &[&str]) -> Result<Option<SharedPlan>, SharedError> {
+        let mut argv = vec!["baler", "ingest"];
+        argv.extend(flags);
+        let Command::Ingest(args) = Cli::try_parse_from(argv).unwrap().command;
+        SharedPlan::from_args(&args)
+    }
+
+    #[test]
+    fn without_shared_there_is_no_plan() {
+        assert_eq!(plan(&["--capacity", "100"]).unwrap(), None);
+    }
+
+    #[test]
+    fn the_default_factor_makes_ten_partitions_rounding_the_factor_up() {
+        let p = plan(&["--capacity", "2005", "--shared", "redis://h:1"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.factor, 201);
+        assert_eq!(p.shared.div_ceil(p.factor), 10);
+    }
+
+    #[test]
+    fn the_name_is_the_table_unless_shared_name_is_given() {
+        let flags = [
+            "--capacity",
+            "100",
+            "--shared",
+            "redis://h:1",
+            "--table",
+            "orders",
+        ];
+        assert_eq!(plan(&flags).unwrap().unwrap().name, "orders");
+        let mut named = flags.to_vec();
+        named.extend(["--shared-name", "orders-db"]);
+        assert_eq!(plan(&named).unwrap().unwrap().name, "orders-db");
+    }
+
+    #[test]
+    fn an_empty_shared_name_is_refused() {
+        let err = plan(&[
+            "--capacity",
+            "100",
+            "--shared",
+            "redis://h:1",
+            "--shared-name",
+            "",
+        ])
+        .unwrap_err();
+        assert!(matches!(err, SharedError::EmptyName), "{err}");
+    }
+
+    #[test]
+    fn reserved_and_factor_are_taken_as_given() {
+        let p = plan(&[
+            "--capacity",
+            "2000",
+            "--shared",
+            "redis://h:1",
+            "--factor",
+            "500",
+            "--reserved",
+            "50",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((p.shared, p.factor, p.reserved), (2000, 500, 50));
+        assert!(
+            p.describe().contains("4 partitions of 500/s"),
+            "{}",
+            p.describe()
+        );
+    }
+}
