@@ -175,6 +175,34 @@ fn leases_are_given_back_after_ctrl_c() {
 }
 
 #[test]
+fn leases_are_given_back_after_a_second_ctrl_c_too() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let dir = TempDir::new("shared-force");
+    let mut args = shared_args("f.db", &url, "1000000");
+    args.extend(["--replay-file", "rest.jsonl"]);
+    let mut baler = Running::start(&dir.0, &args);
+    baler.wait_for_line("capacity 2000 allocated");
+    assert!(partition_keys(&server, "pair") > 0, "it holds partitions");
+    baler.signal("INT");
+    baler.wait_for_line("SIGINT: stopping");
+    baler.signal("INT");
+    let out = baler.finish();
+    assert_eq!(
+        out.code(),
+        1,
+        "records were left unwritten:\n{}",
+        out.stderr
+    );
+    assert!(dir.path("rest.jsonl").exists(), "{}", out.stderr);
+    assert_eq!(
+        partition_keys(&server, "pair"),
+        0,
+        "the leases were given back at the end, not left to expire"
+    );
+}
+
+#[test]
 fn a_redis_outage_in_the_middle_is_reported_and_the_run_recovers_and_writes_everything() {
     let mut server = RedisServer::start();
     let url = server.url();
