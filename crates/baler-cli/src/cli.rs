@@ -30,8 +30,9 @@ pub enum Command {
     ///
     /// Exit codes: 0 every record was written; 1 some records were not
     /// written (they are listed and saved for replay); 2 nothing was produced
-    /// (bad flags, unreadable input, unreachable database); 3 every record
-    /// was written but input lines were rejected (malformed or too large).
+    /// (bad flags, unreadable input, unreachable database or --shared Redis);
+    /// 3 every record was written but input lines were rejected (malformed
+    /// or too large).
     Ingest(IngestArgs),
 }
 
@@ -84,8 +85,35 @@ pub struct IngestArgs {
     pub table: String,
 
     /// The database's capacity in cost units per second (default: unlimited).
+    /// With --shared, the capacity shared by every process using the same
+    /// Redis and --shared-name (this process's --reserved comes on top).
     #[arg(long, value_name = "COST_PER_SECOND")]
     pub capacity: Option<u64>,
+
+    /// Share --capacity with other `baler ingest` processes through partition
+    /// leases in this Redis (redis://HOST:PORT). Each process writes at its
+    /// --reserved rate plus the partitions it holds; the partitions go to the
+    /// processes that have records to write, shared fairly.
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    pub shared: Option<String>,
+
+    /// With --shared: what one partition of the shared capacity is worth, in
+    /// cost units per second (default: a tenth of --capacity, rounded up,
+    /// so 10 partitions; at most 500 partitions).
+    #[arg(long, value_name = "COST_PER_SECOND", requires = "shared")]
+    pub factor: Option<u64>,
+
+    /// With --shared: this process's own capacity per second, on top of its
+    /// partitions, and all it keeps when Redis cannot be reached (default 0:
+    /// with none, records wait while this process holds no partition).
+    #[arg(long, value_name = "COST_PER_SECOND", requires = "shared")]
+    pub reserved: Option<u64>,
+
+    /// With --shared: the name of the shared capacity in Redis; processes
+    /// share one capacity when they use the same Redis and the same name
+    /// (default: the --table name).
+    #[arg(long, value_name = "NAME", requires = "shared")]
+    pub shared_name: Option<String>,
 
     /// The cost of each record.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]

@@ -12,7 +12,10 @@
 //!   as fast as the database takes batches, and memory stays bounded.
 //! - **Pace.** `--capacity` is a token bucket in cost units per second; each
 //!   record costs `--cost`. Batches go when they hold `--batch-size` records
-//!   or their `--linger` ran out, at most `--max-in-flight` at a time.
+//!   or their `--linger` ran out, at most `--max-in-flight` at a time. With
+//!   `--shared redis://…`, `--capacity` is shared with the other processes
+//!   using the same Redis and name, through partition leases (see
+//!   [`crate::shared`]); the leases are given back when the run ends.
 //! - **Stopping.** The first SIGINT or SIGTERM stops the producer (a record
 //!   it was waiting to submit is not produced), then the batcher shuts down
 //!   without a deadline: everything produced is written, and the summary says
@@ -32,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baler::{Batcher, Capacity, Event, Operation, RecvError, Ticket};
+use baler::{Batcher, Capacity, CapacityEvent, Event, Operation, RecvError, Ticket};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +44,7 @@ use crate::cli::{BadLines, IngestArgs};
 use crate::input::{InputError, Item, Source};
 use crate::latency::Histogram;
 use crate::progress::{Progress, Snapshot};
+use crate::shared::{SharedError, SharedPlan};
 use crate::sink::{Sink, SinkError, SinkSpec};
 use crate::summary::{Ended, Summary, Unwritten};
 use crate::writer::Writer;
@@ -81,6 +85,9 @@ pub enum IngestError {
         /// The capacity's burst.
         limit: u64,
     },
+    /// The `--shared` flags cannot be used, or Redis cannot be reached.
+    #[error(transparent)]
+    Shared(#[from] SharedError),
     /// The signal handlers could not be installed.
     #[error("cannot listen for SIGINT and SIGTERM: {0}")]
     Signals(std::io::Error),
@@ -133,9 +140,14 @@ struct Signals {
 /// An [`IngestError`] if the run could not start: nothing was produced then.
 pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
     let spec = SinkSpec::parse(&args.sink)?;
-    let capacity = match args.capacity {
-        Some(rate) => Capacity::provisioned(rate)?,
-        None => Capacity::unlimited(),
+    let shared = SharedPlan::from_args(&args)?;
+    let (capacity, leases) = match (&shared, args.capacity) {
+        (Some(plan), _) => {
+            let (capacity, leases) = plan.start().await?;
+            (capacity, Some(leases))
+        }
+        (None, Some(rate)) => (Capacity::provisioned(rate)?, None),
+        (None, None) => (Capacity::unlimited(), None),
     };
     if let Some(limit) = capacity.max_burst() {
         if u64::from(args.cost) > limit {
@@ -189,8 +201,11 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         args.max_in_flight,
         args.buffer,
         args.cost,
-        args.capacity
-            .map_or_else(|| "unlimited".to_owned(), |c| format!("{c}/s")),
+        match (&shared, args.capacity) {
+            (Some(plan), _) => plan.describe(),
+            (None, Some(c)) => format!("{c}/s"),
+            (None, None) => "unlimited".to_owned(),
+        },
     ));
 
     let start = Instant::now();
@@ -260,6 +275,14 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
     let _ = status.await;
     let tally = events.await.unwrap_or_default();
     let settled = writer.settle(SETTLE).await;
+    if let Some(leases) = leases {
+        if !leases.release().await {
+            progress.log(
+                "baler: Redis did not confirm that the leases were given back; they expire on \
+                 their own",
+            );
+        }
+    }
     let elapsed = start.elapsed();
     progress.finish();
 
@@ -518,6 +541,15 @@ async fn listen_to_events(
                 progress.log(&format!(
                     "baler: batch {batch}: {operations} records will be tried again"
                 ));
+            }
+            Ok(Event::Capacity(CapacityEvent::StoreUnreachable { error })) => {
+                progress.log(&format!(
+                    "baler: the shared capacity's Redis cannot be reached ({error}); writing at \
+                     the --reserved rate until it can"
+                ));
+            }
+            Ok(Event::Capacity(CapacityEvent::StoreReachable)) => {
+                progress.log("baler: the shared capacity's Redis can be reached again");
             }
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => t.lagged = true,

@@ -6,6 +6,8 @@
 //! baler ingest --input rows.jsonl --sink out.db      # JSON lines from a file
 //! cat rows.jsonl | baler ingest --input - --sink postgres://me@127.0.0.1/test
 //! baler ingest --records 20000 --cost 10 --capacity 10000 --batch-size 10
+//! baler ingest --sink a.db --capacity 10000 --shared redis://127.0.0.1:6379 # one capacity,
+//! baler ingest --sink b.db --capacity 10000 --shared redis://127.0.0.1:6379 # two processes
 //! ```
 //!
 //! It is built on the [`baler`] engine: the records go through a
@@ -20,6 +22,7 @@ pub mod ingest;
 pub mod input;
 pub mod latency;
 pub mod progress;
+pub mod shared;
 pub mod sink;
 pub mod summary;
 pub mod writer;

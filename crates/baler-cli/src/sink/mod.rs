@@ -285,7 +285,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// A `--sink` value with the password of a URL hidden.
-fn redact(text: &str) -> String {
+pub(crate) fn redact(text: &str) -> String {
     match text.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
             Some((userinfo, host)) => {
