@@ -383,11 +383,13 @@ where
             }
             // Take everything else that is waiting before acting on it, so
             // that a burst of submits forms full batches.
-            for _ in 0..4096 {
-                match self.rx.try_recv() {
-                    Ok(msg) => self.handle(msg, now),
-                    Err(_) => break,
-                }
+            let taken = self.take_waiting(now);
+            if taken > 0 && self.cfg.dispatch == Dispatch::LoadAware {
+                // Several callers are active: let the ones just woken send
+                // theirs before a partial batch goes, so that batches fill
+                // under load. A lone caller (one message a turn) never waits.
+                tokio::task::yield_now().await;
+                self.take_waiting(now);
             }
             self.step(now);
             if self.finished() {
@@ -402,6 +404,20 @@ where
                 armed = next;
             }
         }
+    }
+
+    /// Handles the messages already waiting, at most a bounded number so that
+    /// timers and dispatch are not starved; returns how many it took.
+    fn take_waiting(&mut self, now: Instant) -> usize {
+        let mut taken = 0;
+        while taken < 4096 {
+            match self.rx.try_recv() {
+                Ok(msg) => self.handle(msg, now),
+                Err(_) => break,
+            }
+            taken += 1;
+        }
+        taken
     }
 
     fn refresh_cost_limit(&mut self) {
