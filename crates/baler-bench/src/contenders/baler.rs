@@ -1,13 +1,14 @@
 //! baler's `Batcher` with its defaults, but for batch size, linger and
 //! buffer size.
 
-use baler::{handler_fn, Batch, Batcher, Dispatch};
+use baler::{handler_fn, Batch, Batcher, Dispatch, Execution};
 
 use super::{Contender, Setup};
 use crate::shared::{BoxError, LINGER, MAX_BATCH};
 
 pub struct Baler {
     dispatch: Dispatch,
+    execution: Execution,
 }
 
 impl Baler {
@@ -15,6 +16,15 @@ impl Baler {
     pub fn load_aware() -> Self {
         Self {
             dispatch: Dispatch::LoadAware,
+            execution: Execution::Spawned,
+        }
+    }
+
+    /// Load-aware, with the engine polling the handler futures itself.
+    pub fn inline() -> Self {
+        Self {
+            dispatch: Dispatch::LoadAware,
+            execution: Execution::Inline,
         }
     }
 
@@ -22,6 +32,7 @@ impl Baler {
     pub fn linger() -> Self {
         Self {
             dispatch: Dispatch::Linger,
+            execution: Execution::Spawned,
         }
     }
 }
@@ -32,15 +43,17 @@ impl Contender for Baler {
     type Handle = Handle;
 
     fn name(&self) -> &'static str {
-        match self.dispatch {
-            Dispatch::Linger => "baler (Linger)",
+        match (self.dispatch, self.execution) {
+            (Dispatch::Linger, _) => "baler (Linger)",
+            (_, Execution::Inline) => "baler (Inline)",
             _ => "baler",
         }
     }
 
     fn config(&self) -> &'static str {
-        match self.dispatch {
-            Dispatch::Linger => "as baler, with `.dispatch(Dispatch::Linger)`: a partial batch always waits out its linger",
+        match (self.dispatch, self.execution) {
+            (Dispatch::Linger, _) => "as baler, with `.dispatch(Dispatch::Linger)`: a partial batch always waits out its linger",
+            (_, Execution::Inline) => "as baler, with `.execution(Execution::Inline)`: the engine polls the handler futures itself, no task per batch",
             _ => "`Batcher::builder().max_batch_size(100).linger(1 ms).buffer_size(buffer)`; defaults: `Dispatch::LoadAware`, `max_in_flight` 8",
         }
     }
@@ -52,6 +65,7 @@ impl Contender for Baler {
             .linger(LINGER)
             .buffer_size(setup.buffer)
             .dispatch(self.dispatch)
+            .execution(self.execution)
             .build(handler_fn(move |batch: Batch<u64>| {
                 let shared = shared.clone();
                 async move {

@@ -66,6 +66,7 @@ pub fn all() -> Vec<Box<dyn crate::workloads::Runs>> {
     vec![
         Box::new(floor::Floor),
         Box::new(baler::Baler::load_aware()),
+        Box::new(baler::Baler::inline()),
         Box::new(baler::Baler::linger()),
         Box::new(batch_aint_one::BatchAintOne::duration()),
         Box::new(batch_aint_one::BatchAintOne::balanced()),

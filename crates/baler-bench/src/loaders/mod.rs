@@ -2,7 +2,7 @@
 //! batched, the keys of a batch are de-duplicated, one load call answers
 //! them), each behind the small [`LoaderContender`] adapter.
 //!
-//! Adding one (e.g. baler's `Loader`): write a file here with a type that
+//! Adding one: write a file here with a type that
 //! implements [`LoaderContender`] whose batch function calls [`load_keys`],
 //! and add one line to [`all`]. Nothing caches across batches: every
 //! contender is configured without a cache, so what is measured is batching
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::shared::{BoxError, Shared};
 
 mod async_graphql;
+mod baler;
 mod dataloader;
 mod floor;
 
@@ -59,6 +60,8 @@ pub async fn load_keys(keys: &[u64], shared: &Shared) -> HashMap<u64, u64> {
 pub fn all() -> Vec<Box<dyn crate::workloads::LoaderRuns>> {
     vec![
         Box::new(floor::Floor),
+        Box::new(baler::Baler::default_handlers()),
+        Box::new(baler::Baler::one_handler()),
         Box::new(async_graphql::AsyncGraphql),
         Box::new(dataloader::Dataloader),
     ]
