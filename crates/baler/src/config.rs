@@ -30,11 +30,11 @@ pub enum Dispatch {
 
 /// Where a batch's handler future runs.
 ///
-/// [`Execution::Inline`] is the faster: with the throughput bench's no-op
-/// handler at 256 submitters it reaches about 0.75× the raw mpsc + oneshot
-/// floor, against about 0.35× for a task per batch, because it saves a spawn
-/// and a message per batch and sees each batch end at once, so the next one
-/// fills (`cargo bench -p baler --bench throughput` measures both).
+/// [`Execution::Inline`] is the faster where batches are small: it saves a
+/// spawn and a report message per batch and sees each batch end at once. In
+/// `docs/benchmarks.md` (no-op handler) it is about 1.4× the throughput of
+/// [`Execution::Spawned`] at 16 submitters and about 0.6× its median latency
+/// at one; at 256 submitters, where batches are full, the two are level.
 /// [`Execution::Spawned`] is the default all the same, because it keeps the
 /// engine answering whatever the handler does: a handler that blocks its
 /// thread (a synchronous driver, a long computation) still leaves intake,

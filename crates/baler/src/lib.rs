@@ -134,7 +134,7 @@ mod handler;
 mod instruments;
 pub mod loader;
 mod operation;
-mod processor;
+pub mod processor;
 mod run;
 mod shared;
 mod shutdown;
