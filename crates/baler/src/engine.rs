@@ -347,7 +347,9 @@ where
         loop {
             let mut ended = Vec::new();
             let first = poll_fn(|cx| {
-                // Inline batches first: each registers this task's waker.
+                // Inline batches first: each registers this task's waker, so
+                // every wake-up polls all of them (at most `max_in_flight`
+                // futures), the price of not keeping a waker per batch.
                 self.running
                     .retain_mut(|batch| match batch.as_mut().poll(cx) {
                         Poll::Ready(done) => {
