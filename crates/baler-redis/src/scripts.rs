@@ -7,16 +7,21 @@ use std::sync::LazyLock;
 use redis::Script;
 
 /// Takes the partition if it is free (or expired, which Redis makes free) or
-/// already the owner's; 1 if the owner holds it now, 0 if someone else does.
+/// already the owner's: -1 if the owner holds it now; if someone else does,
+/// the milliseconds its lease still runs (`PTTL`, at least 0).
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return 1
+    return -1
 end
-return 0
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then
+    return 0
+end
+return left
 ",
     )
 });
@@ -49,7 +54,8 @@ return 0
 
 /// Records how many partitions an owner wants until `now + ttl` by Redis's
 /// `TIME`, drops the announcements that expired, and returns the live ones as
-/// a flat list: owner, wanted, owner, wanted... KEYS[1] is the capacity's
+/// a flat list: owner, wanted, milliseconds left, owner, wanted, milliseconds
+/// left... KEYS[1] is the capacity's
 /// demand hash, ARGV[1] the owner, ARGV[2] what it wants, ARGV[3] the time to
 /// live in milliseconds. The hash itself expires when nobody announces.
 pub(crate) static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| {
@@ -69,6 +75,7 @@ for i = 1, #all, 2 do
     else
         table.insert(live, all[i])
         table.insert(live, string.sub(all[i + 1], 1, sep - 1))
+        table.insert(live, tostring(expires - now))
     end
 end
 redis.call('PEXPIRE', KEYS[1], ttl)

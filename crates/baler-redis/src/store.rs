@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use baler::{Demand, LeaseFuture, LeaseStore, LeaseStoreError};
+use baler::{Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use tokio::sync::Mutex;
@@ -129,7 +129,7 @@ impl RedisLeaseStore {
         partition: u32,
         owner: &str,
         lease_time: Option<Duration>,
-    ) -> Result<bool, LeaseStoreError> {
+    ) -> Result<i64, LeaseStoreError> {
         let mut connection = self.connection().await?;
         let mut invocation = script.key(self.key(partition));
         invocation.arg(owner);
@@ -144,7 +144,7 @@ impl RedisLeaseStore {
             .invoke_async(&mut connection)
             .await
             .map_err(|e| self.failed(e))?;
-        Ok(done == 1)
+        Ok(done)
     }
 }
 
@@ -154,8 +154,18 @@ impl LeaseStore for RedisLeaseStore {
         partition: u32,
         owner: &'a str,
         lease_time: Duration,
-    ) -> LeaseFuture<'a, bool> {
-        Box::pin(self.run(&ACQUIRE, partition, owner, Some(lease_time)))
+    ) -> LeaseFuture<'a, Acquired> {
+        Box::pin(async move {
+            let answer = self
+                .run(&ACQUIRE, partition, owner, Some(lease_time))
+                .await?;
+            match u64::try_from(answer) {
+                Err(_) => Ok(Acquired::Granted),
+                Ok(left) => Ok(Acquired::Held {
+                    expires_in: Some(Duration::from_millis(left)),
+                }),
+            }
+        })
     }
 
     fn renew<'a>(
@@ -164,7 +174,9 @@ impl LeaseStore for RedisLeaseStore {
         owner: &'a str,
         lease_time: Duration,
     ) -> LeaseFuture<'a, bool> {
-        Box::pin(self.run(&RENEW, partition, owner, Some(lease_time)))
+        Box::pin(
+            async move { Ok(self.run(&RENEW, partition, owner, Some(lease_time)).await? == 1) },
+        )
     }
 
     fn release<'a>(&'a self, partition: u32, owner: &'a str) -> LeaseFuture<'a, ()> {
@@ -191,20 +203,24 @@ impl LeaseStore for RedisLeaseStore {
                 .invoke_async(&mut connection)
                 .await
                 .map_err(|e| self.failed(e))?;
-            let mut demands = Vec::with_capacity(flat.len() / 2);
-            for pair in flat.chunks(2) {
-                let [owner, wanted] = pair else {
+            let mut demands = Vec::with_capacity(flat.len() / 3);
+            for entry in flat.chunks(3) {
+                let [owner, wanted, left] = entry else {
                     return Err(LeaseStoreError::protocol(
-                        "the demand list has an owner without a count",
+                        "the demand list has an owner without a count or an expiry",
                     ));
                 };
                 let wanted = wanted.parse().map_err(|_| {
                     LeaseStoreError::protocol(format!("{owner}'s demand {wanted:?} is not a count"))
                 })?;
-                demands.push(Demand {
-                    owner: owner.clone(),
-                    wanted,
-                });
+                let left = left.parse().map_err(|_| {
+                    LeaseStoreError::protocol(format!(
+                        "{owner}'s demand expiry {left:?} is not a number of milliseconds"
+                    ))
+                })?;
+                demands.push(
+                    Demand::new(owner.clone(), wanted).expires_in(Duration::from_millis(left)),
+                );
             }
             Ok(Some(demands))
         })

@@ -21,8 +21,6 @@ const WORKERS: usize = 4;
 const SHARED: u64 = 10_000;
 const COST: u64 = 100;
 const LEASE_MS: u128 = 2_000;
-/// SharedCapacity's default retry period: a tenth of the lease time.
-const RETRY_MS: u128 = 200;
 /// How often a worker samples its rate.
 const SAMPLE_MS: u128 = 100;
 
@@ -250,17 +248,18 @@ fn four_processes_share_10000_per_second_through_redis() {
         assert!(spent.iter().all(|&c| c >= 1_500), "second {s}: {spent:?}");
     }
 
-    // The killed worker's partitions are taken by the others once its leases
-    // (and its announced demand) expire in Redis: within a lease time of its
-    // last renewal, which was at most a lease time before the kill, plus the
-    // others' retry period, plus the ledgers' resolution (a sample every
-    // 100 ms, taken at any time within it).
+    // The killed worker's partitions are taken by the others as soon as its
+    // leases and its announced demand run out in Redis (Redis tells them
+    // when): within one lease time of the kill, since it renewed and
+    // announced last before the kill. Plus the ledgers' resolution (a sample
+    // every 100 ms, taken at any time within it) and as much again for the
+    // processes' scheduling on a busy machine.
     assert!(victim_rate > 0, "the victim held nothing");
     let took = first_sum(&ledgers, &survivors, killed, SHARED)
         .expect("the survivors never held the whole capacity");
     println!("worker {victim} (holding {victim_rate}/s) killed: its partitions taken over after {took} ms");
     assert!(
-        took <= LEASE_MS + RETRY_MS + 2 * SAMPLE_MS,
+        took <= LEASE_MS + 2 * SAMPLE_MS,
         "taken over after {took} ms"
     );
     used(killed + took + 1_000, outage, "after the kill");

@@ -5,7 +5,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use baler::{
-    handler_fn, Batch, Batcher, LeaseStore, LeaseStoreError, Operation, Outcome, SharedCapacity,
+    handler_fn, Acquired, Batch, Batcher, LeaseStore, LeaseStoreError, Operation, Outcome,
+    SharedCapacity,
 };
 use baler_redis::{RedisLeaseStore, RedisStoreError};
 use common::{free_port, RedisServer};
@@ -26,10 +27,21 @@ async fn pttl(server: &RedisServer, key: &str) -> i64 {
 async fn a_partition_is_held_by_one_owner_at_a_time() {
     let server = RedisServer::start();
     let store = RedisLeaseStore::new(&server.url(), "one-owner").unwrap();
-    assert!(store.acquire(4, "a", MINUTE).await.unwrap());
-    assert!(store.acquire(4, "a", MINUTE).await.unwrap(), "a's own");
-    assert!(!store.acquire(4, "b", MINUTE).await.unwrap());
-    assert!(store.acquire(5, "b", MINUTE).await.unwrap());
+    assert!(store.acquire(4, "a", MINUTE).await.unwrap().is_granted());
+    assert!(
+        store.acquire(4, "a", MINUTE).await.unwrap().is_granted(),
+        "a's own"
+    );
+    match store.acquire(4, "b", MINUTE).await.unwrap() {
+        Acquired::Held {
+            expires_in: Some(left),
+        } => assert!(
+            left > MINUTE - Duration::from_secs(5) && left <= MINUTE,
+            "{left:?}"
+        ),
+        other => panic!("b was told {other:?}"),
+    }
+    assert!(store.acquire(5, "b", MINUTE).await.unwrap().is_granted());
     assert_eq!(store.holder(4).await.unwrap().as_deref(), Some("a"));
     assert_eq!(store.holder(5).await.unwrap().as_deref(), Some("b"));
 }
@@ -38,14 +50,14 @@ async fn a_partition_is_held_by_one_owner_at_a_time() {
 async fn renew_and_release_by_another_owner_change_nothing() {
     let server = RedisServer::start();
     let store = RedisLeaseStore::new(&server.url(), "others").unwrap();
-    assert!(store.acquire(0, "a", MINUTE).await.unwrap());
+    assert!(store.acquire(0, "a", MINUTE).await.unwrap().is_granted());
     assert!(!store.renew(0, "b", MINUTE).await.unwrap());
     store.release(0, "b").await.unwrap();
     assert_eq!(store.holder(0).await.unwrap().as_deref(), Some("a"));
     store.release(0, "a").await.unwrap();
     assert_eq!(store.holder(0).await.unwrap(), None);
     assert!(!store.renew(0, "a", MINUTE).await.unwrap(), "released");
-    assert!(store.acquire(0, "b", MINUTE).await.unwrap());
+    assert!(store.acquire(0, "b", MINUTE).await.unwrap().is_granted());
 }
 
 #[tokio::test]
@@ -55,7 +67,8 @@ async fn leases_expire_by_redis_clock() {
     assert!(store
         .acquire(1, "a", Duration::from_secs(30))
         .await
-        .unwrap());
+        .unwrap()
+        .is_granted());
     let ttl = pttl(&server, &store.key(1)).await;
     assert!((29_000..=30_000).contains(&ttl), "PTTL {ttl}");
     assert!(store.renew(1, "a", Duration::from_secs(50)).await.unwrap());
@@ -66,13 +79,14 @@ async fn leases_expire_by_redis_clock() {
     assert!(store
         .acquire(2, "a", Duration::from_millis(50))
         .await
-        .unwrap());
+        .unwrap()
+        .is_granted());
     let deadline = Instant::now() + Duration::from_secs(5);
     while store.holder(2).await.unwrap().is_some() {
         assert!(Instant::now() < deadline, "the lease never expired");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(store.acquire(2, "b", MINUTE).await.unwrap());
+    assert!(store.acquire(2, "b", MINUTE).await.unwrap().is_granted());
 }
 
 #[tokio::test]
@@ -89,14 +103,14 @@ async fn a_redis_that_cannot_be_reached_is_reported_as_unreachable() {
 async fn reconnects_when_redis_comes_back() {
     let mut server = RedisServer::start();
     let store = RedisLeaseStore::new(&server.url(), "back").unwrap();
-    assert!(store.acquire(0, "a", MINUTE).await.unwrap());
+    assert!(store.acquire(0, "a", MINUTE).await.unwrap().is_granted());
     server.stop();
     let error = store.renew(0, "a", MINUTE).await.unwrap_err();
     assert!(matches!(error, LeaseStoreError::Unreachable(_)), "{error}");
     server.launch();
     // A new, empty Redis: the lease is gone, and the store works again.
     assert!(!store.renew(0, "a", MINUTE).await.unwrap());
-    assert!(store.acquire(0, "a", MINUTE).await.unwrap());
+    assert!(store.acquire(0, "a", MINUTE).await.unwrap().is_granted());
 }
 
 #[test]
@@ -188,9 +202,15 @@ async fn demands_are_shared_and_expire_by_redis_clock() {
     assert_eq!(mine.len(), 1);
     let short = Duration::from_millis(50);
     let both = store.announce("b", 3, short).await.unwrap().unwrap();
-    let mut seen: Vec<(String, u32)> = both.into_iter().map(|d| (d.owner, d.wanted)).collect();
+    let mut seen: Vec<(String, u32)> = both.iter().map(|d| (d.owner.clone(), d.wanted)).collect();
     seen.sort();
     assert_eq!(seen, [("a".to_owned(), 7), ("b".to_owned(), 3)]);
+    // Each with how much longer it lives, by Redis's clock.
+    for d in &both {
+        let left = d.expires_in.expect("Redis tells how long a demand lives");
+        let ttl = if d.owner == "a" { MINUTE } else { short };
+        assert!(left <= ttl && left + Duration::from_secs(5) > ttl, "{d:?}");
+    }
     // b's announcement runs out in Redis.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

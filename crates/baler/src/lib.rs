@@ -159,7 +159,7 @@ pub use processor::{
     ProcessorEvents, ProcessorStats, Store, StoreFn, DEFAULT_MIN_DURATION,
 };
 pub use shared::{
-    Demand, LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, SharedCapacity,
+    Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, SharedCapacity,
     SharedLeases, DEFAULT_LEASE_TIME, MAX_PARTITIONS,
 };
 pub use shutdown::{Abandoned, ShutdownReport};

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baler::{
-    handler_fn, Batch, Batcher, Capacity, CapacityEvent, Code, ConfigError, Demand, Event,
-    LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, Operation, Outcome, SharedCapacity,
+    handler_fn, Acquired, Batch, Batcher, Capacity, CapacityEvent, Code, ConfigError, Demand,
+    Event, LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, Operation, Outcome,
+    SharedCapacity,
 };
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
@@ -62,7 +63,7 @@ impl Flaky {
 }
 
 impl LeaseStore for Flaky {
-    fn acquire<'a>(&'a self, p: u32, owner: &'a str, t: Duration) -> LeaseFuture<'a, bool> {
+    fn acquire<'a>(&'a self, p: u32, owner: &'a str, t: Duration) -> LeaseFuture<'a, Acquired> {
         Box::pin(async move {
             self.gate().await?;
             self.inner.acquire(p, owner, t).await
@@ -531,7 +532,7 @@ async fn a_newcomer_gets_its_share_from_an_instance_that_held_everything() {
 struct NoDemands(MemoryLeaseStore);
 
 impl LeaseStore for NoDemands {
-    fn acquire<'a>(&'a self, p: u32, owner: &'a str, t: Duration) -> LeaseFuture<'a, bool> {
+    fn acquire<'a>(&'a self, p: u32, owner: &'a str, t: Duration) -> LeaseFuture<'a, Acquired> {
         self.0.acquire(p, owner, t)
     }
     fn renew<'a>(&'a self, p: u32, owner: &'a str, t: Duration) -> LeaseFuture<'a, bool> {
@@ -558,4 +559,67 @@ async fn a_store_without_demands_shares_safely_first_come_first_served() {
     }
     // Without demands nobody knows of b: a keeps what it renews.
     assert_eq!((a.rate(), b.rate()), (Some(10_000), Some(0)));
+}
+
+/// Whether the store still holds anything of an instance that died: its
+/// announced demand (told by announcing nothing, for no time, as an
+/// observer) or its leases (fewer than all 10 held means some ran out).
+async fn victim_gone(store: &MemoryLeaseStore) -> bool {
+    let demands = store
+        .announce("observer", 0, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    demands.len() <= 1 && store.held() < 10
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_partitions_of_an_instance_that_died_are_taken_as_soon_as_its_leases_run_out() {
+    // Out of step with the survivor's retry period by various amounts, so
+    // that a survivor that only looked at its retry period would be late.
+    for (start, death) in [(0, 0), (70, 0), (130, 290), (30, 444), (190, 120)] {
+        let store = MemoryLeaseStore::new();
+        let survivor = shared(store.clone(), 0);
+        let (s_batcher, _s_open) = holding(&survivor);
+        let _s_tickets = want(&s_batcher, 20_000);
+        sleep(start * MS).await;
+        // The victim reaches the store through a gate that stops answering
+        // when it "dies": it renews, announces and releases nothing more.
+        let victim_store = Flaky::new(store.clone(), Duration::ZERO);
+        let victim = shared(victim_store.clone(), 0);
+        let (v_batcher, _v_open) = holding(&victim);
+        let _v_tickets = want(&v_batcher, 20_000);
+        sleep(2 * LEASE + death * MS).await;
+        assert_eq!(survivor.rate(), Some(5_000));
+        assert_eq!(victim.rate(), Some(5_000));
+
+        victim_store.set(HANG);
+        let died = Instant::now();
+        // Its leases and its announced demand run out in the store within
+        // one lease time; the survivor, told by the store when they would,
+        // takes its partitions at once rather than at its next retry.
+        let mut gone = None;
+        loop {
+            if gone.is_none() && victim_gone(&store).await {
+                gone = Some(Instant::now());
+            }
+            if survivor.rate() == Some(10_000) {
+                break;
+            }
+            assert!(died.elapsed() <= 2 * LEASE, "never taken over");
+            sleep(MS).await;
+        }
+        let case = format!("victim started at {start} ms, died {death} ms into a period");
+        assert!(
+            died.elapsed() <= LEASE + 5 * MS,
+            "{case}: taken over {:?} after it died",
+            died.elapsed()
+        );
+        let gone = gone.unwrap_or_else(Instant::now);
+        assert!(
+            gone.elapsed() <= 3 * MS,
+            "{case}: taken over {:?} after its leases and demand ran out",
+            gone.elapsed()
+        );
+    }
 }

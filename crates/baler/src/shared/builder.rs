@@ -68,6 +68,11 @@ impl Capacity {
 ///   [`LeaseStore::announce`]): each instance announces how many partitions
 ///   it needs, and holds no more than its max-min fair share of them, so an
 ///   instance that came first gives partitions back to those that came later;
+/// - takes over the partitions of an instance that died **as soon as its
+///   leases and its announcement run out** in the store, when the store says
+///   when that is ([`Acquired::Held`](crate::Acquired::Held),
+///   [`Demand::expires_in`](crate::Demand::expires_in)), rather than at its
+///   next retry period: within one lease time of the death;
 /// - when the store cannot be reached, keeps its leases only until they
 ///   would expire and falls back to its reserved capacity; it takes
 ///   partitions again when the store comes back.

@@ -29,7 +29,7 @@ use crate::events::CapacityEvent;
 
 use super::partitions::{fair_share, shuffled};
 use super::source::{lock, Counted, State};
-use super::store::{Demand, LeaseStore, LeaseStoreError};
+use super::store::{Acquired, Demand, LeaseStore, LeaseStoreError};
 
 /// How leases are timed.
 #[derive(Debug, Clone, Copy)]
@@ -151,10 +151,7 @@ impl Leaser {
             return needed as usize;
         };
         let mut all = others.clone();
-        all.push(Demand {
-            owner: self.owner.to_string(),
-            wanted: needed,
-        });
+        all.push(Demand::new(&*self.owner, needed));
         fair_share(&self.owner, &all, self.state.plan.count).min(needed) as usize
     }
 
@@ -182,24 +179,32 @@ impl Leaser {
             Err(_) => Err(timed_out(t.call_timeout)),
         };
         self.seen(&result);
-        let mut every = if needed as usize > self.held.len() {
+        let every = if needed as usize > self.held.len() {
             t.retry_every
         } else {
             t.renew_every
         };
+        let mut next = Instant::now() + every;
         match result {
             Ok(Some(demands)) => {
                 let me: &str = &self.owner;
-                self.others = Some(demands.into_iter().filter(|d| d.owner != me).collect());
+                let others: Vec<Demand> = demands.into_iter().filter(|d| d.owner != me).collect();
+                // Announce again as soon as another's announcement runs out:
+                // an instance that died stops announcing, and its share is
+                // free from then on.
+                if let Some(soonest) = others.iter().filter_map(|d| d.expires_in).min() {
+                    next = next.min(just_after(soonest));
+                }
+                self.others = Some(others);
                 self.announced = Some(needed);
             }
             Ok(None) => {
                 self.announces = false;
                 self.others = None;
             }
-            Err(_) => every = t.retry_every,
+            Err(_) => next = Instant::now() + t.retry_every,
         }
-        self.next_announce = Some(Instant::now() + every);
+        self.next_announce = Some(next);
     }
 
     /// Sleeps until the next renewal, expiry or acquire round, or until the
@@ -297,11 +302,11 @@ impl Leaser {
         for (partition, sent, result) in self.calls(Call::Renew, &due).await {
             self.seen(&result);
             match result {
-                Ok(true) => {
+                Ok(Acquired::Granted) => {
                     self.held.insert(partition, self.fresh(sent));
                     self.event(CapacityEvent::LeaseRenewed { partition });
                 }
-                Ok(false) => {
+                Ok(Acquired::Held { .. }) => {
                     self.held.remove(&partition);
                     self.event(CapacityEvent::LeaseLost { partition });
                 }
@@ -330,6 +335,11 @@ impl Leaser {
             .filter(|p| !self.held.contains_key(p))
             .collect();
         self.last_round_wanted = self.wanted();
+        // When the first of the leases in the way runs out, by the store's
+        // word: the next round starts then if that is sooner than the retry
+        // period, so an instance that died loses its partitions to the
+        // others as soon as its leases expire.
+        let mut soonest_free: Option<Instant> = None;
         let mut next = 0;
         loop {
             let wanted = self.wanted();
@@ -346,11 +356,15 @@ impl Leaser {
             for (partition, sent, result) in self.calls(Call::Acquire, wave).await {
                 self.seen(&result);
                 match result {
-                    Ok(true) => {
+                    Ok(Acquired::Granted) => {
                         self.held.insert(partition, self.fresh(sent));
                         self.event(CapacityEvent::LeaseAcquired { partition });
                     }
-                    Ok(false) => {}
+                    Ok(Acquired::Held { expires_in }) => {
+                        if let Some(free) = expires_in.map(just_after) {
+                            soonest_free = Some(soonest_free.map_or(free, |s| s.min(free)));
+                        }
+                    }
                     Err(_) => failed = true,
                 }
             }
@@ -360,7 +374,8 @@ impl Leaser {
                 break;
             }
         }
-        self.next_round = Some(Instant::now() + self.timing.retry_every);
+        let retry = Instant::now() + self.timing.retry_every;
+        self.next_round = Some(soonest_free.map_or(retry, |free| free.min(retry)));
     }
 
     fn fresh(&self, sent: Instant) -> Held {
@@ -377,7 +392,7 @@ impl Leaser {
         &self,
         call: Call,
         partitions: &[u32],
-    ) -> Vec<(u32, Instant, Result<bool, LeaseStoreError>)> {
+    ) -> Vec<(u32, Instant, Result<Acquired, LeaseStoreError>)> {
         let mut set = JoinSet::new();
         for &partition in partitions {
             let store = self.store.clone();
@@ -385,11 +400,23 @@ impl Leaser {
             let t = self.timing;
             set.spawn(async move {
                 let sent = Instant::now();
+                // A renewal or release that took effect answers `Granted`;
+                // a renewal of a lease no longer held answers `Held`.
                 let future = async {
                     match call {
                         Call::Acquire => store.acquire(partition, &owner, t.lease_time).await,
-                        Call::Renew => store.renew(partition, &owner, t.lease_time).await,
-                        Call::Release => store.release(partition, &owner).await.map(|()| true),
+                        Call::Renew => {
+                            let renewed = store.renew(partition, &owner, t.lease_time).await?;
+                            Ok(if renewed {
+                                Acquired::Granted
+                            } else {
+                                Acquired::Held { expires_in: None }
+                            })
+                        }
+                        Call::Release => {
+                            store.release(partition, &owner).await?;
+                            Ok(Acquired::Granted)
+                        }
                     }
                 };
                 let result = match tokio::time::timeout(t.call_timeout, future).await {
@@ -470,6 +497,13 @@ impl Leaser {
             notifier.event(event);
         }
     }
+}
+
+/// A moment just after `expires_in` from now: what the store said runs out
+/// then has surely run out (the store's answer took time to arrive, and it
+/// counts whole milliseconds).
+fn just_after(expires_in: Duration) -> Instant {
+    Instant::now() + expires_in + Duration::from_millis(1)
 }
 
 fn timed_out(timeout: Duration) -> LeaseStoreError {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::store::{Demand, LeaseFuture, LeaseStore};
+use super::store::{Acquired, Demand, LeaseFuture, LeaseStore};
 
 /// A [`LeaseStore`] in memory: shares a capacity between the capacities of
 /// one process (one per tenant, say), and stands in for a real store in
@@ -64,24 +64,36 @@ impl MemoryLeaseStore {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take(&self, partition: u32, owner: &str, lease_time: Duration, only_own: bool) -> bool {
+    /// Takes or extends the lease; when refused, how long the lease that
+    /// stands in the way still runs (zero when `only_own` and it is free).
+    fn take(
+        &self,
+        partition: u32,
+        owner: &str,
+        lease_time: Duration,
+        only_own: bool,
+    ) -> Result<(), Duration> {
         let now = Instant::now();
         let mut leases = self.lock();
-        let free_or_own = match leases.get(&partition) {
-            None => !only_own,
-            Some(lease) if lease.owner == owner => !only_own || lease.expires > now,
-            Some(lease) => !only_own && lease.expires <= now,
+        let refused = match leases.get(&partition) {
+            None => only_own.then_some(Duration::ZERO),
+            Some(lease) if lease.owner == owner => {
+                (only_own && lease.expires <= now).then_some(Duration::ZERO)
+            }
+            Some(lease) if lease.expires <= now => only_own.then_some(Duration::ZERO),
+            Some(lease) => Some(lease.expires - now),
         };
-        if free_or_own {
-            leases.insert(
-                partition,
-                Lease {
-                    owner: owner.to_owned(),
-                    expires: now + lease_time,
-                },
-            );
+        if let Some(expires_in) = refused {
+            return Err(expires_in);
         }
-        free_or_own
+        leases.insert(
+            partition,
+            Lease {
+                owner: owner.to_owned(),
+                expires: now + lease_time,
+            },
+        );
+        Ok(())
     }
 }
 
@@ -91,8 +103,15 @@ impl LeaseStore for MemoryLeaseStore {
         partition: u32,
         owner: &'a str,
         lease_time: Duration,
-    ) -> LeaseFuture<'a, bool> {
-        Box::pin(async move { Ok(self.take(partition, owner, lease_time, false)) })
+    ) -> LeaseFuture<'a, Acquired> {
+        Box::pin(async move {
+            Ok(match self.take(partition, owner, lease_time, false) {
+                Ok(()) => Acquired::Granted,
+                Err(expires_in) => Acquired::Held {
+                    expires_in: Some(expires_in),
+                },
+            })
+        })
     }
 
     fn renew<'a>(
@@ -101,7 +120,7 @@ impl LeaseStore for MemoryLeaseStore {
         owner: &'a str,
         lease_time: Duration,
     ) -> LeaseFuture<'a, bool> {
-        Box::pin(async move { Ok(self.take(partition, owner, lease_time, true)) })
+        Box::pin(async move { Ok(self.take(partition, owner, lease_time, true).is_ok()) })
     }
 
     fn release<'a>(&'a self, partition: u32, owner: &'a str) -> LeaseFuture<'a, ()> {
@@ -128,9 +147,9 @@ impl LeaseStore for MemoryLeaseStore {
             Ok(Some(
                 demands
                     .iter()
-                    .map(|(owner, (wanted, _))| Demand {
-                        owner: owner.clone(),
-                        wanted: *wanted,
+                    .map(|(owner, (wanted, expires))| {
+                        Demand::new(owner.clone(), *wanted)
+                            .expires_in(expires.saturating_duration_since(now))
                     })
                     .collect(),
             ))
@@ -147,18 +166,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lease_is_exclusive_until_it_expires_by_the_stores_clock() {
         let store = MemoryLeaseStore::new();
-        assert!(store.acquire(1, "a", 2 * SEC).await.unwrap());
-        assert!(!store.acquire(1, "b", 2 * SEC).await.unwrap());
-        tokio::time::advance(2 * SEC).await;
+        assert!(store.acquire(1, "a", 2 * SEC).await.unwrap().is_granted());
+        tokio::time::advance(SEC / 2).await;
+        assert_eq!(
+            store.acquire(1, "b", 2 * SEC).await.unwrap(),
+            Acquired::Held {
+                expires_in: Some(3 * SEC / 2)
+            },
+            "a's for 1.5 s more"
+        );
+        tokio::time::advance(3 * SEC / 2).await;
         assert!(!store.renew(1, "a", 2 * SEC).await.unwrap(), "expired");
-        assert!(store.acquire(1, "b", 2 * SEC).await.unwrap());
+        assert!(store.acquire(1, "b", 2 * SEC).await.unwrap().is_granted());
         assert_eq!(store.holder(1).as_deref(), Some("b"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn release_by_another_owner_changes_nothing() {
         let store = MemoryLeaseStore::new();
-        assert!(store.acquire(1, "a", 2 * SEC).await.unwrap());
+        assert!(store.acquire(1, "a", 2 * SEC).await.unwrap().is_granted());
         store.release(1, "b").await.unwrap();
         assert_eq!(store.holder(1).as_deref(), Some("a"));
         store.release(1, "a").await.unwrap();

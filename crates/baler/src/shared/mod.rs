@@ -37,4 +37,4 @@ mod store;
 pub use builder::{SharedCapacity, SharedLeases, DEFAULT_LEASE_TIME};
 pub use memory::MemoryLeaseStore;
 pub use partitions::MAX_PARTITIONS;
-pub use store::{Demand, LeaseFuture, LeaseStore, LeaseStoreError};
+pub use store::{Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError};

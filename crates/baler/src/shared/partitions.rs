@@ -140,12 +140,7 @@ mod tests {
     }
 
     fn demands(list: &[(&str, u32)]) -> Vec<Demand> {
-        list.iter()
-            .map(|(o, w)| Demand {
-                owner: (*o).to_owned(),
-                wanted: *w,
-            })
-            .collect()
+        list.iter().map(|(o, w)| Demand::new(*o, *w)).collect()
     }
 
     #[test]
@@ -174,10 +169,7 @@ mod tests {
         for n in 1..6u32 {
             for count in 1..20u32 {
                 let d: Vec<Demand> = (0..n)
-                    .map(|i| Demand {
-                        owner: format!("o{i}"),
-                        wanted: (i * 7 + count) % 13,
-                    })
+                    .map(|i| Demand::new(format!("o{i}"), (i * 7 + count) % 13))
                     .collect();
                 let total: u32 = d.iter().map(|x| fair_share(&x.owner, &d, count)).sum();
                 let want: u32 = d.iter().map(|x| x.wanted.min(count)).sum();

@@ -30,31 +30,34 @@ pub type LeaseFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LeaseStoreEr
 ///
 /// ```
 /// use std::time::Duration;
-/// use baler::{LeaseStore, MemoryLeaseStore};
+/// use baler::{Acquired, LeaseStore, MemoryLeaseStore};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), baler::LeaseStoreError> {
 /// let store = MemoryLeaseStore::new();
 /// let ten_seconds = Duration::from_secs(10);
-/// assert!(store.acquire(3, "instance-a", ten_seconds).await?);
-/// assert!(!store.acquire(3, "instance-b", ten_seconds).await?); // held by a
+/// assert!(store.acquire(3, "instance-a", ten_seconds).await?.is_granted());
+/// // Held by a, for ten seconds more by the store's clock:
+/// let refused = store.acquire(3, "instance-b", ten_seconds).await?;
+/// assert_eq!(refused, Acquired::Held { expires_in: Some(ten_seconds) });
 /// assert!(store.renew(3, "instance-a", ten_seconds).await?);
 /// store.release(3, "instance-a").await?;
-/// assert!(store.acquire(3, "instance-b", ten_seconds).await?);
+/// assert!(store.acquire(3, "instance-b", ten_seconds).await?.is_granted());
 /// # Ok(())
 /// # }
 /// ```
 pub trait LeaseStore: Send + Sync + 'static {
     /// Takes the lease on `partition` for `owner` for `lease_time` if nobody
-    /// else holds it (free, expired, or already `owner`'s). `Ok(true)`: the
-    /// lease is `owner`'s until `lease_time` from now by the store's clock.
-    /// `Ok(false)`: someone else holds it.
+    /// else holds it (free, expired, or already `owner`'s).
+    /// [`Acquired::Granted`]: the lease is `owner`'s until `lease_time` from
+    /// now by the store's clock. [`Acquired::Held`]: someone else holds it,
+    /// and, when the store can tell, for how much longer.
     fn acquire<'a>(
         &'a self,
         partition: u32,
         owner: &'a str,
         lease_time: Duration,
-    ) -> LeaseFuture<'a, bool>;
+    ) -> LeaseFuture<'a, Acquired>;
 
     /// Extends `owner`'s lease on `partition` to `lease_time` from now.
     /// `Ok(false)`: `owner` no longer holds it (it expired, and perhaps
@@ -90,13 +93,68 @@ pub trait LeaseStore: Send + Sync + 'static {
     }
 }
 
+/// What [`LeaseStore::acquire`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    /// The lease is the caller's now.
+    Granted,
+    /// Another owner holds the lease.
+    Held {
+        /// How much longer its lease runs by the store's clock, when the
+        /// store can tell. An instance that needs the partition tries again
+        /// just after that instead of at its next retry period, so the
+        /// partitions of an instance that died are taken over as soon as
+        /// their leases run out.
+        expires_in: Option<Duration>,
+    },
+}
+
+impl Acquired {
+    /// Whether the lease was granted.
+    pub fn is_granted(self) -> bool {
+        matches!(self, Acquired::Granted)
+    }
+}
+
 /// How many partitions one owner wants, as announced to a [`LeaseStore`].
+///
+/// ```
+/// use std::time::Duration;
+/// use baler::Demand;
+///
+/// let demand = Demand::new("instance-a", 3).expires_in(Duration::from_secs(2));
+/// assert_eq!(demand.wanted, 3);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Demand {
     /// The owner's token.
     pub owner: String,
     /// The partitions it wants.
     pub wanted: u32,
+    /// How much longer the announcement lives by the store's clock, when the
+    /// store can tell. The others announce again just after the earliest of
+    /// these, so that they learn at once when an instance stops announcing
+    /// (it died) and take its share.
+    pub expires_in: Option<Duration>,
+}
+
+impl Demand {
+    /// `owner` wants `wanted` partitions (for as long as the store keeps the
+    /// announcement, unknown to the caller).
+    pub fn new(owner: impl Into<String>, wanted: u32) -> Self {
+        Demand {
+            owner: owner.into(),
+            wanted,
+            expires_in: None,
+        }
+    }
+
+    /// The announcement lives `expires_in` more by the store's clock.
+    pub fn expires_in(mut self, expires_in: Duration) -> Self {
+        self.expires_in = Some(expires_in);
+        self
+    }
 }
 
 impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
@@ -105,7 +163,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
         partition: u32,
         owner: &'a str,
         lease_time: Duration,
-    ) -> LeaseFuture<'a, bool> {
+    ) -> LeaseFuture<'a, Acquired> {
         (**self).acquire(partition, owner, lease_time)
     }
 
