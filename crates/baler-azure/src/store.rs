@@ -458,7 +458,10 @@ pub(crate) fn unexpected(what: &str, reply: &Reply) -> LeaseStoreError {
         _ => "",
     };
     let message = xml_value(&reply.body, "Message")
-        .map(|m| format!(": {}", m.lines().next().unwrap_or_default()))
+        .map(|m| {
+            let first = m.lines().next().unwrap_or_default();
+            format!(": {}", first.trim().trim_end_matches('.'))
+        })
         .unwrap_or_default();
     LeaseStoreError::protocol(format!(
         "{what}: the storage service answered {} {}{message}{hint}",
