@@ -5,7 +5,7 @@
 //! ```text
 //! baler-azure-ledger --connection-string "UseDevelopmentStorage=true" --container demo \
 //!     --ledger spent.log [--reserved 0] [--shared 10000] [--factor 1000] [--lease-ms 15000] \
-//!     [--cost 100] [--seconds N]
+//!     [--retry-ms N] [--cost 100] [--seconds N]
 //! ```
 //!
 //! It submits operations of `--cost` each, keeping its buffer full (so its
@@ -33,6 +33,7 @@ struct Args {
     shared: u64,
     factor: u64,
     lease: Duration,
+    retry: Option<Duration>,
     cost: u32,
     seconds: Option<u64>,
 }
@@ -46,6 +47,7 @@ fn parse() -> Result<Args, String> {
         shared: 10_000,
         factor: 1_000,
         lease: Duration::from_secs(15),
+        retry: None,
         cost: 100,
         seconds: None,
     };
@@ -65,6 +67,7 @@ fn parse() -> Result<Args, String> {
             "--shared" => args.shared = number()?,
             "--factor" => args.factor = number()?,
             "--lease-ms" => args.lease = Duration::from_millis(number()?),
+            "--retry-ms" => args.retry = Some(Duration::from_millis(number()?)),
             "--seconds" => args.seconds = Some(number()?),
             "--cost" => {
                 args.cost = u32::try_from(number()?)
@@ -126,11 +129,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .open(&args.ledger)?,
     ));
     let store = AzureLeaseStore::from_connection_string(&args.connection_string, &args.container)?;
-    let (capacity, leases) = SharedCapacity::new(store)
+    let mut shared = SharedCapacity::new(store)
         .reserved(args.reserved)
         .shared(args.shared, args.factor)
-        .lease_time(args.lease)
-        .start()?;
+        .lease_time(args.lease);
+    if let Some(retry) = args.retry {
+        shared = shared.retry_every(retry);
+    }
+    let (capacity, leases) = shared.start()?;
 
     let spent = ledger.clone();
     let batcher: Batcher<u64, (), String> = Batcher::builder()
