@@ -53,6 +53,21 @@ pub(crate) const DEMAND_PREFIX: &str = "demand-";
 /// Requests are signed with the account key (Shared Key), or carry a shared
 /// access signature. Each is bounded by a [`timeout`](Self::timeout).
 ///
+/// What a call returns:
+///
+/// - `acquire`: `Ok(false)` when another owner holds the lease
+///   (`409 LeaseAlreadyPresent`); `renew`: `Ok(false)` when the lease is no
+///   longer this owner's (another lease id, none, or no blob);
+/// - [`LeaseStoreError::Unreachable`] when the service cannot be reached, does
+///   not answer within the timeout, or answers that it is unavailable (a 5xx
+///   status, such as `503 ServerBusy`);
+/// - [`LeaseStoreError::Protocol`] for any other answer, with the service's
+///   error code (`403 AuthenticationFailed` for a wrong key, say).
+///
+/// An announcement is two requests (the owner's demand blob written, the
+/// demand blobs listed), made every renewal period, or every retry period
+/// while an instance wants more than it holds.
+///
 /// ```
 /// use baler::LeaseStore;
 /// use baler_azure::AzureLeaseStore;
