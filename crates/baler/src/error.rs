@@ -370,4 +370,18 @@ pub enum ConfigError {
         /// The store call timeout.
         call_timeout: Duration,
     },
+    /// A shared capacity's lease time is one its lease store cannot grant
+    /// (see [`LeaseStore::lease_times`](crate::LeaseStore::lease_times)).
+    #[error(
+        "the lease time ({lease_time:?}) is not one this lease store can grant: it takes \
+         {min:?} to {max:?}; set SharedCapacity::lease_time within that"
+    )]
+    LeaseTimeUnsupported {
+        /// The lease time asked for.
+        lease_time: Duration,
+        /// The shortest lease the store grants.
+        min: Duration,
+        /// The longest lease the store grants.
+        max: Duration,
+    },
 }

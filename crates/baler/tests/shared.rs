@@ -623,3 +623,73 @@ async fn the_partitions_of_an_instance_that_died_are_taken_as_soon_as_its_leases
         );
     }
 }
+
+/// A store whose leases last 15 to 60 seconds, as a blob store's do.
+struct Bounded(MemoryLeaseStore);
+
+impl LeaseStore for Bounded {
+    fn acquire<'a>(
+        &'a self,
+        partition: u32,
+        owner: &'a str,
+        lease: Duration,
+    ) -> LeaseFuture<'a, Acquired> {
+        self.0.acquire(partition, owner, lease)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        partition: u32,
+        owner: &'a str,
+        lease: Duration,
+    ) -> LeaseFuture<'a, bool> {
+        self.0.renew(partition, owner, lease)
+    }
+
+    fn release<'a>(&'a self, partition: u32, owner: &'a str) -> LeaseFuture<'a, ()> {
+        self.0.release(partition, owner)
+    }
+
+    fn lease_times(&self) -> std::ops::RangeInclusive<Duration> {
+        Duration::from_secs(15)..=Duration::from_secs(60)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_time_the_store_cannot_grant_is_refused_when_built() {
+    let build = |lease: Duration| {
+        SharedCapacity::new(Arc::new(Bounded(MemoryLeaseStore::new())))
+            .shared(10_000, 1_000)
+            .lease_time(lease)
+            .build()
+    };
+    for lease in [
+        LEASE,
+        Duration::from_millis(14_999),
+        Duration::from_millis(60_001),
+    ] {
+        let e = build(lease).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::LeaseTimeUnsupported {
+                lease_time: lease,
+                min: Duration::from_secs(15),
+                max: Duration::from_secs(60),
+            }
+        );
+        assert!(e.to_string().contains("15s to 60s"), "{e}");
+    }
+    for lease in [Duration::from_secs(15), Duration::from_secs(60)] {
+        assert!(build(lease).is_ok(), "{lease:?}");
+    }
+    // Stores that say nothing take any lease time.
+    assert!(SharedCapacity::new(MemoryLeaseStore::new())
+        .shared(10_000, 1_000)
+        .lease_time(Duration::from_millis(1))
+        .safety_margin(Duration::ZERO)
+        .renew_every(Duration::from_micros(500))
+        .retry_every(Duration::from_micros(100))
+        .call_timeout(Duration::from_micros(100))
+        .build()
+        .is_ok());
+}

@@ -148,6 +148,9 @@ impl SharedCapacity {
     /// also how long the partitions of a process that died stay out of reach,
     /// and at most how long an instance keeps counting its leases when the
     /// store cannot be reached. The other timings default to fractions of it.
+    /// It must be one the store can grant ([`LeaseStore::lease_times`]; a
+    /// blob store's leases, for one, last 15 to 60 seconds), or
+    /// [`build`](Self::build) fails.
     pub fn lease_time(mut self, lease_time: Duration) -> Self {
         self.lease_time = lease_time;
         self
@@ -288,6 +291,14 @@ impl SharedCapacity {
                 setting: "SharedCapacity::lease_time (milliseconds)",
                 value: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
                 max: u64::try_from(MAX_LEASE.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        let supported = self.store.lease_times();
+        if !supported.contains(&lease) {
+            return Err(ConfigError::LeaseTimeUnsupported {
+                lease_time: lease,
+                min: *supported.start(),
+                max: *supported.end(),
             });
         }
         let timing = Timing {

@@ -193,7 +193,7 @@ impl Leaser {
                 // an instance that died stops announcing, and its share is
                 // free from then on.
                 if let Some(soonest) = others.iter().filter_map(|d| d.expires_in).min() {
-                    next = next.min(just_after(soonest));
+                    next = next.min(just_after(soonest, &t));
                 }
                 self.others = Some(others);
                 self.announced = Some(needed);
@@ -361,7 +361,7 @@ impl Leaser {
                         self.event(CapacityEvent::LeaseAcquired { partition });
                     }
                     Ok(Acquired::Held { expires_in }) => {
-                        if let Some(free) = expires_in.map(just_after) {
+                        if let Some(free) = expires_in.map(|e| just_after(e, &self.timing)) {
                             soonest_free = Some(soonest_free.map_or(free, |s| s.min(free)));
                         }
                     }
@@ -501,9 +501,11 @@ impl Leaser {
 
 /// A moment just after `expires_in` from now: what the store said runs out
 /// then has surely run out (the store's answer took time to arrive, and it
-/// counts whole milliseconds).
-fn just_after(expires_in: Duration) -> Instant {
-    Instant::now() + expires_in + Duration::from_millis(1)
+/// counts whole milliseconds). Never sooner than a twentieth of the retry
+/// period, so that a store that keeps answering "about to run out" cannot
+/// drive the lease task into a busy loop.
+fn just_after(expires_in: Duration, timing: &Timing) -> Instant {
+    Instant::now() + (expires_in + Duration::from_millis(1)).max(timing.retry_every / 20)
 }
 
 fn timed_out(timeout: Duration) -> LeaseStoreError {

@@ -1,6 +1,7 @@
 //! The lease store: where partition leases live.
 
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +91,28 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> LeaseFuture<'a, Option<Vec<Demand>>> {
         let _ = (owner, wanted, ttl);
         Box::pin(async { Ok(None) })
+    }
+
+    /// The lease times this store can grant, shortest and longest included.
+    /// [`SharedCapacity::build`](crate::SharedCapacity::build) refuses a
+    /// `lease_time` outside them with
+    /// [`ConfigError::LeaseTimeUnsupported`](crate::ConfigError::LeaseTimeUnsupported),
+    /// so a store that could not grant it fails when the capacity is built,
+    /// not at its first call.
+    ///
+    /// The default is any lease time. A blob store whose leases last 15 to
+    /// 60 seconds returns `Duration::from_secs(15)..=Duration::from_secs(60)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use baler::{LeaseStore, MemoryLeaseStore};
+    ///
+    /// let times = MemoryLeaseStore::new().lease_times();
+    /// assert!(times.contains(&Duration::from_millis(1)));
+    /// assert!(times.contains(&Duration::from_secs(3_600)));
+    /// ```
+    fn lease_times(&self) -> RangeInclusive<Duration> {
+        Duration::ZERO..=Duration::MAX
     }
 }
 
@@ -187,6 +210,10 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
         ttl: Duration,
     ) -> LeaseFuture<'a, Option<Vec<Demand>>> {
         (**self).announce(owner, wanted, ttl)
+    }
+
+    fn lease_times(&self) -> RangeInclusive<Duration> {
+        (**self).lease_times()
     }
 }
 
