@@ -26,7 +26,7 @@
 //!   retries and failed batches from [`Batcher::events`]; and when nothing has
 //!   been written for a few seconds while records wait, the findings of
 //!   [`Batcher::diagnose`] are printed (capacity exhausted, in-flight limit
-//!   reached, a batch running long).
+//!   reached, a batch running long), with the flags that change them.
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -35,7 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baler::{Batcher, Capacity, CapacityEvent, Event, Operation, RecvError, Ticket};
+use baler::{
+    Batcher, Capacity, CapacityEvent, Code, Diagnosis, Event, Operation, RecvError, Ticket,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -608,11 +610,42 @@ async fn show_progress(
             diagnosed = true;
             let diagnosis = batcher.diagnose().await;
             progress.log(&format!(
-                "baler: nothing written for {:.0}s; the batcher says: {diagnosis}",
-                now.duration_since(last_change.0).as_secs_f64()
+                "baler: nothing written for {:.0}s; the batcher says: {diagnosis}{}",
+                now.duration_since(last_change.0).as_secs_f64(),
+                flag_hints(&diagnosis)
             ));
         }
     }
+}
+
+/// The findings' advice in this command's terms: the flag that sets what a
+/// finding names by its builder setting.
+fn flag_hints(diagnosis: &Diagnosis) -> String {
+    let mut hints: Vec<&str> = Vec::new();
+    for finding in &diagnosis.findings {
+        let hint = match finding.code {
+            Code::InFlightCapReached => {
+                "every write slot is busy: the database is slow to answer, or raise --max-in-flight"
+            }
+            Code::NoCapacity | Code::CapacityBound => {
+                "--capacity sets the pace (with --shared: --reserved, and the partitions this \
+                 process holds)"
+            }
+            Code::BufferFull => "producing waits for room: --buffer sets how many records are held",
+            Code::RetryStorm => {
+                "writes are failing and being retried: --max-attempts sets how often"
+            }
+            Code::SmallBatches => "--linger lets a batch wait longer to fill, up to --batch-size",
+            _ => continue,
+        };
+        if !hints.contains(&hint) {
+            hints.push(hint);
+        }
+    }
+    hints
+        .iter()
+        .map(|h| format!("\n  baler ingest: {h}"))
+        .collect()
 }
 
 /// Writes the records not written as JSON lines, in input order, to `path`

@@ -484,6 +484,9 @@ fn a_stalled_run_prints_the_batchers_diagnosis_and_still_writes_everything() {
     );
     let line = baler.wait_for_line("nothing written for");
     assert!(line.contains("in-flight-cap-reached"), "{line}");
+    // And what to do, in the command's own flags.
+    let hint = baler.wait_for_line("baler ingest:");
+    assert!(hint.contains("--max-in-flight"), "{hint}");
     holder.execute_batch("COMMIT").unwrap();
     let out = baler.finish();
     assert_eq!(out.code(), 0, "{}", out.stderr);
