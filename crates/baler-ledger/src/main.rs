@@ -1,12 +1,15 @@
-//! A process that spends from a capacity shared through Azure Blob Storage
-//! as fast as it is allowed, and keeps a ledger of what it spent and what it
-//! held.
+//! A process that spends from a capacity shared through Redis or Azure Blob
+//! Storage as fast as it is allowed, and keeps a ledger of what it spent and
+//! what it held.
 //!
 //! ```text
-//! baler-azure-ledger --connection-string "UseDevelopmentStorage=true" --container demo \
-//!     --ledger spent.log [--reserved 0] [--shared 10000] [--factor 1000] [--lease-ms 15000] \
-//!     [--retry-ms N] [--cost 100] [--seconds N]
+//! baler-ledger (--redis redis://127.0.0.1:6379 --name demo
+//!               | --azure "UseDevelopmentStorage=true" --container demo)
+//!     --ledger spent.log [--reserved 0] [--shared 10000] [--factor 1000]
+//!     [--lease-ms 2000] [--retry-ms N] [--cost 100] [--seconds N]
 //! ```
+//!
+//! Azure Blob leases last 15 to 60 s: give it `--lease-ms 15000` or more.
 //!
 //! It submits operations of `--cost` each, keeping its buffer full (so its
 //! target is always above the whole shared capacity), one operation per
@@ -14,20 +17,35 @@
 //! one line every 100 ms, `rate <unix ms> <rate> <partitions held>
 //! <store reachable: 1 or 0>`. It stops, giving its leases back, after
 //! `--seconds` if given, otherwise when its standard input closes. The
-//! multi-process test runs three of them.
+//! multi-process tests (`tests/redis.rs`, `tests/azure.rs`) run several.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baler::{handler_fn, Batch, Batcher, Operation, Outcome, SharedCapacity};
+use baler::{handler_fn, Batch, Batcher, LeaseStore, Operation, Outcome, SharedCapacity};
 use baler_azure::AzureLeaseStore;
+use baler_redis::RedisLeaseStore;
 use tokio::io::AsyncReadExt;
 
+/// Where the leases are.
+enum Store {
+    Redis {
+        url: String,
+        name: String,
+    },
+    Azure {
+        connection: String,
+        container: String,
+    },
+}
+
 struct Args {
-    connection_string: String,
-    container: String,
+    redis: Option<String>,
+    name: Option<String>,
+    azure: Option<String>,
+    container: Option<String>,
     ledger: String,
     reserved: u64,
     shared: u64,
@@ -40,13 +58,15 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut args = Args {
-        connection_string: String::new(),
-        container: String::new(),
+        redis: None,
+        name: None,
+        azure: None,
+        container: None,
         ledger: String::new(),
         reserved: 0,
         shared: 10_000,
         factor: 1_000,
-        lease: Duration::from_secs(15),
+        lease: Duration::from_secs(2),
         retry: None,
         cost: 100,
         seconds: None,
@@ -60,8 +80,10 @@ fn parse() -> Result<Args, String> {
                 .map_err(|_| format!("{flag} needs a whole number, not {value:?}"))
         };
         match flag.as_str() {
-            "--connection-string" => args.connection_string = value.clone(),
-            "--container" => args.container = value.clone(),
+            "--redis" => args.redis = Some(value.clone()),
+            "--name" => args.name = Some(value.clone()),
+            "--azure" => args.azure = Some(value.clone()),
+            "--container" => args.container = Some(value.clone()),
             "--ledger" => args.ledger = value.clone(),
             "--reserved" => args.reserved = number()?,
             "--shared" => args.shared = number()?,
@@ -76,16 +98,26 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
-    for (flag, value) in [
-        ("--connection-string", &args.connection_string),
-        ("--container", &args.container),
-        ("--ledger", &args.ledger),
-    ] {
-        if value.is_empty() {
-            return Err(format!("{flag} is required"));
-        }
+    if args.ledger.is_empty() {
+        return Err("--ledger is required".into());
     }
     Ok(args)
+}
+
+impl Args {
+    fn store(&self) -> Result<Store, String> {
+        match (&self.redis, &self.name, &self.azure, &self.container) {
+            (Some(url), Some(name), None, None) => Ok(Store::Redis {
+                url: url.clone(),
+                name: name.clone(),
+            }),
+            (None, None, Some(connection), Some(container)) => Ok(Store::Azure {
+                connection: connection.clone(),
+                container: container.clone(),
+            }),
+            _ => Err("give either --redis and --name, or --azure and --container".into()),
+        }
+    }
 }
 
 fn unix_ms() -> u128 {
@@ -105,30 +137,42 @@ fn write(ledger: &Ledger, line: String) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(args) => args,
+    let (args, store) = match parse().and_then(|args| Ok((args.store()?, args))) {
+        Ok((store, args)) => (args, store),
         Err(e) => {
-            eprintln!("baler-azure-ledger: {e}");
+            eprintln!("baler-ledger: {e}");
             return ExitCode::from(2);
         }
     };
-    match run(args).await {
+    let ran = match store {
+        Store::Redis { url, name } => match RedisLeaseStore::new(&url, &name) {
+            Ok(store) => run(args, store).await,
+            Err(e) => Err(e.into()),
+        },
+        Store::Azure {
+            connection,
+            container,
+        } => match AzureLeaseStore::from_connection_string(&connection, &container) {
+            Ok(store) => run(args, store).await,
+            Err(e) => Err(e.into()),
+        },
+    };
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("baler-azure-ledger: {e}");
+            eprintln!("baler-ledger: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(args: Args, store: impl LeaseStore) -> Result<(), Box<dyn std::error::Error>> {
     let ledger: Ledger = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&args.ledger)?,
     ));
-    let store = AzureLeaseStore::from_connection_string(&args.connection_string, &args.container)?;
     let mut shared = SharedCapacity::new(store)
         .reserved(args.reserved)
         .shared(args.shared, args.factor)
