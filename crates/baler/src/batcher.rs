@@ -1,9 +1,12 @@
 //! The `Batcher` handle: how callers talk to the engine.
 
 use std::fmt;
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, UnboundedSender};
@@ -229,21 +232,19 @@ where
     }
 
     /// Submits an operation, waiting for room in the buffer (first come, first
-    /// served). Returns a [`Ticket`] that resolves with the operation's outcome.
+    /// served). Resolves to a [`Ticket`] that resolves with the operation's
+    /// outcome.
     ///
-    /// Dropping this future while it waits gives up its place in line; the
-    /// operation was never accepted.
+    /// Dropping the returned [`Submit`] future while it waits gives up its
+    /// place in line; the operation was never accepted.
     ///
     /// # Errors
     ///
     /// [`SubmitError::Shutdown`] once a shutdown has started, and
     /// [`SubmitError::TooExpensive`] for an operation that could never be
     /// dispatched. The payload comes back inside the error.
-    pub async fn submit(
-        &self,
-        op: impl Into<Operation<T, K>>,
-    ) -> Result<Ticket<O, E>, SubmitError<T>> {
-        self.submit_until(op.into(), None).await
+    pub fn submit(&self, op: impl Into<Operation<T, K>>) -> Submit<'_, T, O, E, K> {
+        Submit::new(self, op.into(), None)
     }
 
     /// Submits an operation, waiting at most `wait` for room in the buffer
@@ -253,13 +254,12 @@ where
     ///
     /// As [`submit`](Self::submit), and [`SubmitError::Timeout`] if the buffer
     /// stayed full for `wait`.
-    pub async fn submit_timeout(
+    pub fn submit_timeout(
         &self,
         op: impl Into<Operation<T, K>>,
         wait: Duration,
-    ) -> Result<Ticket<O, E>, SubmitError<T>> {
-        self.submit_until(op.into(), Some(Instant::now() + wait))
-            .await
+    ) -> Submit<'_, T, O, E, K> {
+        Submit::new(self, op.into(), Some(Instant::now() + wait))
     }
 
     /// Submits an operation only if the buffer has room now.
@@ -296,39 +296,6 @@ where
                 SubmitError::Full(payload)
             }
         }
-    }
-
-    async fn submit_until(
-        &self,
-        op: Operation<T, K>,
-        deadline: Option<Instant>,
-    ) -> Result<Ticket<O, E>, SubmitError<T>> {
-        let op = self.check(op)?;
-        let shared = self.shared();
-        let permit = match shared.ops.try_acquire() {
-            Ok(p) => Ok(p),
-            Err(TryAcquireError::Closed) => return Err(SubmitError::Shutdown(op.payload)),
-            Err(TryAcquireError::NoPermits) => {
-                shared.report_full();
-                let _waiting = Waiting::new(&shared.waiting);
-                wait(shared.ops.acquire(), deadline).await
-            }
-        };
-        let permit = match permit {
-            Ok(p) => p,
-            Err(e) => return Err(e.into_error(op.payload)),
-        };
-        let cost_permit = match &shared.cost {
-            Some(sem) => {
-                let _waiting = Waiting::new(&shared.waiting);
-                match wait(sem.acquire_many(op.cost), deadline).await {
-                    Ok(p) => Some(p),
-                    Err(e) => return Err(e.into_error(op.payload)),
-                }
-            }
-            None => None,
-        };
-        self.enqueue(op, permit, cost_permit)
     }
 
     /// Refuses what can never be accepted, before waiting for room.
@@ -471,6 +438,189 @@ where
         }
         rx.await.unwrap_or_default()
     }
+}
+
+/// The future of [`Batcher::submit`] and [`Batcher::submit_timeout`]:
+/// resolves to the operation's [`Ticket`] once the buffer has room for it.
+///
+/// When the buffer has room, the first poll accepts the operation and is
+/// ready at once. Otherwise it waits in line, first come first served; only
+/// then does it allocate the state of that wait. Dropping it while it waits
+/// gives up its place in line, and the operation was never accepted.
+///
+/// ```
+/// # use baler::{handler_fn, Batch, Batcher};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let batcher = Batcher::builder().build(handler_fn(|b: Batch<u32>| async move {
+/// #     Ok::<_, std::io::Error>(b.done_all(()))
+/// # }))?;
+/// let submit: baler::Submit<'_, u32, (), std::io::Error> = batcher.submit(7);
+/// let ticket = submit.await?;
+/// ticket.await?;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "an operation is only submitted when its Submit future is awaited"]
+pub struct Submit<'a, T, O, E, K = ()> {
+    batcher: &'a Batcher<T, O, E, K>,
+    op: Option<Operation<T, K>>,
+    deadline: Option<Instant>,
+    /// The wait for room, when the buffer was full at the first poll.
+    wait: Option<WaitForRoom<'a>>,
+}
+
+/// The buffer permits an accepted operation holds.
+type Permits<'a> = (SemaphorePermit<'a>, Option<SemaphorePermit<'a>>);
+
+type WaitForRoom<'a> = Pin<Box<dyn Future<Output = Result<Permits<'a>, WaitError>> + Send + 'a>>;
+
+// The operation is never pinned: it is moved out whole when it is accepted.
+impl<T, O, E, K> Unpin for Submit<'_, T, O, E, K> {}
+
+impl<'a, T, O, E, K> Submit<'a, T, O, E, K> {
+    fn new(
+        batcher: &'a Batcher<T, O, E, K>,
+        op: Operation<T, K>,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Submit {
+            batcher,
+            op: Some(op),
+            deadline,
+            wait: None,
+        }
+    }
+}
+
+impl<T, O, E, K> fmt::Debug for Submit<'_, T, O, E, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Submit")
+            .field("waiting", &self.wait.is_some())
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+impl<'a, T, O, E, K> Future for Submit<'a, T, O, E, K>
+where
+    T: Send + Sync + 'static,
+    K: Eq + Hash + Clone + fmt::Debug + Send + Sync + 'static,
+    O: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    type Output = Result<Ticket<O, E>, SubmitError<T>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let batcher = this.batcher;
+        if this.wait.is_none() {
+            let Some(op) = this.op.take() else {
+                panic!("a baler Submit future was polled after it completed");
+            };
+            let op = match batcher.check(op) {
+                Ok(op) => op,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            let shared: &'a Shared<T, K, O, E> = batcher.shared();
+            let permit = match shared.ops.try_acquire() {
+                Ok(p) => Some(p),
+                Err(TryAcquireError::Closed) => {
+                    return Poll::Ready(Err(SubmitError::Shutdown(op.payload)))
+                }
+                Err(TryAcquireError::NoPermits) => {
+                    shared.report_full();
+                    None
+                }
+            };
+            if let Some(permit) = permit {
+                match &shared.cost {
+                    None => return Poll::Ready(batcher.enqueue(op, permit, None)),
+                    Some(sem) => match sem.try_acquire_many(op.cost) {
+                        Ok(cost) => return Poll::Ready(batcher.enqueue(op, permit, Some(cost))),
+                        Err(TryAcquireError::Closed) => {
+                            return Poll::Ready(Err(SubmitError::Shutdown(op.payload)))
+                        }
+                        Err(TryAcquireError::NoPermits) => {
+                            this.wait = Some(Box::pin(wait_for_room(
+                                shared,
+                                Some(permit),
+                                op.cost,
+                                this.deadline,
+                            )));
+                        }
+                    },
+                }
+            } else {
+                this.wait = Some(Box::pin(wait_for_room(
+                    shared,
+                    None,
+                    op.cost,
+                    this.deadline,
+                )));
+            }
+            this.op = Some(op);
+        }
+        let Some(wait) = this.wait.as_mut() else {
+            unreachable!("the wait was just set");
+        };
+        let result = match wait.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(result) => result,
+        };
+        this.wait = None;
+        let Some(op) = this.op.take() else {
+            unreachable!("the operation is held while waiting");
+        };
+        Poll::Ready(match result {
+            Ok((permit, cost)) => batcher.enqueue(op, permit, cost),
+            Err(e) => Err(e.into_error(op.payload)),
+        })
+    }
+}
+
+/// The slow path of a submit: waits in line for the operation's permits.
+/// Not generic, and boxed only when taken, so that a submit into a buffer
+/// with room stays a small future.
+fn wait_for_room<'a, T, K, O, E>(
+    shared: &'a Shared<T, K, O, E>,
+    permit: Option<SemaphorePermit<'a>>,
+    cost: u32,
+    deadline: Option<Instant>,
+) -> impl Future<Output = Result<Permits<'a>, WaitError>> + Send + 'a {
+    wait_for_permits(
+        &shared.ops,
+        shared.cost.as_ref(),
+        &shared.waiting,
+        permit,
+        cost,
+        deadline,
+    )
+}
+
+async fn wait_for_permits<'a>(
+    ops: &'a Semaphore,
+    cost_sem: Option<&'a Semaphore>,
+    waiting: &'a AtomicUsize,
+    permit: Option<SemaphorePermit<'a>>,
+    cost: u32,
+    deadline: Option<Instant>,
+) -> Result<Permits<'a>, WaitError> {
+    let permit = match permit {
+        Some(p) => p,
+        None => {
+            let _waiting = Waiting::new(waiting);
+            wait(ops.acquire(), deadline).await?
+        }
+    };
+    let cost_permit = match cost_sem {
+        Some(sem) => {
+            let _waiting = Waiting::new(waiting);
+            Some(wait(sem.acquire_many(cost), deadline).await?)
+        }
+        None => None,
+    };
+    Ok((permit, cost_permit))
 }
 
 enum WaitError {

@@ -127,7 +127,8 @@ pub(crate) enum Msg<T, K, O, E> {
     },
     /// A ticket was dropped unresolved: sweep the buffer.
     Cancel,
-    Done(Done<T, O, E>),
+    /// Boxed, so that every message (most are submits) stays small.
+    Done(Box<Done<T, O, E>>),
     Pause,
     Resume,
     Flush(oneshot::Sender<()>),
@@ -440,7 +441,7 @@ where
                 resolver,
             } => self.accept(payload, key, cost, resolver, now),
             Msg::Cancel => self.sweep = true,
-            Msg::Done(done) => self.complete(done, now),
+            Msg::Done(done) => self.complete(*done, now),
             Msg::Pause => {
                 if !self.paused {
                     self.paused = true;
@@ -1061,7 +1062,7 @@ where
                 tokio::spawn(async move {
                     // The engine holds a sender itself and outlives every
                     // batch it dispatched, so this send cannot fail.
-                    let _ = tx.send(Msg::Done(batch.await));
+                    let _ = tx.send(Msg::Done(Box::new(batch.await)));
                 });
             }
         }
