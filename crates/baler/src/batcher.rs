@@ -37,6 +37,9 @@ pub(crate) struct Shared<T, K, O, E> {
     stats: Mutex<Stats>,
     max_batch_cost: u64,
     buffer_cost: Option<u64>,
+    /// The lower of `max_batch_cost` and `buffer_cost`: a submit's quick
+    /// check (the capacity's burst may change, so it is asked each time).
+    fixed_cost_limit: u64,
     capacity: Capacity,
     /// The engine owns the only strong sender, so listeners see the stream
     /// close when the engine stops, even while handles are alive.
@@ -218,6 +221,9 @@ where
             }),
             max_batch_cost: cfg.max_batch_cost,
             buffer_cost: cfg.buffer_cost,
+            fixed_cost_limit: cfg
+                .buffer_cost
+                .map_or(cfg.max_batch_cost, |b| b.min(cfg.max_batch_cost)),
             capacity: cfg.capacity.clone(),
             events: events.downgrade(),
             buffer_size: cfg.buffer_size,
@@ -305,6 +311,14 @@ where
             return Err(SubmitError::Shutdown(op.payload));
         }
         let cost = u64::from(op.cost);
+        if cost <= shared.fixed_cost_limit
+            && shared
+                .capacity
+                .max_burst()
+                .is_none_or(|burst| cost <= burst)
+        {
+            return Ok(op);
+        }
         let limits = [
             (Some(shared.max_batch_cost), CostLimit::MaxBatchCost),
             (shared.buffer_cost, CostLimit::BufferCost),

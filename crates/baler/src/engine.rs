@@ -952,14 +952,15 @@ where
         let mut trackers = Vec::with_capacity(count);
         let mut epochs = EpochCounts::default();
         let mut cost = 0u64;
+        // What leaves the buffer, accounted once for the whole batch.
+        let (mut taken, mut taken_cost) = (0u64, 0u64);
         for _ in 0..count {
             let Some(op) = self.slots[slot].queue.pop_front() else {
                 break;
             };
             let c = u64::from(op.cost);
-            self.slots[slot].cost -= c;
-            self.stats.buffered -= 1;
-            self.stats.buffered_cost -= c;
+            taken += 1;
+            taken_cost += c;
             if op.resolver.is_closed() {
                 self.cancelled(op);
                 continue;
@@ -982,7 +983,10 @@ where
                 submitted: op.submitted,
             });
         }
+        self.stats.buffered -= taken;
+        self.stats.buffered_cost -= taken_cost;
         let s = &mut self.slots[slot];
+        s.cost -= taken_cost;
         s.drain = s.drain.saturating_sub(count);
         if items.is_empty() {
             return;
