@@ -20,6 +20,7 @@ use crate::engine::{Engine, Msg};
 use crate::error::{ConfigError, CostLimit, SubmitError};
 use crate::events::{Event, Events};
 use crate::handler::ErasedHandler;
+use crate::intake::{Intake, Submitted};
 use crate::operation::Operation;
 use crate::shutdown::ShutdownReport;
 use crate::slot;
@@ -29,6 +30,8 @@ use crate::ticket::{CancelSink, Ticket};
 /// State shared by the handles, the tickets and the engine.
 pub(crate) struct Shared<T, K, O, E> {
     tx: UnboundedSender<Msg<T, K, O, E>>,
+    /// Where submits go.
+    pub(crate) intake: Intake<Submitted<T, K, O, E>>,
     /// One permit per operation held, from acceptance to resolution.
     pub(crate) ops: Semaphore,
     /// One permit per unit of cost held, when the buffer's cost is bounded.
@@ -210,6 +213,7 @@ where
         let (events, _) = broadcast::channel(cfg.event_capacity);
         let shared = Arc::new(Shared {
             tx: tx.clone(),
+            intake: Intake::new(),
             ops: Semaphore::new(cfg.buffer_size),
             cost: cfg
                 .buffer_cost
@@ -345,13 +349,13 @@ where
     ) -> Result<Ticket<O, E>, SubmitError<T>> {
         let shared = self.shared();
         let (resolver, receiver) = slot::channel();
-        let msg = Msg::Submit {
+        let submitted = Submitted {
             payload: op.payload,
             key: op.key,
             cost: op.cost,
             resolver,
         };
-        match shared.tx.send(msg) {
+        match shared.intake.push(submitted) {
             Ok(()) => {
                 // From here the engine owns the permits and gives them back
                 // when the operation resolves.
@@ -362,10 +366,7 @@ where
                 let sink: Arc<dyn CancelSink> = shared.clone();
                 Ok(Ticket::new(receiver, sink))
             }
-            Err(mpsc::error::SendError(msg)) => match msg {
-                Msg::Submit { payload, .. } => Err(SubmitError::Shutdown(payload)),
-                _ => unreachable!("the message sent was a submit"),
-            },
+            Err(submitted) => Err(SubmitError::Shutdown(submitted.payload)),
         }
     }
 

@@ -53,6 +53,7 @@ use crate::error::Error;
 use crate::events::{BatchId, Event};
 use crate::handler::{BatchData, ErasedHandler, OpInfo};
 use crate::instruments::EngineMetrics;
+use crate::intake::Submitted;
 use crate::operation::OpId;
 use crate::run::{run_batch, Done, Ended, RunCtx, Tracker};
 use crate::shutdown::{Abandoned, ShutdownReport};
@@ -117,17 +118,12 @@ impl WindowSecond {
     }
 }
 
-/// Messages to the engine.
+/// Messages to the engine, but for submits, which come through the
+/// [`Intake`](crate::intake::Intake).
 pub(crate) enum Msg<T, K, O, E> {
-    Submit {
-        payload: T,
-        key: Option<K>,
-        cost: u32,
-        resolver: Resolver<Res<O, E>>,
-    },
     /// A ticket was dropped unresolved: sweep the buffer.
     Cancel,
-    /// Boxed, so that every message (most are submits) stays small.
+    /// Boxed, so that every message stays small.
     Done(Box<Done<T, O, E>>),
     Pause,
     Resume,
@@ -256,6 +252,8 @@ pub(crate) struct Engine<T, K, O, E> {
     rng: u64,
 
     events: broadcast::Sender<Event<K>>,
+    /// Submits taken from the intake, not yet accepted.
+    incoming: Vec<Submitted<T, K, O, E>>,
     /// The batches the engine polls itself, with [`Execution::Inline`].
     running: Vec<BatchFuture<T, O, E>>,
     next_batch: BatchId,
@@ -327,6 +325,7 @@ where
             target_slot,
             rng: RandomState::new().hash_one(0x5eed_u64) | 1,
             events,
+            incoming: Vec::new(),
             running: Vec::new(),
             next_batch: 0,
             last_rate,
@@ -359,6 +358,11 @@ where
                         }
                         Poll::Pending => true,
                     });
+                let submitted = self
+                    .shared
+                    .intake
+                    .poll_take(cx, &mut self.incoming)
+                    .is_ready();
                 if let Poll::Ready(msg) = self.rx.poll_recv(cx) {
                     return Poll::Ready(Some(msg));
                 }
@@ -366,7 +370,7 @@ where
                     armed = None;
                     return Poll::Ready(None);
                 }
-                if ended.is_empty() {
+                if ended.is_empty() && !submitted {
                     Poll::Pending
                 } else {
                     Poll::Ready(None)
@@ -375,10 +379,16 @@ where
             .await;
             let now = Instant::now();
             self.refresh_cost_limit();
+            // Submits taken by the poll come first: they were sent before
+            // any command read after them.
+            let mut taken = self.accept_incoming(now);
             match first {
                 // The engine holds a sender itself, so the channel never closes.
                 Some(None) => break,
-                Some(Some(msg)) => self.handle(msg, now),
+                Some(Some(msg)) => {
+                    taken += 1;
+                    self.handle(msg, now);
+                }
                 None => {}
             }
             for done in ended {
@@ -386,13 +396,15 @@ where
             }
             // Take everything else that is waiting before acting on it, so
             // that a burst of submits forms full batches.
-            let taken = self.take_waiting(now);
-            if taken > 0 && self.cfg.dispatch == Dispatch::LoadAware {
+            taken += self.take_waiting(now);
+            taken += self.take_intake(now);
+            if taken > 1 && self.cfg.dispatch == Dispatch::LoadAware {
                 // Several callers are active: let the ones just woken send
                 // theirs before a partial batch goes, so that batches fill
                 // under load. A lone caller (one message a turn) never waits.
                 tokio::task::yield_now().await;
                 self.take_waiting(now);
+                self.take_intake(now);
             }
             self.step(now);
             if self.finished() {
@@ -423,6 +435,26 @@ where
         taken
     }
 
+    /// Accepts the submits in the intake; returns how many.
+    fn take_intake(&mut self, now: Instant) -> usize {
+        if self.incoming.is_empty() {
+            self.shared.intake.take(&mut self.incoming);
+        }
+        self.accept_incoming(now)
+    }
+
+    /// Accepts the submits already taken from the intake; returns how many.
+    fn accept_incoming(&mut self, now: Instant) -> usize {
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let n = incoming.len();
+        for op in incoming.drain(..) {
+            self.accept(op.payload, op.key, op.cost, op.resolver, now);
+        }
+        // Keep the vector's capacity for the next swap with the intake.
+        self.incoming = incoming;
+        n
+    }
+
     fn refresh_cost_limit(&mut self) {
         self.batch_cost_limit = match self.cfg.capacity.burst() {
             Some(burst) => self.cfg.max_batch_cost.min(burst.max(1)),
@@ -433,13 +465,12 @@ where
     // ----- messages -------------------------------------------------------
 
     fn handle(&mut self, msg: Msg<T, K, O, E>, now: Instant) {
+        if !matches!(msg, Msg::Done(_)) {
+            // A command must not overtake the submits that happened before
+            // it was sent.
+            self.take_intake(now);
+        }
         match msg {
-            Msg::Submit {
-                payload,
-                key,
-                cost,
-                resolver,
-            } => self.accept(payload, key, cost, resolver, now),
             Msg::Cancel => self.sweep = true,
             Msg::Done(done) => self.complete(*done, now),
             Msg::Pause => {
@@ -1059,14 +1090,29 @@ where
             metrics: self.metrics.batch(),
         };
         let batch = run_batch(self.handler.clone(), data, trackers, ctx);
+        // Under the load-aware policy, the task of a batch of several
+        // operations yields once between resolving them and reporting: the
+        // callers it woke are likely to submit again, and should get in
+        // before the engine hears that nothing is in flight and sends what
+        // it holds at once. Without it, the report overtakes them and
+        // batches stay a few operations small under load. (So the stats
+        // count a batch a moment after its tickets resolve.) A batch of one,
+        // a lone caller's, reports at once.
+        let settle = self.cfg.dispatch == Dispatch::LoadAware
+            && self.cfg.execution == Execution::Spawned
+            && ops > 1;
         match self.cfg.execution {
             Execution::Inline => self.running.push(Box::pin(batch)),
             Execution::Spawned => {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
+                    let done = batch.await;
+                    if settle {
+                        tokio::task::yield_now().await;
+                    }
                     // The engine holds a sender itself and outlives every
                     // batch it dispatched, so this send cannot fail.
-                    let _ = tx.send(Msg::Done(Box::new(batch.await)));
+                    let _ = tx.send(Msg::Done(Box::new(done)));
                 });
             }
         }
@@ -1630,6 +1676,15 @@ where
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl<T, K, O, E> Drop for Engine<T, K, O, E> {
+    fn drop(&mut self) {
+        // Stopped or dropped with its runtime: nothing more comes in, and
+        // what did come in but was never taken resolves its tickets (with
+        // `Error::Stopped`) as it is dropped here.
+        drop(self.shared.intake.close());
     }
 }
 

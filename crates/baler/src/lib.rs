@@ -132,6 +132,7 @@ mod error;
 mod events;
 mod handler;
 mod instruments;
+mod intake;
 pub mod loader;
 mod operation;
 pub mod processor;

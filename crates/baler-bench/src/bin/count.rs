@@ -51,10 +51,25 @@ fn main() {
     let per = ops / subs;
     let buffer = (subs as usize).max(1024);
     let count = Arc::new(Count::default());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    // COUNT_THREADS=2: a multi-thread runtime instead, to compare CPU time
+    // per operation (printed) between contenders on a noisy machine.
+    let threads: usize = std::env::var("COUNT_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let rt = if threads > 0 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("a runtime");
+    let cpu_start = cpu_time();
+    let wall_start = std::time::Instant::now();
     rt.block_on(async {
         match who.as_str() {
             "baler" | "inline" => {
@@ -138,10 +153,26 @@ fn main() {
             }
         }
     });
+    let wall = wall_start.elapsed();
+    let cpu = cpu_time() - cpu_start;
     let done = count.ops.load(Ordering::Relaxed);
     let batches = count.batches.load(Ordering::Relaxed).max(1);
     println!(
-        "{who}: {done} operations, mean batch {:.1}",
-        done as f64 / batches as f64
+        "{who}: {done} operations, mean batch {:.1}, {:.0} ns CPU/op, {:.0} ns wall/op",
+        done as f64 / batches as f64,
+        cpu * 1e9 / done.max(1) as f64,
+        wall.as_secs_f64() * 1e9 / done.max(1) as f64,
     );
+}
+
+/// The process's CPU time (user + system, all threads) in seconds, from
+/// `/proc/self/stat` (clock ticks of 10 ms; enough for runs of seconds).
+fn cpu_time() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 (utime, stime), counted from 1 with the pid and
+    // name before the ')'.
+    (ticks(11) + ticks(12)) / 100.0
 }
