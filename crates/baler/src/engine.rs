@@ -81,8 +81,9 @@ pub(crate) struct Queued<T, O, E> {
     pub(crate) epoch: u64,
     /// When it (re-)entered the buffer; the linger counts from the oldest.
     pub(crate) enqueued: Instant,
-    /// When it was accepted.
-    pub(crate) submitted: Instant,
+    /// When it was accepted, in nanoseconds since the engine started (for
+    /// the latency metric: cheaper to subtract than an `Instant`).
+    pub(crate) submitted: u64,
 }
 
 /// How long a batch may run with no maximum operation time before
@@ -183,6 +184,7 @@ impl<T, K, O, E> KeySlot<T, K, O, E> {
 struct EpochCounts(Vec<(u64, u32)>);
 
 impl EpochCounts {
+    #[inline]
     fn add(&mut self, epoch: u64) {
         match self.0.last_mut() {
             Some((e, n)) if *e == epoch => *n += 1,
@@ -447,8 +449,11 @@ where
     fn accept_incoming(&mut self, now: Instant) -> usize {
         let mut incoming = std::mem::take(&mut self.incoming);
         let n = incoming.len();
-        for op in incoming.drain(..) {
-            self.accept(op.payload, op.key, op.cost, op.resolver, now);
+        if n > 0 {
+            let now_ns = nanos_since(self.ticker_origin, now);
+            for op in incoming.drain(..) {
+                self.accept(op.payload, op.key, op.cost, op.resolver, now, now_ns);
+            }
         }
         // Keep the vector's capacity for the next swap with the intake.
         self.incoming = incoming;
@@ -511,6 +516,7 @@ where
         cost: u32,
         resolver: Resolver<Res<O, E>>,
         now: Instant,
+        now_ns: u64,
     ) {
         let id = self.next_id;
         self.next_id += 1;
@@ -530,7 +536,7 @@ where
             attempts: 0,
             epoch,
             enqueued: now,
-            submitted: now,
+            submitted: now_ns,
         };
         if self.closing.as_ref().is_some_and(|c| c.deadline_passed) {
             // Accepted just as the deadline passed: nothing more is dispatched.
@@ -540,7 +546,10 @@ where
             return;
         }
         self.push_buffer(slot, op);
-        self.evaluate(slot, now);
+        // A slot already in the ready queue stays there: nothing to decide.
+        if !self.slots[slot].listed {
+            self.evaluate(slot, now);
+        }
     }
 
     fn push_buffer(&mut self, slot: usize, op: Queued<T, O, E>) {
@@ -1082,6 +1091,7 @@ where
         let ctx = RunCtx {
             batch,
             id,
+            origin: self.ticker_origin,
             max_attempts: self.cfg.max_attempts,
             max_time: self.cfg.max_operation_time,
             retry_timeouts: self.cfg.retry_timeouts,
@@ -1677,6 +1687,11 @@ where
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// Nanoseconds from `origin` to `t` (0 if `t` is earlier).
+pub(crate) fn nanos_since(origin: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl<T, K, O, E> Drop for Engine<T, K, O, E> {

@@ -35,7 +35,8 @@ pub(crate) struct Tracker<O, E> {
     pub(crate) cost: u32,
     pub(crate) attempts: u32,
     pub(crate) epoch: u64,
-    pub(crate) submitted: tokio::time::Instant,
+    /// When it was accepted, in nanoseconds since `RunCtx::origin`.
+    pub(crate) submitted: u64,
 }
 
 /// How a batch ended, for the engine's events.
@@ -61,6 +62,8 @@ pub(crate) struct Done<T, O, E> {
 pub(crate) struct RunCtx {
     pub(crate) batch: usize,
     pub(crate) id: BatchId,
+    /// The engine's start, from which `Tracker::submitted` counts.
+    pub(crate) origin: tokio::time::Instant,
     pub(crate) max_attempts: u32,
     pub(crate) max_time: Option<Duration>,
     pub(crate) retry_timeouts: bool,
@@ -252,10 +255,11 @@ where
     };
     // End-to-end latency, from submit to resolution, for every operation
     // this batch resolves (not those it hands back for a retry).
+    let ended_ns = handler_ended.map(|end| crate::engine::nanos_since(ctx.origin, end));
     let resolved = |t: &Tracker<O, E>| {
-        if let Some(end) = handler_ended {
+        if let Some(end) = ended_ns {
             ctx.metrics
-                .latency(end.saturating_duration_since(t.submitted));
+                .latency_secs(end.saturating_sub(t.submitted) as f64 * 1e-9);
         }
     };
     for (i, t) in trackers.into_iter().enumerate() {
