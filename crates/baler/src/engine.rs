@@ -1,11 +1,14 @@
 //! The engine: one task that owns every piece of a batcher's mutable state.
 //!
-//! Submits, cancellations, batch reports and commands arrive as messages on one
-//! channel; the engine is the only writer of the buffer, the target, the
-//! in-flight table and the timers, so none of them needs a lock and no data
-//! race is possible. Each turn of its loop takes every message waiting, then
-//! fires due timers, sweeps cancelled operations, dispatches what is ready, and
-//! publishes a consistent [`Stats`] snapshot.
+//! Submits arrive through the [`Intake`](crate::intake::Intake) (a vector the
+//! engine takes whole); cancellations, batch reports and commands as messages
+//! on a channel, each command taking the intake first so that it never
+//! overtakes an earlier submit. The engine is the only writer of the buffer,
+//! the target, the in-flight table and the timers, so none of them needs a
+//! lock and no data race is possible. Each turn of its loop takes every
+//! submit and message waiting, then fires due timers, sweeps cancelled
+//! operations, dispatches what is ready, and publishes a consistent [`Stats`]
+//! snapshot.
 //!
 //! # Invariants
 //!
@@ -25,7 +28,7 @@
 //!   of its future when the engine polls it itself), which is after its
 //!   handler's future was dropped.
 //! - **Exactly once**: an operation's resolver is moved, never copied: from
-//!   the submit message to the buffer, to a batch's future (which sends on
+//!   the intake to the buffer, to a batch's future (which sends on
 //!   it or hands it back for a retry), or to a sweep that drops it as
 //!   cancelled.
 
