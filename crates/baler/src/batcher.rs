@@ -5,7 +5,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crate::operation::Operation;
 use crate::shutdown::ShutdownReport;
 use crate::slot;
 use crate::stats::Stats;
-use crate::ticket::{CancelSink, Ticket};
+use crate::ticket::{cancel_shard, CancelShard, CancelSink, Ticket, CANCEL_SHARDS};
 
 /// State shared by the handles, the tickets and the engine.
 pub(crate) struct Shared<T, K, O, E> {
@@ -40,9 +40,17 @@ pub(crate) struct Shared<T, K, O, E> {
     stats: Mutex<Stats>,
     max_batch_cost: u64,
     buffer_cost: Option<u64>,
-    /// The lower of `max_batch_cost` and `buffer_cost`: a submit's quick
-    /// check (the capacity's burst may change, so it is asked each time).
+    /// The lowest of `max_batch_cost`, `buffer_cost` and the capacity's
+    /// maximum burst if that never changes: a submit's quick check.
     fixed_cost_limit: u64,
+    /// Whether `fixed_cost_limit` covers the capacity's maximum burst;
+    /// otherwise a submit asks the capacity each time (reading it is a
+    /// cache miss when another thread spends from the capacity).
+    max_burst_is_fixed: bool,
+    /// Where a ticket dropped unresolved reports it: one of several
+    /// handles, by thread, so that the tickets of different threads do not
+    /// all count references on one cache line.
+    cancel_sinks: Box<[Arc<CancelShard>]>,
     capacity: Capacity,
     /// The engine owns the only strong sender, so listeners see the stream
     /// close when the engine stops, even while handles are alive.
@@ -211,7 +219,23 @@ where
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(cfg.event_capacity);
-        let shared = Arc::new(Shared {
+        let fixed_burst = cfg.capacity.max_burst_is_fixed();
+        let mut fixed_cost_limit = cfg
+            .buffer_cost
+            .map_or(cfg.max_batch_cost, |b| b.min(cfg.max_batch_cost));
+        if fixed_burst {
+            if let Some(burst) = cfg.capacity.max_burst() {
+                fixed_cost_limit = fixed_cost_limit.min(burst);
+            }
+        }
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared<T, K, O, E>>| Shared {
+            cancel_sinks: (0..CANCEL_SHARDS)
+                .map(|_| {
+                    let target: Weak<dyn CancelSink> = weak.clone();
+                    Arc::new(CancelShard::new(target))
+                })
+                .collect(),
+            max_burst_is_fixed: fixed_burst,
             tx: tx.clone(),
             intake: Intake::new(),
             ops: Semaphore::new(cfg.buffer_size),
@@ -225,9 +249,7 @@ where
             }),
             max_batch_cost: cfg.max_batch_cost,
             buffer_cost: cfg.buffer_cost,
-            fixed_cost_limit: cfg
-                .buffer_cost
-                .map_or(cfg.max_batch_cost, |b| b.min(cfg.max_batch_cost)),
+            fixed_cost_limit,
             capacity: cfg.capacity.clone(),
             events: events.downgrade(),
             buffer_size: cfg.buffer_size,
@@ -316,10 +338,11 @@ where
         }
         let cost = u64::from(op.cost);
         if cost <= shared.fixed_cost_limit
-            && shared
-                .capacity
-                .max_burst()
-                .is_none_or(|burst| cost <= burst)
+            && (shared.max_burst_is_fixed
+                || shared
+                    .capacity
+                    .max_burst()
+                    .is_none_or(|burst| cost <= burst))
         {
             return Ok(op);
         }
@@ -363,7 +386,7 @@ where
                 if let Some(p) = cost_permit {
                     p.forget();
                 }
-                let sink: Arc<dyn CancelSink> = shared.clone();
+                let sink = shared.cancel_sinks[cancel_shard()].clone();
                 Ok(Ticket::new(receiver, sink))
             }
             Err(submitted) => Err(SubmitError::Shutdown(submitted.payload)),
