@@ -549,8 +549,18 @@ where
             return;
         }
         self.push_buffer(slot, op);
-        // A slot already in the ready queue stays there: nothing to decide.
-        if !self.slots[slot].listed {
+        // One more operation at the back changes nothing for a slot already
+        // in the ready queue, nor for one whose timer is armed, unless it
+        // makes the batch full or reaches the minimum size: then decide
+        // again. (Deciding is most of the cost of accepting an operation
+        // while batches are in flight.)
+        let s = &self.slots[slot];
+        let unchanged = s.listed
+            || (s.armed.is_some()
+                && s.queue.len() < self.cfg.max_batch_size
+                && s.cost < self.batch_cost_limit
+                && s.queue.len() != self.cfg.min_batch_size);
+        if !unchanged {
             self.evaluate(slot, now);
         }
     }
