@@ -94,6 +94,9 @@ fn main() {
                         let b = b.clone();
                         tokio::spawn(async move {
                             for i in 0..per {
+                                // A clone per operation, as the bench's
+                                // closed loop does.
+                                let b = b.clone();
                                 let t = b.submit(s * per + i).await.expect("accepted");
                                 t.await.expect("resolved");
                             }
@@ -136,6 +139,7 @@ fn main() {
                         tokio::spawn(async move {
                             for i in 0..per {
                                 let (reply, result) = oneshot::channel();
+                                let tx = tx.clone();
                                 tx.send((s * per + i, reply)).await.expect("sent");
                                 result.await.expect("answered");
                             }
