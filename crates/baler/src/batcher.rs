@@ -31,13 +31,13 @@ use crate::ticket::{cancel_shard, CancelShard, CancelSink, Ticket, CANCEL_SHARDS
 pub(crate) struct Shared<T, K, O, E> {
     tx: UnboundedSender<Msg<T, K, O, E>>,
     /// Where submits go.
-    pub(crate) intake: Intake<Submitted<T, K, O, E>>,
+    pub(crate) intake: Padded<Intake<Submitted<T, K, O, E>>>,
     /// One permit per operation held, from acceptance to resolution.
-    pub(crate) ops: Semaphore,
+    pub(crate) ops: Padded<Semaphore>,
     /// One permit per unit of cost held, when the buffer's cost is bounded.
     pub(crate) cost: Option<Semaphore>,
     closed: AtomicBool,
-    stats: Mutex<Stats>,
+    stats: Padded<Mutex<Stats>>,
     max_batch_cost: u64,
     buffer_cost: Option<u64>,
     /// The lowest of `max_batch_cost`, `buffer_cost` and the capacity's
@@ -73,7 +73,11 @@ impl<T, K, O, E> Shared<T, K, O, E> {
 
     /// The engine gave permits back: a later full buffer is a new episode.
     pub(crate) fn room_made(&self) {
-        self.full_reported.store(false, Ordering::Relaxed);
+        // Read first: most releases find nothing to reset, and a store
+        // would take the line from the submitters that read it.
+        if self.full_reported.load(Ordering::Relaxed) {
+            self.full_reported.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Reports a full buffer once per episode.
@@ -113,6 +117,19 @@ impl<T, K, O, E> Shared<T, K, O, E> {
 impl<T: Send, K: Send, O: Send, E: Send + Sync> CancelSink for Shared<T, K, O, E> {
     fn cancelled(&self) {
         let _ = self.tx.send(Msg::Cancel);
+    }
+}
+
+/// A field on cache lines of its own: the parts of [`Shared`] that threads
+/// write all the time (the intake, the buffer's semaphore, the stats) must
+/// not share a line with what every submit only reads.
+#[repr(align(128))]
+pub(crate) struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
     }
 }
 
@@ -241,16 +258,16 @@ where
                 .collect(),
             max_burst_is_fixed: fixed_burst,
             tx: tx.clone(),
-            intake: Intake::new(),
-            ops: Semaphore::new(cfg.buffer_size),
+            intake: Padded(Intake::new()),
+            ops: Padded(Semaphore::new(cfg.buffer_size)),
             cost: cfg
                 .buffer_cost
                 .map(|c| Semaphore::new(usize::try_from(c).unwrap_or(Semaphore::MAX_PERMITS))),
             closed: AtomicBool::new(false),
-            stats: Mutex::new(Stats {
+            stats: Padded(Mutex::new(Stats {
                 capacity: cfg.capacity.rate(),
                 ..Stats::default()
-            }),
+            })),
             max_batch_cost: cfg.max_batch_cost,
             buffer_cost: cfg.buffer_cost,
             fixed_cost_limit,
