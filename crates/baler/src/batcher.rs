@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +58,8 @@ pub(crate) struct Shared<T, K, O, E> {
     buffer_size: usize,
     /// Submitters waiting for room in the buffer.
     waiting: AtomicUsize,
+    /// Tickets dropped before their operation resolved, ever.
+    cancels: AtomicU64,
     /// Whether the current full-buffer episode was reported.
     full_reported: AtomicBool,
 }
@@ -65,6 +67,11 @@ pub(crate) struct Shared<T, K, O, E> {
 impl<T, K, O, E> Shared<T, K, O, E> {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// How many tickets were dropped before their operation resolved.
+    pub(crate) fn cancels_reported(&self) -> u64 {
+        self.cancels.load(Ordering::Acquire)
     }
 
     pub(crate) fn waiting_submitters(&self) -> usize {
@@ -116,6 +123,10 @@ impl<T, K, O, E> Shared<T, K, O, E> {
 
 impl<T: Send, K: Send, O: Send, E: Send + Sync> CancelSink for Shared<T, K, O, E> {
     fn cancelled(&self) {
+        // Counted after the ticket closed its slot and before the engine
+        // hears of it: the engine's dispatch asks operations whether their
+        // ticket is gone only while the count is ahead of its last sweep.
+        self.cancels.fetch_add(1, Ordering::Release);
         let _ = self.tx.send(Msg::Cancel);
     }
 }
@@ -276,6 +287,7 @@ where
             buffer_size: cfg.buffer_size,
             waiting: AtomicUsize::new(0),
             full_reported: AtomicBool::new(false),
+            cancels: AtomicU64::new(0),
         });
         let engine = Engine::new(cfg, handler, rx, tx, shared.clone(), events);
         runtime.spawn(engine.run());

@@ -257,6 +257,9 @@ pub(crate) struct Engine<T, K, O, E> {
     rng: u64,
 
     events: broadcast::Sender<Event<K>>,
+    /// The count of dropped tickets (`Shared::cancels_reported`) that the
+    /// last sweep covered.
+    cancels_swept: u64,
     /// Submits taken from the intake, not yet accepted.
     incoming: Vec<Submitted<T, K, O, E>>,
     /// The batches the engine polls itself, with [`Execution::Inline`].
@@ -330,6 +333,7 @@ where
             target_slot,
             rng: RandomState::new().hash_one(0x5eed_u64) | 1,
             events,
+            cancels_swept: 0,
             incoming: Vec::new(),
             running: Vec::new(),
             next_batch: 0,
@@ -786,6 +790,14 @@ where
             self.stats.retrying -= 1;
             self.stats.retrying_cost -= cost;
             self.slots[slot].retrying -= 1;
+            if op.resolver.is_closed() {
+                // Its ticket was dropped while it was in flight or waiting
+                // (a sweep may have run before it came back): cancel it
+                // here, since dispatch asks only after unswept drops.
+                self.cancelled(op);
+                self.maybe_free(slot);
+                continue;
+            }
             op.enqueued = now;
             let flushed = op.epoch < self.current_epoch() && !self.flush_waiters.is_empty();
             self.push_buffer(slot, op);
@@ -1007,6 +1019,11 @@ where
         let mut cost = 0u64;
         // What leaves the buffer, accounted once for the whole batch.
         let (mut taken, mut taken_cost) = (0u64, 0u64);
+        // Whether a ticket may have been dropped since the last sweep.
+        // Asking each operation's slot is a cache miss per operation (the
+        // slot was last written on the submitter's thread), so it is only
+        // asked when a drop was reported that no sweep has covered yet.
+        let check_closed = self.shared.cancels_reported() != self.cancels_swept;
         for _ in 0..count {
             let Some(op) = self.slots[slot].queue.pop_front() else {
                 break;
@@ -1014,7 +1031,7 @@ where
             let c = u64::from(op.cost);
             taken += 1;
             taken_cost += c;
-            if op.resolver.is_closed() {
+            if check_closed && op.resolver.is_closed() {
                 self.cancelled(op);
                 continue;
             }
@@ -1146,6 +1163,16 @@ where
     /// Takes the operations of dropped tickets out of the buffer and the
     /// retry wait.
     fn sweep_cancelled(&mut self, now: Instant) {
+        // Every drop counted up to here is found by this sweep: its ticket
+        // closed its slot before counting, and its operation was pushed to
+        // the intake before that (taken now) or is in a queue.
+        let reported = self.shared.cancels_reported();
+        self.take_intake(now);
+        self.sweep_queues(now);
+        self.cancels_swept = reported;
+    }
+
+    fn sweep_queues(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
             if !self.slots[slot].live || self.slots[slot].queue.is_empty() {
                 continue;
