@@ -109,7 +109,9 @@ impl Settings {
     }
 
     fn wants(&self, name: &str) -> bool {
-        self.only.as_deref().is_none_or(|o| name.contains(o))
+        self.only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|o| name.contains(o.trim())))
     }
 }
 

@@ -681,7 +681,7 @@ fn methodology(w: &mut String, s: &Settings) {
            caller).\n\
          - **Settings.** `BALER_BENCH_REPS` (default 5), `BALER_BENCH_WINDOW_MS` (1000), \
            `BALER_BENCH_SUBMITTERS` (1,16,256,4096), `BALER_BENCH_LOADER_CALLERS` (16,256), \
-           `BALER_BENCH_PENDING` (1000000). For profiling, `BALER_BENCH_ONLY=<name>` and \
+           `BALER_BENCH_PENDING` (1000000). For profiling, `BALER_BENCH_ONLY=<name>[,<name>...]` (contenders whose name contains one of them) and \
            `BALER_BENCH_WORKLOADS=throughput,latency,loader,memory` run a subset and print \
            the tables without writing this file.\n",
         worker_threads(),

@@ -1,9 +1,12 @@
 //! The `Batcher` handle: how callers talk to the engine.
 
 use std::fmt;
+use std::future::Future;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, UnboundedSender};
@@ -17,23 +20,37 @@ use crate::engine::{Engine, Msg};
 use crate::error::{ConfigError, CostLimit, SubmitError};
 use crate::events::{Event, Events};
 use crate::handler::ErasedHandler;
+use crate::intake::{Intake, Submitted};
 use crate::operation::Operation;
 use crate::shutdown::ShutdownReport;
 use crate::slot;
 use crate::stats::Stats;
-use crate::ticket::{CancelSink, Ticket};
+use crate::ticket::{cancel_shard, CancelShard, CancelSink, Ticket, CANCEL_SHARDS};
 
 /// State shared by the handles, the tickets and the engine.
 pub(crate) struct Shared<T, K, O, E> {
     tx: UnboundedSender<Msg<T, K, O, E>>,
+    /// Where submits go.
+    pub(crate) intake: Padded<Intake<Submitted<T, K, O, E>>>,
     /// One permit per operation held, from acceptance to resolution.
-    pub(crate) ops: Semaphore,
+    pub(crate) ops: Padded<Semaphore>,
     /// One permit per unit of cost held, when the buffer's cost is bounded.
     pub(crate) cost: Option<Semaphore>,
     closed: AtomicBool,
-    stats: Mutex<Stats>,
+    stats: Padded<Mutex<Stats>>,
     max_batch_cost: u64,
     buffer_cost: Option<u64>,
+    /// The lowest of `max_batch_cost`, `buffer_cost` and the capacity's
+    /// maximum burst if that never changes: a submit's quick check.
+    fixed_cost_limit: u64,
+    /// Whether `fixed_cost_limit` covers the capacity's maximum burst;
+    /// otherwise a submit asks the capacity each time (reading it is a
+    /// cache miss when another thread spends from the capacity).
+    max_burst_is_fixed: bool,
+    /// Where a ticket dropped unresolved reports it: one of several
+    /// handles, by thread, so that the tickets of different threads do not
+    /// all count references on one cache line.
+    cancel_sinks: Box<[Arc<CancelShard>]>,
     capacity: Capacity,
     /// The engine owns the only strong sender, so listeners see the stream
     /// close when the engine stops, even while handles are alive.
@@ -41,6 +58,8 @@ pub(crate) struct Shared<T, K, O, E> {
     buffer_size: usize,
     /// Submitters waiting for room in the buffer.
     waiting: AtomicUsize,
+    /// Tickets dropped before their operation resolved, ever.
+    cancels: AtomicU64,
     /// Whether the current full-buffer episode was reported.
     full_reported: AtomicBool,
 }
@@ -50,13 +69,22 @@ impl<T, K, O, E> Shared<T, K, O, E> {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// How many tickets were dropped before their operation resolved.
+    pub(crate) fn cancels_reported(&self) -> u64 {
+        self.cancels.load(Ordering::Acquire)
+    }
+
     pub(crate) fn waiting_submitters(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }
 
     /// The engine gave permits back: a later full buffer is a new episode.
     pub(crate) fn room_made(&self) {
-        self.full_reported.store(false, Ordering::Relaxed);
+        // Read first: most releases find nothing to reset, and a store
+        // would take the line from the submitters that read it.
+        if self.full_reported.load(Ordering::Relaxed) {
+            self.full_reported.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Reports a full buffer once per episode.
@@ -95,11 +123,32 @@ impl<T, K, O, E> Shared<T, K, O, E> {
 
 impl<T: Send, K: Send, O: Send, E: Send + Sync> CancelSink for Shared<T, K, O, E> {
     fn cancelled(&self) {
+        // Counted after the ticket closed its slot and before the engine
+        // hears of it: the engine's dispatch asks operations whether their
+        // ticket is gone only while the count is ahead of its last sweep.
+        self.cancels.fetch_add(1, Ordering::Release);
         let _ = self.tx.send(Msg::Cancel);
     }
 }
 
+/// A field on cache lines of its own: the parts of [`Shared`] that threads
+/// write all the time (the intake, the buffer's semaphore, the stats) must
+/// not share a line with what every submit only reads.
+#[repr(align(128))]
+pub(crate) struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Sends `Close` when the last handle goes, so the engine drains and stops.
+///
+/// Aligned to two cache lines: callers often clone a `Batcher` per request,
+/// and its reference count should not share a line with anything else.
+#[repr(align(128))]
 struct Handle<T, K, O, E> {
     shared: Arc<Shared<T, K, O, E>>,
 }
@@ -202,24 +251,43 @@ where
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(cfg.event_capacity);
-        let shared = Arc::new(Shared {
+        let fixed_burst = cfg.capacity.max_burst_is_fixed();
+        let mut fixed_cost_limit = cfg
+            .buffer_cost
+            .map_or(cfg.max_batch_cost, |b| b.min(cfg.max_batch_cost));
+        if fixed_burst {
+            if let Some(burst) = cfg.capacity.max_burst() {
+                fixed_cost_limit = fixed_cost_limit.min(burst);
+            }
+        }
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared<T, K, O, E>>| Shared {
+            cancel_sinks: (0..CANCEL_SHARDS)
+                .map(|_| {
+                    let target: Weak<dyn CancelSink> = weak.clone();
+                    Arc::new(CancelShard::new(target))
+                })
+                .collect(),
+            max_burst_is_fixed: fixed_burst,
             tx: tx.clone(),
-            ops: Semaphore::new(cfg.buffer_size),
+            intake: Padded(Intake::new()),
+            ops: Padded(Semaphore::new(cfg.buffer_size)),
             cost: cfg
                 .buffer_cost
                 .map(|c| Semaphore::new(usize::try_from(c).unwrap_or(Semaphore::MAX_PERMITS))),
             closed: AtomicBool::new(false),
-            stats: Mutex::new(Stats {
+            stats: Padded(Mutex::new(Stats {
                 capacity: cfg.capacity.rate(),
                 ..Stats::default()
-            }),
+            })),
             max_batch_cost: cfg.max_batch_cost,
             buffer_cost: cfg.buffer_cost,
+            fixed_cost_limit,
             capacity: cfg.capacity.clone(),
             events: events.downgrade(),
             buffer_size: cfg.buffer_size,
             waiting: AtomicUsize::new(0),
             full_reported: AtomicBool::new(false),
+            cancels: AtomicU64::new(0),
         });
         let engine = Engine::new(cfg, handler, rx, tx, shared.clone(), events);
         runtime.spawn(engine.run());
@@ -229,21 +297,19 @@ where
     }
 
     /// Submits an operation, waiting for room in the buffer (first come, first
-    /// served). Returns a [`Ticket`] that resolves with the operation's outcome.
+    /// served). Resolves to a [`Ticket`] that resolves with the operation's
+    /// outcome.
     ///
-    /// Dropping this future while it waits gives up its place in line; the
-    /// operation was never accepted.
+    /// Dropping the returned [`Submit`] future while it waits gives up its
+    /// place in line; the operation was never accepted.
     ///
     /// # Errors
     ///
     /// [`SubmitError::Shutdown`] once a shutdown has started, and
     /// [`SubmitError::TooExpensive`] for an operation that could never be
     /// dispatched. The payload comes back inside the error.
-    pub async fn submit(
-        &self,
-        op: impl Into<Operation<T, K>>,
-    ) -> Result<Ticket<O, E>, SubmitError<T>> {
-        self.submit_until(op.into(), None).await
+    pub fn submit(&self, op: impl Into<Operation<T, K>>) -> Submit<'_, T, O, E, K> {
+        Submit::new(self, op.into(), None)
     }
 
     /// Submits an operation, waiting at most `wait` for room in the buffer
@@ -253,13 +319,12 @@ where
     ///
     /// As [`submit`](Self::submit), and [`SubmitError::Timeout`] if the buffer
     /// stayed full for `wait`.
-    pub async fn submit_timeout(
+    pub fn submit_timeout(
         &self,
         op: impl Into<Operation<T, K>>,
         wait: Duration,
-    ) -> Result<Ticket<O, E>, SubmitError<T>> {
-        self.submit_until(op.into(), Some(Instant::now() + wait))
-            .await
+    ) -> Submit<'_, T, O, E, K> {
+        Submit::new(self, op.into(), Some(Instant::now() + wait))
     }
 
     /// Submits an operation only if the buffer has room now.
@@ -298,39 +363,6 @@ where
         }
     }
 
-    async fn submit_until(
-        &self,
-        op: Operation<T, K>,
-        deadline: Option<Instant>,
-    ) -> Result<Ticket<O, E>, SubmitError<T>> {
-        let op = self.check(op)?;
-        let shared = self.shared();
-        let permit = match shared.ops.try_acquire() {
-            Ok(p) => Ok(p),
-            Err(TryAcquireError::Closed) => return Err(SubmitError::Shutdown(op.payload)),
-            Err(TryAcquireError::NoPermits) => {
-                shared.report_full();
-                let _waiting = Waiting::new(&shared.waiting);
-                wait(shared.ops.acquire(), deadline).await
-            }
-        };
-        let permit = match permit {
-            Ok(p) => p,
-            Err(e) => return Err(e.into_error(op.payload)),
-        };
-        let cost_permit = match &shared.cost {
-            Some(sem) => {
-                let _waiting = Waiting::new(&shared.waiting);
-                match wait(sem.acquire_many(op.cost), deadline).await {
-                    Ok(p) => Some(p),
-                    Err(e) => return Err(e.into_error(op.payload)),
-                }
-            }
-            None => None,
-        };
-        self.enqueue(op, permit, cost_permit)
-    }
-
     /// Refuses what can never be accepted, before waiting for room.
     fn check(&self, op: Operation<T, K>) -> Result<Operation<T, K>, SubmitError<T>> {
         let shared = self.shared();
@@ -338,6 +370,15 @@ where
             return Err(SubmitError::Shutdown(op.payload));
         }
         let cost = u64::from(op.cost);
+        if cost <= shared.fixed_cost_limit
+            && (shared.max_burst_is_fixed
+                || shared
+                    .capacity
+                    .max_burst()
+                    .is_none_or(|burst| cost <= burst))
+        {
+            return Ok(op);
+        }
         let limits = [
             (Some(shared.max_batch_cost), CostLimit::MaxBatchCost),
             (shared.buffer_cost, CostLimit::BufferCost),
@@ -364,13 +405,13 @@ where
     ) -> Result<Ticket<O, E>, SubmitError<T>> {
         let shared = self.shared();
         let (resolver, receiver) = slot::channel();
-        let msg = Msg::Submit {
+        let submitted = Submitted {
             payload: op.payload,
             key: op.key,
             cost: op.cost,
             resolver,
         };
-        match shared.tx.send(msg) {
+        match shared.intake.push(submitted) {
             Ok(()) => {
                 // From here the engine owns the permits and gives them back
                 // when the operation resolves.
@@ -378,13 +419,10 @@ where
                 if let Some(p) = cost_permit {
                     p.forget();
                 }
-                let sink: Arc<dyn CancelSink> = shared.clone();
+                let sink = shared.cancel_sinks[cancel_shard()].clone();
                 Ok(Ticket::new(receiver, sink))
             }
-            Err(mpsc::error::SendError(msg)) => match msg {
-                Msg::Submit { payload, .. } => Err(SubmitError::Shutdown(payload)),
-                _ => unreachable!("the message sent was a submit"),
-            },
+            Err(submitted) => Err(SubmitError::Shutdown(submitted.payload)),
         }
     }
 
@@ -471,6 +509,189 @@ where
         }
         rx.await.unwrap_or_default()
     }
+}
+
+/// The future of [`Batcher::submit`] and [`Batcher::submit_timeout`]:
+/// resolves to the operation's [`Ticket`] once the buffer has room for it.
+///
+/// When the buffer has room, the first poll accepts the operation and is
+/// ready at once. Otherwise it waits in line, first come first served; only
+/// then does it allocate the state of that wait. Dropping it while it waits
+/// gives up its place in line, and the operation was never accepted.
+///
+/// ```
+/// # use baler::{handler_fn, Batch, Batcher};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let batcher = Batcher::builder().build(handler_fn(|b: Batch<u32>| async move {
+/// #     Ok::<_, std::io::Error>(b.done_all(()))
+/// # }))?;
+/// let submit: baler::Submit<'_, u32, (), std::io::Error> = batcher.submit(7);
+/// let ticket = submit.await?;
+/// ticket.await?;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "an operation is only submitted when its Submit future is awaited"]
+pub struct Submit<'a, T, O, E, K = ()> {
+    batcher: &'a Batcher<T, O, E, K>,
+    op: Option<Operation<T, K>>,
+    deadline: Option<Instant>,
+    /// The wait for room, when the buffer was full at the first poll.
+    wait: Option<WaitForRoom<'a>>,
+}
+
+/// The buffer permits an accepted operation holds.
+type Permits<'a> = (SemaphorePermit<'a>, Option<SemaphorePermit<'a>>);
+
+type WaitForRoom<'a> = Pin<Box<dyn Future<Output = Result<Permits<'a>, WaitError>> + Send + 'a>>;
+
+// The operation is never pinned: it is moved out whole when it is accepted.
+impl<T, O, E, K> Unpin for Submit<'_, T, O, E, K> {}
+
+impl<'a, T, O, E, K> Submit<'a, T, O, E, K> {
+    fn new(
+        batcher: &'a Batcher<T, O, E, K>,
+        op: Operation<T, K>,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Submit {
+            batcher,
+            op: Some(op),
+            deadline,
+            wait: None,
+        }
+    }
+}
+
+impl<T, O, E, K> fmt::Debug for Submit<'_, T, O, E, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Submit")
+            .field("waiting", &self.wait.is_some())
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+impl<'a, T, O, E, K> Future for Submit<'a, T, O, E, K>
+where
+    T: Send + Sync + 'static,
+    K: Eq + Hash + Clone + fmt::Debug + Send + Sync + 'static,
+    O: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    type Output = Result<Ticket<O, E>, SubmitError<T>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let batcher = this.batcher;
+        if this.wait.is_none() {
+            let Some(op) = this.op.take() else {
+                panic!("a baler Submit future was polled after it completed");
+            };
+            let op = match batcher.check(op) {
+                Ok(op) => op,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            let shared: &'a Shared<T, K, O, E> = batcher.shared();
+            let permit = match shared.ops.try_acquire() {
+                Ok(p) => Some(p),
+                Err(TryAcquireError::Closed) => {
+                    return Poll::Ready(Err(SubmitError::Shutdown(op.payload)))
+                }
+                Err(TryAcquireError::NoPermits) => {
+                    shared.report_full();
+                    None
+                }
+            };
+            if let Some(permit) = permit {
+                match &shared.cost {
+                    None => return Poll::Ready(batcher.enqueue(op, permit, None)),
+                    Some(sem) => match sem.try_acquire_many(op.cost) {
+                        Ok(cost) => return Poll::Ready(batcher.enqueue(op, permit, Some(cost))),
+                        Err(TryAcquireError::Closed) => {
+                            return Poll::Ready(Err(SubmitError::Shutdown(op.payload)))
+                        }
+                        Err(TryAcquireError::NoPermits) => {
+                            this.wait = Some(Box::pin(wait_for_room(
+                                shared,
+                                Some(permit),
+                                op.cost,
+                                this.deadline,
+                            )));
+                        }
+                    },
+                }
+            } else {
+                this.wait = Some(Box::pin(wait_for_room(
+                    shared,
+                    None,
+                    op.cost,
+                    this.deadline,
+                )));
+            }
+            this.op = Some(op);
+        }
+        let Some(wait) = this.wait.as_mut() else {
+            unreachable!("the wait was just set");
+        };
+        let result = match wait.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(result) => result,
+        };
+        this.wait = None;
+        let Some(op) = this.op.take() else {
+            unreachable!("the operation is held while waiting");
+        };
+        Poll::Ready(match result {
+            Ok((permit, cost)) => batcher.enqueue(op, permit, cost),
+            Err(e) => Err(e.into_error(op.payload)),
+        })
+    }
+}
+
+/// The slow path of a submit: waits in line for the operation's permits.
+/// Not generic, and boxed only when taken, so that a submit into a buffer
+/// with room stays a small future.
+fn wait_for_room<'a, T, K, O, E>(
+    shared: &'a Shared<T, K, O, E>,
+    permit: Option<SemaphorePermit<'a>>,
+    cost: u32,
+    deadline: Option<Instant>,
+) -> impl Future<Output = Result<Permits<'a>, WaitError>> + Send + 'a {
+    wait_for_permits(
+        &shared.ops,
+        shared.cost.as_ref(),
+        &shared.waiting,
+        permit,
+        cost,
+        deadline,
+    )
+}
+
+async fn wait_for_permits<'a>(
+    ops: &'a Semaphore,
+    cost_sem: Option<&'a Semaphore>,
+    waiting: &'a AtomicUsize,
+    permit: Option<SemaphorePermit<'a>>,
+    cost: u32,
+    deadline: Option<Instant>,
+) -> Result<Permits<'a>, WaitError> {
+    let permit = match permit {
+        Some(p) => p,
+        None => {
+            let _waiting = Waiting::new(waiting);
+            wait(ops.acquire(), deadline).await?
+        }
+    };
+    let cost_permit = match cost_sem {
+        Some(sem) => {
+            let _waiting = Waiting::new(waiting);
+            Some(wait(sem.acquire_many(cost), deadline).await?)
+        }
+        None => None,
+    };
+    Ok((permit, cost_permit))
 }
 
 enum WaitError {

@@ -299,6 +299,12 @@ impl Capacity {
         }
     }
 
+    /// Whether [`max_burst`](Self::max_burst) never changes (it does only
+    /// for a capacity whose rate comes from a [`CapacitySource`]).
+    pub(crate) fn max_burst_is_fixed(&self) -> bool {
+        !matches!(self.inner.limit, Limit::Source { .. })
+    }
+
     /// The most that could ever be spent at once; `None` when unlimited. An
     /// operation that costs more is refused with
     /// [`SubmitError::TooExpensive`](crate::SubmitError::TooExpensive).

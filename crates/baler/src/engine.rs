@@ -1,11 +1,14 @@
 //! The engine: one task that owns every piece of a batcher's mutable state.
 //!
-//! Submits, cancellations, batch reports and commands arrive as messages on one
-//! channel; the engine is the only writer of the buffer, the target, the
-//! in-flight table and the timers, so none of them needs a lock and no data
-//! race is possible. Each turn of its loop takes every message waiting, then
-//! fires due timers, sweeps cancelled operations, dispatches what is ready, and
-//! publishes a consistent [`Stats`] snapshot.
+//! Submits arrive through the [`Intake`](crate::intake::Intake) (a vector the
+//! engine takes whole); cancellations, batch reports and commands as messages
+//! on a channel, each command taking the intake first so that it never
+//! overtakes an earlier submit. The engine is the only writer of the buffer,
+//! the target, the in-flight table and the timers, so none of them needs a
+//! lock and no data race is possible. Each turn of its loop takes every
+//! submit and message waiting, then fires due timers, sweeps cancelled
+//! operations, dispatches what is ready, and publishes a consistent [`Stats`]
+//! snapshot.
 //!
 //! # Invariants
 //!
@@ -25,7 +28,7 @@
 //!   of its future when the engine polls it itself), which is after its
 //!   handler's future was dropped.
 //! - **Exactly once**: an operation's resolver is moved, never copied: from
-//!   the submit message to the buffer, to a batch's future (which sends on
+//!   the intake to the buffer, to a batch's future (which sends on
 //!   it or hands it back for a retry), or to a sweep that drops it as
 //!   cancelled.
 
@@ -53,6 +56,7 @@ use crate::error::Error;
 use crate::events::{BatchId, Event};
 use crate::handler::{BatchData, ErasedHandler, OpInfo};
 use crate::instruments::EngineMetrics;
+use crate::intake::Submitted;
 use crate::operation::OpId;
 use crate::run::{run_batch, Done, Ended, RunCtx, Tracker};
 use crate::shutdown::{Abandoned, ShutdownReport};
@@ -80,8 +84,9 @@ pub(crate) struct Queued<T, O, E> {
     pub(crate) epoch: u64,
     /// When it (re-)entered the buffer; the linger counts from the oldest.
     pub(crate) enqueued: Instant,
-    /// When it was accepted.
-    pub(crate) submitted: Instant,
+    /// When it was accepted, in nanoseconds since the engine started (for
+    /// the latency metric: cheaper to subtract than an `Instant`).
+    pub(crate) submitted: u64,
 }
 
 /// How long a batch may run with no maximum operation time before
@@ -117,17 +122,13 @@ impl WindowSecond {
     }
 }
 
-/// Messages to the engine.
+/// Messages to the engine, but for submits, which come through the
+/// [`Intake`](crate::intake::Intake).
 pub(crate) enum Msg<T, K, O, E> {
-    Submit {
-        payload: T,
-        key: Option<K>,
-        cost: u32,
-        resolver: Resolver<Res<O, E>>,
-    },
     /// A ticket was dropped unresolved: sweep the buffer.
     Cancel,
-    Done(Done<T, O, E>),
+    /// Boxed, so that every message stays small.
+    Done(Box<Done<T, O, E>>),
     Pause,
     Resume,
     Flush(oneshot::Sender<()>),
@@ -186,6 +187,7 @@ impl<T, K, O, E> KeySlot<T, K, O, E> {
 struct EpochCounts(Vec<(u64, u32)>);
 
 impl EpochCounts {
+    #[inline]
     fn add(&mut self, epoch: u64) {
         match self.0.last_mut() {
             Some((e, n)) if *e == epoch => *n += 1,
@@ -255,6 +257,11 @@ pub(crate) struct Engine<T, K, O, E> {
     rng: u64,
 
     events: broadcast::Sender<Event<K>>,
+    /// The count of dropped tickets (`Shared::cancels_reported`) that the
+    /// last sweep covered.
+    cancels_swept: u64,
+    /// Submits taken from the intake, not yet accepted.
+    incoming: Vec<Submitted<T, K, O, E>>,
     /// The batches the engine polls itself, with [`Execution::Inline`].
     running: Vec<BatchFuture<T, O, E>>,
     next_batch: BatchId,
@@ -326,6 +333,8 @@ where
             target_slot,
             rng: RandomState::new().hash_one(0x5eed_u64) | 1,
             events,
+            cancels_swept: 0,
+            incoming: Vec::new(),
             running: Vec::new(),
             next_batch: 0,
             last_rate,
@@ -358,6 +367,11 @@ where
                         }
                         Poll::Pending => true,
                     });
+                let submitted = self
+                    .shared
+                    .intake
+                    .poll_take(cx, &mut self.incoming)
+                    .is_ready();
                 if let Poll::Ready(msg) = self.rx.poll_recv(cx) {
                     return Poll::Ready(Some(msg));
                 }
@@ -365,7 +379,7 @@ where
                     armed = None;
                     return Poll::Ready(None);
                 }
-                if ended.is_empty() {
+                if ended.is_empty() && !submitted {
                     Poll::Pending
                 } else {
                     Poll::Ready(None)
@@ -374,10 +388,16 @@ where
             .await;
             let now = Instant::now();
             self.refresh_cost_limit();
+            // Submits taken by the poll come first: they were sent before
+            // any command read after them.
+            let mut taken = self.accept_incoming(now);
             match first {
                 // The engine holds a sender itself, so the channel never closes.
                 Some(None) => break,
-                Some(Some(msg)) => self.handle(msg, now),
+                Some(Some(msg)) => {
+                    taken += 1;
+                    self.handle(msg, now);
+                }
                 None => {}
             }
             for done in ended {
@@ -385,13 +405,15 @@ where
             }
             // Take everything else that is waiting before acting on it, so
             // that a burst of submits forms full batches.
-            let taken = self.take_waiting(now);
-            if taken > 0 && self.cfg.dispatch == Dispatch::LoadAware {
+            taken += self.take_waiting(now);
+            taken += self.take_intake(now);
+            if taken > 1 && self.cfg.dispatch == Dispatch::LoadAware {
                 // Several callers are active: let the ones just woken send
                 // theirs before a partial batch goes, so that batches fill
                 // under load. A lone caller (one message a turn) never waits.
                 tokio::task::yield_now().await;
                 self.take_waiting(now);
+                self.take_intake(now);
             }
             self.step(now);
             if self.finished() {
@@ -422,6 +444,29 @@ where
         taken
     }
 
+    /// Accepts the submits in the intake; returns how many.
+    fn take_intake(&mut self, now: Instant) -> usize {
+        if self.incoming.is_empty() {
+            self.shared.intake.take(&mut self.incoming);
+        }
+        self.accept_incoming(now)
+    }
+
+    /// Accepts the submits already taken from the intake; returns how many.
+    fn accept_incoming(&mut self, now: Instant) -> usize {
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let n = incoming.len();
+        if n > 0 {
+            let now_ns = nanos_since(self.ticker_origin, now);
+            for op in incoming.drain(..) {
+                self.accept(op.payload, op.key, op.cost, op.resolver, now, now_ns);
+            }
+        }
+        // Keep the vector's capacity for the next swap with the intake.
+        self.incoming = incoming;
+        n
+    }
+
     fn refresh_cost_limit(&mut self) {
         self.batch_cost_limit = match self.cfg.capacity.burst() {
             Some(burst) => self.cfg.max_batch_cost.min(burst.max(1)),
@@ -432,15 +477,14 @@ where
     // ----- messages -------------------------------------------------------
 
     fn handle(&mut self, msg: Msg<T, K, O, E>, now: Instant) {
+        if !matches!(msg, Msg::Done(_)) {
+            // A command must not overtake the submits that happened before
+            // it was sent.
+            self.take_intake(now);
+        }
         match msg {
-            Msg::Submit {
-                payload,
-                key,
-                cost,
-                resolver,
-            } => self.accept(payload, key, cost, resolver, now),
             Msg::Cancel => self.sweep = true,
-            Msg::Done(done) => self.complete(done, now),
+            Msg::Done(done) => self.complete(*done, now),
             Msg::Pause => {
                 if !self.paused {
                     self.paused = true;
@@ -479,6 +523,7 @@ where
         cost: u32,
         resolver: Resolver<Res<O, E>>,
         now: Instant,
+        now_ns: u64,
     ) {
         let id = self.next_id;
         self.next_id += 1;
@@ -498,7 +543,7 @@ where
             attempts: 0,
             epoch,
             enqueued: now,
-            submitted: now,
+            submitted: now_ns,
         };
         if self.closing.as_ref().is_some_and(|c| c.deadline_passed) {
             // Accepted just as the deadline passed: nothing more is dispatched.
@@ -508,7 +553,20 @@ where
             return;
         }
         self.push_buffer(slot, op);
-        self.evaluate(slot, now);
+        // One more operation at the back changes nothing for a slot already
+        // in the ready queue, nor for one whose timer is armed, unless it
+        // makes the batch full or reaches the minimum size: then decide
+        // again. (Deciding is most of the cost of accepting an operation
+        // while batches are in flight.)
+        let s = &self.slots[slot];
+        let unchanged = s.listed
+            || (s.armed.is_some()
+                && s.queue.len() < self.cfg.max_batch_size
+                && s.cost < self.batch_cost_limit
+                && s.queue.len() != self.cfg.min_batch_size);
+        if !unchanged {
+            self.evaluate(slot, now);
+        }
     }
 
     fn push_buffer(&mut self, slot: usize, op: Queued<T, O, E>) {
@@ -732,6 +790,14 @@ where
             self.stats.retrying -= 1;
             self.stats.retrying_cost -= cost;
             self.slots[slot].retrying -= 1;
+            if op.resolver.is_closed() {
+                // Its ticket was dropped while it was in flight or waiting
+                // (a sweep may have run before it came back): cancel it
+                // here, since dispatch asks only after unswept drops.
+                self.cancelled(op);
+                self.maybe_free(slot);
+                continue;
+            }
             op.enqueued = now;
             let flushed = op.epoch < self.current_epoch() && !self.flush_waiters.is_empty();
             self.push_buffer(slot, op);
@@ -951,15 +1017,21 @@ where
         let mut trackers = Vec::with_capacity(count);
         let mut epochs = EpochCounts::default();
         let mut cost = 0u64;
+        // What leaves the buffer, accounted once for the whole batch.
+        let (mut taken, mut taken_cost) = (0u64, 0u64);
+        // Whether a ticket may have been dropped since the last sweep.
+        // Asking each operation's slot is a cache miss per operation (the
+        // slot was last written on the submitter's thread), so it is only
+        // asked when a drop was reported that no sweep has covered yet.
+        let check_closed = self.shared.cancels_reported() != self.cancels_swept;
         for _ in 0..count {
             let Some(op) = self.slots[slot].queue.pop_front() else {
                 break;
             };
             let c = u64::from(op.cost);
-            self.slots[slot].cost -= c;
-            self.stats.buffered -= 1;
-            self.stats.buffered_cost -= c;
-            if op.resolver.is_closed() {
+            taken += 1;
+            taken_cost += c;
+            if check_closed && op.resolver.is_closed() {
                 self.cancelled(op);
                 continue;
             }
@@ -981,7 +1053,10 @@ where
                 submitted: op.submitted,
             });
         }
+        self.stats.buffered -= taken;
+        self.stats.buffered_cost -= taken_cost;
         let s = &mut self.slots[slot];
+        s.cost -= taken_cost;
         s.drain = s.drain.saturating_sub(count);
         if items.is_empty() {
             return;
@@ -1046,6 +1121,7 @@ where
         let ctx = RunCtx {
             batch,
             id,
+            origin: self.ticker_origin,
             max_attempts: self.cfg.max_attempts,
             max_time: self.cfg.max_operation_time,
             retry_timeouts: self.cfg.retry_timeouts,
@@ -1054,14 +1130,29 @@ where
             metrics: self.metrics.batch(),
         };
         let batch = run_batch(self.handler.clone(), data, trackers, ctx);
+        // Under the load-aware policy, the task of a batch of several
+        // operations yields once between resolving them and reporting: the
+        // callers it woke are likely to submit again, and should get in
+        // before the engine hears that nothing is in flight and sends what
+        // it holds at once. Without it, the report overtakes them and
+        // batches stay a few operations small under load. (So the stats
+        // count a batch a moment after its tickets resolve.) A batch of one,
+        // a lone caller's, reports at once.
+        let settle = self.cfg.dispatch == Dispatch::LoadAware
+            && self.cfg.execution == Execution::Spawned
+            && ops > 1;
         match self.cfg.execution {
             Execution::Inline => self.running.push(Box::pin(batch)),
             Execution::Spawned => {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
+                    let done = batch.await;
+                    if settle {
+                        tokio::task::yield_now().await;
+                    }
                     // The engine holds a sender itself and outlives every
                     // batch it dispatched, so this send cannot fail.
-                    let _ = tx.send(Msg::Done(batch.await));
+                    let _ = tx.send(Msg::Done(Box::new(done)));
                 });
             }
         }
@@ -1072,6 +1163,16 @@ where
     /// Takes the operations of dropped tickets out of the buffer and the
     /// retry wait.
     fn sweep_cancelled(&mut self, now: Instant) {
+        // Every drop counted up to here is found by this sweep: its ticket
+        // closed its slot before counting, and its operation was pushed to
+        // the intake before that (taken now) or is in a queue.
+        let reported = self.shared.cancels_reported();
+        self.take_intake(now);
+        self.sweep_queues(now);
+        self.cancels_swept = reported;
+    }
+
+    fn sweep_queues(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
             if !self.slots[slot].live || self.slots[slot].queue.is_empty() {
                 continue;
@@ -1625,6 +1726,20 @@ where
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Nanoseconds from `origin` to `t` (0 if `t` is earlier).
+pub(crate) fn nanos_since(origin: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl<T, K, O, E> Drop for Engine<T, K, O, E> {
+    fn drop(&mut self) {
+        // Stopped or dropped with its runtime: nothing more comes in, and
+        // what did come in but was never taken resolves its tickets (with
+        // `Error::Stopped`) as it is dropped here.
+        drop(self.shared.intake.close());
     }
 }
 

@@ -294,8 +294,8 @@ mod imp {
             self.0.handler_duration.record(duration.as_secs_f64());
         }
 
-        pub(crate) fn latency(&self, latency: Duration) {
-            self.0.latency.record(latency.as_secs_f64());
+        pub(crate) fn latency_secs(&self, seconds: f64) {
+            self.0.latency.record(seconds);
         }
     }
 }
@@ -338,7 +338,7 @@ mod imp {
         #[inline(always)]
         pub(crate) fn handler_duration(&self, _duration: Duration) {}
         #[inline(always)]
-        pub(crate) fn latency(&self, _latency: Duration) {}
+        pub(crate) fn latency_secs(&self, _seconds: f64) {}
     }
 }
 

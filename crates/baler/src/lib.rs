@@ -132,6 +132,7 @@ mod error;
 mod events;
 mod handler;
 mod instruments;
+mod intake;
 pub mod loader;
 mod operation;
 pub mod processor;
@@ -142,7 +143,7 @@ mod slot;
 mod stats;
 mod ticket;
 
-pub use batcher::Batcher;
+pub use batcher::{Batcher, Submit};
 pub use capacity::{Capacity, CapacityNotifier, CapacitySource, DEFAULT_BURST_INTERVAL};
 pub use config::{Backoff, Builder, Dispatch, Execution};
 pub use diagnose::{CapacityStatus, Code, Diagnosis, Finding, Severity};

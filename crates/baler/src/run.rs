@@ -35,7 +35,8 @@ pub(crate) struct Tracker<O, E> {
     pub(crate) cost: u32,
     pub(crate) attempts: u32,
     pub(crate) epoch: u64,
-    pub(crate) submitted: tokio::time::Instant,
+    /// When it was accepted, in nanoseconds since `RunCtx::origin`.
+    pub(crate) submitted: u64,
 }
 
 /// How a batch ended, for the engine's events.
@@ -61,6 +62,8 @@ pub(crate) struct Done<T, O, E> {
 pub(crate) struct RunCtx {
     pub(crate) batch: usize,
     pub(crate) id: BatchId,
+    /// The engine's start, from which `Tracker::submitted` counts.
+    pub(crate) origin: tokio::time::Instant,
     pub(crate) max_attempts: u32,
     pub(crate) max_time: Option<Duration>,
     pub(crate) retry_timeouts: bool,
@@ -83,6 +86,55 @@ enum Fate<O, E> {
     Resolve(Res<O, E>),
     Retry(Res<O, E>),
     Abandon,
+}
+
+/// The fates of a batch's operations, produced one at a time in the
+/// batch's order, so that no vector of them is built.
+enum Fates<O, E> {
+    /// One outcome per operation, from the handler.
+    Each(std::vec::IntoIter<Outcome<O, E>>),
+    /// The same error for every operation.
+    All(Error<E>),
+    /// The batch ran past its maximum operation time.
+    TimedOut(Duration),
+    /// The shutdown deadline passed.
+    Abandon,
+}
+
+impl<O, E> Fates<O, E> {
+    fn next(&mut self, t: &Tracker<O, E>, ctx: &RunCtx) -> Fate<O, E> {
+        match self {
+            Fates::Each(outcomes) => match outcomes.next() {
+                Some(Outcome::Done(o)) => Fate::Resolve(Ok(o)),
+                Some(Outcome::Failed(e)) => Fate::Resolve(Err(Error::Handler(Arc::new(e)))),
+                Some(Outcome::Retry(e)) if t.attempts < ctx.max_attempts => {
+                    Fate::Retry(Err(Error::Handler(Arc::new(e))))
+                }
+                Some(Outcome::Retry(e)) => Fate::Resolve(Err(Error::Exhausted {
+                    attempts: t.attempts,
+                    last: Arc::new(e),
+                })),
+                // There are as many outcomes as operations.
+                None => Fate::Resolve(Err(Error::OutcomeCount {
+                    expected: 0,
+                    got: 0,
+                })),
+            },
+            Fates::All(err) => Fate::Resolve(Err(err.clone())),
+            Fates::TimedOut(after) => {
+                let err = Error::TimedOut {
+                    after: *after,
+                    attempts: t.attempts,
+                };
+                if ctx.retry_timeouts && t.attempts < ctx.max_attempts {
+                    Fate::Retry(Err(err))
+                } else {
+                    Fate::Resolve(Err(err))
+                }
+            }
+            Fates::Abandon => Fate::Abandon,
+        }
+    }
 }
 
 pub(crate) async fn run_batch<T, K, O, E>(
@@ -158,58 +210,33 @@ where
     );
 
     let n = trackers.len();
-    let fates: Vec<Fate<O, E>> = match ended {
-        Finish::Outcomes(outcomes) if outcomes.len() == n => outcomes
-            .into_iter()
-            .zip(&trackers)
-            .map(|(outcome, t)| match outcome {
-                Outcome::Done(o) => Fate::Resolve(Ok(o)),
-                Outcome::Failed(e) => Fate::Resolve(Err(Error::Handler(Arc::new(e)))),
-                Outcome::Retry(e) if t.attempts < ctx.max_attempts => {
-                    Fate::Retry(Err(Error::Handler(Arc::new(e))))
-                }
-                Outcome::Retry(e) => Fate::Resolve(Err(Error::Exhausted {
-                    attempts: t.attempts,
-                    last: Arc::new(e),
-                })),
-            })
-            .collect(),
-        Finish::Outcomes(outcomes) => {
-            let err = Error::OutcomeCount {
-                expected: n,
-                got: outcomes.len(),
-            };
-            (0..n).map(|_| Fate::Resolve(Err(err.clone()))).collect()
-        }
-        Finish::BatchError(e) => {
-            let err = Error::Handler(Arc::new(e));
-            (0..n).map(|_| Fate::Resolve(Err(err.clone()))).collect()
-        }
-        Finish::Panicked(message) => {
-            let err = Error::Panicked { message };
-            (0..n).map(|_| Fate::Resolve(Err(err.clone()))).collect()
-        }
-        Finish::TimedOut(after) => trackers
-            .iter()
-            .map(|t| {
-                let err = Error::TimedOut {
-                    after,
-                    attempts: t.attempts,
-                };
-                if ctx.retry_timeouts && t.attempts < ctx.max_attempts {
-                    Fate::Retry(Err(err))
-                } else {
-                    Fate::Resolve(Err(err))
-                }
-            })
-            .collect(),
-        Finish::Abandoned => (0..n).map(|_| Fate::Abandon).collect(),
+    let mut fates = match ended {
+        Finish::Outcomes(outcomes) if outcomes.len() == n => Fates::Each(outcomes.into_iter()),
+        Finish::Outcomes(outcomes) => Fates::All(Error::OutcomeCount {
+            expected: n,
+            got: outcomes.len(),
+        }),
+        Finish::BatchError(e) => Fates::All(Error::Handler(Arc::new(e))),
+        Finish::Panicked(message) => Fates::All(Error::Panicked { message }),
+        Finish::TimedOut(after) => Fates::TimedOut(after),
+        Finish::Abandoned => Fates::Abandon,
     };
 
     // Payloads come back only for operations that need them: retries and
     // shutdown abandonment. The handler's future is gone, so the batch's
     // payloads are ours again unless the handler leaked the batch.
-    let needs_payloads = fates.iter().any(|f| !matches!(f, Fate::Resolve(_)));
+    let needs_payloads = match &fates {
+        Fates::Each(outcomes) => outcomes
+            .as_slice()
+            .iter()
+            .zip(&trackers)
+            .any(|(o, t)| matches!(o, Outcome::Retry(_)) && t.attempts < ctx.max_attempts),
+        Fates::All(_) => false,
+        Fates::TimedOut(_) => {
+            ctx.retry_timeouts && trackers.iter().any(|t| t.attempts < ctx.max_attempts)
+        }
+        Fates::Abandon => true,
+    };
     let mut payloads: Vec<Option<T>> = Vec::new();
     if needs_payloads {
         if let Ok(data) = Arc::try_unwrap(data) {
@@ -228,13 +255,15 @@ where
     };
     // End-to-end latency, from submit to resolution, for every operation
     // this batch resolves (not those it hands back for a retry).
+    let ended_ns = handler_ended.map(|end| crate::engine::nanos_since(ctx.origin, end));
     let resolved = |t: &Tracker<O, E>| {
-        if let Some(end) = handler_ended {
+        if let Some(end) = ended_ns {
             ctx.metrics
-                .latency(end.saturating_duration_since(t.submitted));
+                .latency_secs(end.saturating_sub(t.submitted) as f64 * 1e-9);
         }
     };
-    for (i, (fate, t)) in fates.into_iter().zip(trackers).enumerate() {
+    for (i, t) in trackers.into_iter().enumerate() {
+        let fate = fates.next(&t, &ctx);
         let payload = payloads.get_mut(i).and_then(Option::take);
         match (fate, payload) {
             (Fate::Resolve(result), _) => {

@@ -55,6 +55,9 @@ async fn capacity_paces_dispatch_so_1000_operations_of_cost_10_at_1000_per_secon
     // Batches are cut to the burst (100 ms worth = 100): 10 operations of cost 10.
     assert!(log.lock().unwrap().iter().all(|s| s.cost <= 100));
     assert_eq!(b.capacity().spent(), 10_000);
+    // A batch's report reaches the engine just after its tickets resolve
+    // (its task first lets the callers it woke run); a flush waits for it.
+    b.flush().await;
     assert_eq!(assert_target(&b).target, 0);
 }
 
@@ -232,6 +235,8 @@ async fn a_capacity_source_hears_the_target_and_its_rate_governs_dispatch() {
         "{:?}",
         start.elapsed()
     );
+    // The target drops when the last batch's report reaches the engine.
+    b.flush().await;
     assert_eq!(dial.targets.lock().unwrap().last(), Some(&0));
 }
 

@@ -44,6 +44,9 @@ async fn each_ticket_resolves_with_its_own_operations_outcome() {
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
+    // The stats count a batch when its report reaches the engine, just
+    // after its tickets resolved; a flush waits for that.
+    b.flush().await;
     let s = assert_target(&b);
     assert_eq!((s.completed, s.failed, s.target), (25, 25, 0));
 }

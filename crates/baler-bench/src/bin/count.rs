@@ -1,0 +1,188 @@
+//! A fixed amount of work for instruction counts: `ops` no-op operations
+//! through one contender at `submitters` closed-loop submitters, on a
+//! current-thread runtime so that the run is deterministic enough for
+//! `valgrind --tool=callgrind` (or `--tool=dhat`) to compare code variants.
+//!
+//! ```text
+//! cargo build --release --bin count
+//! valgrind --tool=callgrind target/release/count baler 256 200000
+//! ```
+//!
+//! Contenders: `baler`, `inline` (baler with `Execution::Inline`), `floor`
+//! (tokio mpsc + oneshot, `recv_many`) and `chunks` (tokio-stream's
+//! `chunks_timeout`). It prints the operations done and the mean batch size.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baler::{handler_fn, Batch, Batcher, Execution};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+const MAX_BATCH: usize = 100;
+const LINGER: Duration = Duration::from_millis(1);
+
+#[derive(Default)]
+struct Count {
+    ops: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl Count {
+    fn batch(&self, n: usize) {
+        self.ops.fetch_add(n as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Item = (u64, oneshot::Sender<()>);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: count <baler|inline|floor|chunks> <submitters> <ops>";
+    let (Some(who), Some(subs), Some(ops)) = (args.get(1), args.get(2), args.get(3)) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let subs: u64 = subs.parse().expect("submitters: a number");
+    let ops: u64 = ops.parse().expect("ops: a number");
+    let per = ops / subs;
+    // As the bench: a buffer of 10,000 (`DEFAULT_BUFFER`).
+    let buffer = 10_000;
+    let count = Arc::new(Count::default());
+    // COUNT_THREADS=2: a multi-thread runtime instead, to compare CPU time
+    // per operation (printed) between contenders on a noisy machine.
+    let threads: usize = std::env::var("COUNT_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let rt = if threads > 0 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("a runtime");
+    let cpu_start = cpu_time();
+    let wall_start = std::time::Instant::now();
+    rt.block_on(async {
+        match who.as_str() {
+            "baler" | "inline" => {
+                let c = count.clone();
+                let b = Batcher::builder()
+                    .max_batch_size(MAX_BATCH)
+                    .linger(LINGER)
+                    .buffer_size(buffer)
+                    .execution(if who == "inline" {
+                        Execution::Inline
+                    } else {
+                        Execution::Spawned
+                    })
+                    .build(handler_fn(move |batch: Batch<u64>| {
+                        c.batch(batch.len());
+                        async move { Ok::<_, std::convert::Infallible>(batch.done_all(())) }
+                    }))
+                    .expect("a valid configuration");
+                let tasks: Vec<_> = (0..subs)
+                    .map(|s| {
+                        let b = b.clone();
+                        tokio::spawn(async move {
+                            for i in 0..per {
+                                // A clone per operation, as the bench's
+                                // closed loop does.
+                                let b = b.clone();
+                                let t = b.submit(s * per + i).await.expect("accepted");
+                                t.await.expect("resolved");
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("a submitter");
+                }
+                assert!(b.shutdown(None).await.is_clean());
+            }
+            "floor" | "chunks" => {
+                let (tx, mut rx) = mpsc::channel::<Item>(buffer);
+                let c = count.clone();
+                let consumer = if who == "floor" {
+                    tokio::spawn(async move {
+                        let mut batch: Vec<Item> = Vec::with_capacity(MAX_BATCH);
+                        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                            c.batch(batch.len());
+                            for (_x, reply) in batch.drain(..) {
+                                let _ = reply.send(());
+                            }
+                        }
+                    })
+                } else {
+                    tokio::spawn(async move {
+                        let chunks = ReceiverStream::new(rx).chunks_timeout(MAX_BATCH, LINGER);
+                        tokio::pin!(chunks);
+                        while let Some(batch) = chunks.next().await {
+                            c.batch(batch.len());
+                            for (_x, reply) in batch {
+                                let _ = reply.send(());
+                            }
+                        }
+                    })
+                };
+                let tasks: Vec<_> = (0..subs)
+                    .map(|s| {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            for i in 0..per {
+                                let (reply, result) = oneshot::channel();
+                                let tx = tx.clone();
+                                tx.send((s * per + i, reply)).await.expect("sent");
+                                result.await.expect("answered");
+                            }
+                        })
+                    })
+                    .collect();
+                drop(tx);
+                for t in tasks {
+                    t.await.expect("a submitter");
+                }
+                consumer.await.expect("the consumer");
+            }
+            other => {
+                eprintln!("unknown contender {other:?}; {usage}");
+                std::process::exit(2);
+            }
+        }
+    });
+    let wall = wall_start.elapsed();
+    let cpu = cpu_time() - cpu_start;
+    let done = count.ops.load(Ordering::Relaxed);
+    let batches = count.batches.load(Ordering::Relaxed).max(1);
+    println!(
+        "{who}: {done} operations, mean batch {:.1}, {:.0} ns CPU/op, {:.0} ns wall/op",
+        done as f64 / batches as f64,
+        cpu * 1e9 / done.max(1) as f64,
+        wall.as_secs_f64() * 1e9 / done.max(1) as f64,
+    );
+}
+
+/// The process's CPU time (user + system, all threads) in seconds, from
+/// `/proc/self/stat` (clock ticks of 10 ms; enough for runs of seconds).
+fn cpu_time() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 (utime, stime), counted from 1 with the pid and
+    // name before the ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
