@@ -20,8 +20,10 @@
 //! ```
 //!
 //! - A [`Batcher`] is a handle to an **engine**: one tokio task that owns all
-//!   of the batcher's state. Callers and batch tasks talk to it by message, so
-//!   nothing is locked on the hot path and no data race is possible.
+//!   of the batcher's state. Callers and batch tasks talk to it by message
+//!   (a submit is a push onto the engine's intake, which the engine takes
+//!   whole each turn), so the engine's state is never shared and no data race
+//!   is possible.
 //! - An [`Operation`] carries a payload, a cost (1 unless set) and an optional
 //!   key. [`Batcher::submit`] hands back a [`Ticket`], a future that resolves
 //!   exactly once with the operation's output or an [`Error`] that says why not.
