@@ -1145,14 +1145,19 @@ where
             Execution::Inline => self.running.push(Box::pin(batch)),
             Execution::Spawned => {
                 let tx = self.tx.clone();
+                // The batch's future is large (the handler's call, its
+                // timeout, the shutdown race): boxed once here, the task
+                // itself stays a few words, which tokio moves several times
+                // as it spawns, completes and drops the task.
+                let batch = Box::pin(batch);
                 tokio::spawn(async move {
-                    let done = batch.await;
+                    let done = Box::new(batch.await);
                     if settle {
                         tokio::task::yield_now().await;
                     }
                     // The engine holds a sender itself and outlives every
                     // batch it dispatched, so this send cannot fail.
-                    let _ = tx.send(Msg::Done(Box::new(done)));
+                    let _ = tx.send(Msg::Done(done));
                 });
             }
         }
