@@ -639,14 +639,17 @@ where
         self.stats.completed += done.completed;
         self.stats.failed += done.failed + done.abandoned_count;
         let retried = done.retry.len() as u64;
-        self.count_window(
-            now,
-            WindowSecond {
-                retried,
-                ..WindowSecond::default()
-            },
-        );
-        let duration = now.saturating_duration_since(batch.started);
+        if retried > 0 {
+            self.count_window(
+                now,
+                WindowSecond {
+                    retried,
+                    ..WindowSecond::default()
+                },
+            );
+        }
+        // Only for the events, and only when someone listens.
+        let duration = || now.saturating_duration_since(batch.started);
         let key = &self.slots[slot].key;
         let size = batch.ops as usize;
         self.metrics.ended(done.ended);
@@ -657,14 +660,14 @@ where
                 completed: done.completed,
                 failed: done.failed,
                 retried,
-                duration,
+                duration: duration(),
             }),
             Ended::Failed(reason) => self.emit(|| Event::BatchFailed {
                 batch: batch.id,
                 key: key.clone(),
                 reason,
                 size,
-                duration,
+                duration: duration(),
             }),
             Ended::TimedOut(after) => self.emit(|| Event::BatchTimedOut {
                 batch: batch.id,
@@ -1584,9 +1587,14 @@ where
             });
         }
 
+        // The seconds of the window still within it now (the window is
+        // trimmed when operations are counted, which may be a while ago).
+        let second = now.saturating_duration_since(self.ticker_origin).as_secs();
         let mut window = WindowSecond::default();
         for w in &self.retry_window {
-            window.add(w);
+            if w.second + RETRY_WINDOW_SECS > second {
+                window.add(w);
+            }
         }
         let (dispatched, retried) = (window.dispatched, window.retried);
         if retried >= 10 && retried * 2 >= dispatched {

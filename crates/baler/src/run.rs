@@ -174,13 +174,40 @@ where
             }
         };
         let raced = async {
-            tokio::select! {
-                biased;
-                () = ctx.abort.cancelled() => Finish::Abandoned,
-                ended = limited => ended,
-            }
+            // As a select biased towards the abort, but registering for it
+            // (a lock to register and one to deregister) only once the
+            // handler has not ended on its first poll: until then, a look
+            // at the token is enough.
+            let mut cancelled = std::pin::pin!(ctx.abort.cancelled());
+            let mut limited = std::pin::pin!(limited);
+            let mut registered = false;
+            std::future::poll_fn(|cx| {
+                if registered {
+                    if cancelled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Finish::Abandoned);
+                    }
+                } else if ctx.abort.is_cancelled() {
+                    return Poll::Ready(Finish::Abandoned);
+                }
+                if let Poll::Ready(ended) = limited.as_mut().poll(cx) {
+                    return Poll::Ready(ended);
+                }
+                if !registered {
+                    registered = true;
+                    if cancelled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Finish::Abandoned);
+                    }
+                }
+                Poll::Pending
+            })
+            .await
         };
-        tracing::Instrument::instrument(raced, span.clone()).await
+        if span.is_disabled() {
+            // Nobody listens: no span to enter and leave at every poll.
+            raced.await
+        } else {
+            tracing::Instrument::instrument(raced, span.clone()).await
+        }
         // The handler's future is dropped here, before anything is resolved.
     };
     // Resolutions below are stamped with the time the handler ended.
