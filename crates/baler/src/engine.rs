@@ -58,7 +58,7 @@ use crate::handler::{BatchData, ErasedHandler, OpInfo};
 use crate::instruments::EngineMetrics;
 use crate::intake::Submitted;
 use crate::operation::OpId;
-use crate::run::{run_batch, Done, Ended, RunCtx, Tracker};
+use crate::run::{run_batch, Done, Ended, RunCtx, RunShared, Tracker};
 use crate::shutdown::{Abandoned, ShutdownReport};
 use crate::slot::Resolver;
 use crate::stats::Stats;
@@ -224,7 +224,8 @@ enum Readiness {
 
 pub(crate) struct Engine<T, K, O, E> {
     cfg: Config,
-    handler: Arc<dyn ErasedHandler<T, K, O, E>>,
+    /// What every batch's task shares: the handler, the abort, the settings.
+    run: Arc<RunShared<T, K, O, E>>,
     rx: UnboundedReceiver<Msg<T, K, O, E>>,
     tx: UnboundedSender<Msg<T, K, O, E>>,
     shared: Arc<Shared<T, K, O, E>>,
@@ -251,7 +252,6 @@ pub(crate) struct Engine<T, K, O, E> {
     paused: bool,
     sweep: bool,
     closing: Option<Closing<T, K>>,
-    abort: CancellationToken,
     ticker_origin: Instant,
     target_slot: TargetSlot,
     rng: u64,
@@ -303,8 +303,20 @@ where
             let _ = notices.send(Msg::Capacity(notice));
         }));
         let last_rate = cfg.capacity.rate();
-        Engine {
+        let ticker_origin = Instant::now();
+        let metrics = EngineMetrics::new(&cfg.name);
+        let run = Arc::new(RunShared {
             handler,
+            abort: CancellationToken::new(),
+            name: cfg.name.clone(),
+            origin: ticker_origin,
+            max_attempts: cfg.max_attempts,
+            max_time: cfg.max_operation_time,
+            retry_timeouts: cfg.retry_timeouts,
+            metrics: metrics.batch(),
+        });
+        Engine {
+            run,
             rx,
             tx,
             shared,
@@ -328,8 +340,7 @@ where
             paused: false,
             sweep: false,
             closing: None,
-            abort: CancellationToken::new(),
-            ticker_origin: Instant::now(),
+            ticker_origin,
             target_slot,
             rng: RandomState::new().hash_one(0x5eed_u64) | 1,
             events,
@@ -344,7 +355,7 @@ where
             audit_mismatch: None,
             retry_window: VecDeque::new(),
             cancelled_unreported: 0,
-            metrics: EngineMetrics::new(&cfg.name),
+            metrics,
             cfg,
         }
     }
@@ -639,14 +650,17 @@ where
         self.stats.completed += done.completed;
         self.stats.failed += done.failed + done.abandoned_count;
         let retried = done.retry.len() as u64;
-        self.count_window(
-            now,
-            WindowSecond {
-                retried,
-                ..WindowSecond::default()
-            },
-        );
-        let duration = now.saturating_duration_since(batch.started);
+        if retried > 0 {
+            self.count_window(
+                now,
+                WindowSecond {
+                    retried,
+                    ..WindowSecond::default()
+                },
+            );
+        }
+        // Only for the events, and only when someone listens.
+        let duration = || now.saturating_duration_since(batch.started);
         let key = &self.slots[slot].key;
         let size = batch.ops as usize;
         self.metrics.ended(done.ended);
@@ -657,14 +671,14 @@ where
                 completed: done.completed,
                 failed: done.failed,
                 retried,
-                duration,
+                duration: duration(),
             }),
             Ended::Failed(reason) => self.emit(|| Event::BatchFailed {
                 batch: batch.id,
                 key: key.clone(),
                 reason,
                 size,
-                duration,
+                duration: duration(),
             }),
             Ended::TimedOut(after) => self.emit(|| Event::BatchTimedOut {
                 batch: batch.id,
@@ -1118,18 +1132,15 @@ where
             items,
             info,
         });
+        // One reference count for everything the batch shares with the
+        // others (a clone of the abort token alone takes a lock, and
+        // another to drop it).
         let ctx = RunCtx {
             batch,
             id,
-            origin: self.ticker_origin,
-            max_attempts: self.cfg.max_attempts,
-            max_time: self.cfg.max_operation_time,
-            retry_timeouts: self.cfg.retry_timeouts,
-            abort: self.abort.clone(),
-            name: self.cfg.name.clone(),
-            metrics: self.metrics.batch(),
+            shared: Arc::clone(&self.run),
         };
-        let batch = run_batch(self.handler.clone(), data, trackers, ctx);
+        let batch = run_batch(data, trackers, ctx);
         // Under the load-aware policy, the task of a batch of several
         // operations yields once between resolving them and reporting: the
         // callers it woke are likely to submit again, and should get in
@@ -1145,14 +1156,19 @@ where
             Execution::Inline => self.running.push(Box::pin(batch)),
             Execution::Spawned => {
                 let tx = self.tx.clone();
+                // The batch's future is large (the handler's call, its
+                // timeout, the shutdown race): boxed once here, the task
+                // itself stays a few words, which tokio moves several times
+                // as it spawns, completes and drops the task.
+                let batch = Box::pin(batch);
                 tokio::spawn(async move {
-                    let done = batch.await;
+                    let done = Box::new(batch.await);
                     if settle {
                         tokio::task::yield_now().await;
                     }
                     // The engine holds a sender itself and outlives every
                     // batch it dispatched, so this send cannot fail.
-                    let _ = tx.send(Msg::Done(Box::new(done)));
+                    let _ = tx.send(Msg::Done(done));
                 });
             }
         }
@@ -1260,7 +1276,7 @@ where
             self.slots[slot].listed = false;
             self.maybe_free(slot);
         }
-        self.abort.cancel();
+        self.run.abort.cancel();
     }
 
     fn abandon_buffered(&mut self, slot: usize) {
@@ -1579,9 +1595,14 @@ where
             });
         }
 
+        // The seconds of the window still within it now (the window is
+        // trimmed when operations are counted, which may be a while ago).
+        let second = now.saturating_duration_since(self.ticker_origin).as_secs();
         let mut window = WindowSecond::default();
         for w in &self.retry_window {
-            window.add(w);
+            if w.second + RETRY_WINDOW_SECS > second {
+                window.add(w);
+            }
         }
         let (dispatched, retried) = (window.dispatched, window.retried);
         if retried >= 10 && retried * 2 >= dispatched {

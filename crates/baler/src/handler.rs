@@ -229,12 +229,14 @@ where
     }
 }
 
-pub(crate) type BoxFuture<R> = Pin<Box<dyn Future<Output = R> + Send>>;
+pub(crate) type BoxFuture<'a, R> = Pin<Box<dyn Future<Output = R> + Send + 'a>>;
 
 /// A handler with its types erased, so that `Batcher` names only the types
 /// its callers see.
 pub(crate) trait ErasedHandler<T, K, O, E>: Send + Sync + 'static {
-    fn call(self: Arc<Self>, batch: Batch<T, K>) -> BoxFuture<HandlerResult<O, E>>;
+    /// The future borrows the handler: the batch's task holds the engine's
+    /// reference to it for as long as the future lives.
+    fn call(&self, batch: Batch<T, K>) -> BoxFuture<'_, HandlerResult<O, E>>;
 }
 
 impl<H, T, K> ErasedHandler<T, K, H::Output, H::Error> for H
@@ -243,7 +245,8 @@ where
     T: Send + Sync + 'static,
     K: Send + Sync + 'static,
 {
-    fn call(self: Arc<Self>, batch: Batch<T, K>) -> BoxFuture<HandlerResult<H::Output, H::Error>> {
+    fn call(&self, batch: Batch<T, K>) -> BoxFuture<'_, HandlerResult<H::Output, H::Error>> {
+        // `handle` runs at the first poll, inside the task's panic guard.
         Box::pin(async move { self.handle(batch).await })
     }
 }

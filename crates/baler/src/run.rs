@@ -59,9 +59,16 @@ pub(crate) struct Done<T, O, E> {
     pub(crate) abandoned_count: u64,
 }
 
-pub(crate) struct RunCtx {
+/// What one batch's task needs to know.
+pub(crate) struct RunCtx<T, K, O, E> {
     pub(crate) batch: usize,
     pub(crate) id: BatchId,
+    pub(crate) shared: Arc<RunShared<T, K, O, E>>,
+}
+
+/// What every batch of an engine shares, behind one reference count.
+pub(crate) struct RunShared<T, K, O, E> {
+    pub(crate) handler: Arc<dyn ErasedHandler<T, K, O, E>>,
     /// The engine's start, from which `Tracker::submitted` counts.
     pub(crate) origin: tokio::time::Instant,
     pub(crate) max_attempts: u32,
@@ -102,7 +109,7 @@ enum Fates<O, E> {
 }
 
 impl<O, E> Fates<O, E> {
-    fn next(&mut self, t: &Tracker<O, E>, ctx: &RunCtx) -> Fate<O, E> {
+    fn next<T, K>(&mut self, t: &Tracker<O, E>, ctx: &RunShared<T, K, O, E>) -> Fate<O, E> {
         match self {
             Fates::Each(outcomes) => match outcomes.next() {
                 Some(Outcome::Done(o)) => Fate::Resolve(Ok(o)),
@@ -138,10 +145,9 @@ impl<O, E> Fates<O, E> {
 }
 
 pub(crate) async fn run_batch<T, K, O, E>(
-    handler: Arc<dyn ErasedHandler<T, K, O, E>>,
     data: Arc<BatchData<T, K>>,
     trackers: Vec<Tracker<O, E>>,
-    ctx: RunCtx,
+    ctx: RunCtx<T, K, O, E>,
 ) -> Done<T, O, E>
 where
     T: Send + Sync + 'static,
@@ -149,10 +155,16 @@ where
     O: Send + 'static,
     E: Send + Sync + 'static,
 {
+    let RunCtx {
+        batch: batch_index,
+        id,
+        shared,
+    } = ctx;
+    let ctx = &*shared;
     let span = tracing::info_span!(
         "batch",
         batcher = %ctx.name,
-        id = ctx.id,
+        id = id,
         key = ?data.key,
         size = trackers.len(),
         cost = data.info.iter().map(|i| u64::from(i.cost)).sum::<u64>(),
@@ -162,7 +174,7 @@ where
     let handler_started = instruments::ENABLED.then(tokio::time::Instant::now);
     let ended = {
         let handler_future = CatchUnwind {
-            inner: handler.call(Batch { data: data.clone() }),
+            inner: ctx.handler.call(Batch { data: data.clone() }),
         };
         let limited = async {
             match ctx.max_time {
@@ -174,13 +186,40 @@ where
             }
         };
         let raced = async {
-            tokio::select! {
-                biased;
-                () = ctx.abort.cancelled() => Finish::Abandoned,
-                ended = limited => ended,
-            }
+            // As a select biased towards the abort, but registering for it
+            // (a lock to register and one to deregister) only once the
+            // handler has not ended on its first poll: until then, a look
+            // at the token is enough.
+            let mut cancelled = std::pin::pin!(ctx.abort.cancelled());
+            let mut limited = std::pin::pin!(limited);
+            let mut registered = false;
+            std::future::poll_fn(|cx| {
+                if registered {
+                    if cancelled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Finish::Abandoned);
+                    }
+                } else if ctx.abort.is_cancelled() {
+                    return Poll::Ready(Finish::Abandoned);
+                }
+                if let Poll::Ready(ended) = limited.as_mut().poll(cx) {
+                    return Poll::Ready(ended);
+                }
+                if !registered {
+                    registered = true;
+                    if cancelled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Finish::Abandoned);
+                    }
+                }
+                Poll::Pending
+            })
+            .await
         };
-        tracing::Instrument::instrument(raced, span.clone()).await
+        if span.is_disabled() {
+            // Nobody listens: no span to enter and leave at every poll.
+            raced.await
+        } else {
+            tracing::Instrument::instrument(raced, span.clone()).await
+        }
         // The handler's future is dropped here, before anything is resolved.
     };
     // Resolutions below are stamped with the time the handler ended.
@@ -245,7 +284,7 @@ where
     }
 
     let mut done = Done {
-        batch: ctx.batch,
+        batch: batch_index,
         ended: summary,
         completed: 0,
         failed: 0,
@@ -263,7 +302,7 @@ where
         }
     };
     for (i, t) in trackers.into_iter().enumerate() {
-        let fate = fates.next(&t, &ctx);
+        let fate = fates.next(&t, ctx);
         let payload = payloads.get_mut(i).and_then(Option::take);
         match (fate, payload) {
             (Fate::Resolve(result), _) => {
@@ -314,11 +353,11 @@ fn ended_from<O, E>(result: Result<HandlerResult<O, E>, String>) -> Finish<O, E>
 }
 
 /// Turns a panic inside a handler's future into an error value.
-struct CatchUnwind<R> {
-    inner: BoxFuture<R>,
+struct CatchUnwind<'a, R> {
+    inner: BoxFuture<'a, R>,
 }
 
-impl<R> Future for CatchUnwind<R> {
+impl<R> Future for CatchUnwind<'_, R> {
     type Output = Result<R, String>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -281,6 +281,31 @@ async fn operations_retried_again_and_again_are_a_retry_storm() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_retry_storm_older_than_the_window_is_not_reported() {
+    let b = Batcher::builder()
+        .max_attempts(10)
+        .backoff(MS, 2 * MS)
+        .build(handler_fn(|batch: Batch<u32>| async move {
+            Ok::<_, String>(
+                batch
+                    .iter()
+                    .map(|_| Outcome::<(), _>::Retry("throttled".to_owned()))
+                    .collect(),
+            )
+        }))
+        .unwrap();
+    let tickets: Vec<_> = (0..5).map(|i| b.try_submit(i).unwrap()).collect();
+    for t in tickets {
+        assert!(t.await.is_err());
+    }
+    // Nothing is dispatched or retried after the storm: the window must
+    // still forget it.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let d = b.diagnose().await;
+    assert!(d.find(Code::RetryStorm).is_none(), "{d}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn small_batches_at_light_load_are_explained_by_the_load_aware_policy() {
     let (handler, _) = Recorder::<u32, ()>::new(MS);
     let b = Batcher::builder().build(handler).unwrap();
