@@ -562,10 +562,39 @@ fn goals(w: &mut String, s: &Settings, r: &Results, floor: Option<usize>, baler:
             }
         }
     }
+    // The loader rows: baler's Loader (its default settings) against each
+    // peer loader, case by case.
+    let loader_floor = index_of(&r.loader_names, "floor");
+    if let Some(bl) = r.loader_names.iter().position(|n| n.starts_with("baler")) {
+        for (ki, &(n, pct)) in loader_cases(s).iter().enumerate() {
+            let Ok(b) = summarize(&r.loader[bl][ki], |t| t.ops_per_sec) else {
+                continue;
+            };
+            for (li, name) in r.loader_names.iter().enumerate() {
+                if Some(li) == loader_floor || name.starts_with("baler") {
+                    continue;
+                }
+                if let Ok(p) = summarize(&r.loader[li][ki], |t| t.ops_per_sec) {
+                    rows += 1;
+                    if p.median > b.median {
+                        let keys = if pct == 0 {
+                            "unique keys".to_owned()
+                        } else {
+                            format!("{pct}% repeated keys")
+                        };
+                        behind.push(format!(
+                            "loader, {n} callers, {keys}: {name} {:.2}× baler's Loader",
+                            p.median / b.median
+                        ));
+                    }
+                }
+            }
+        }
+    }
     if behind.is_empty() {
         let _ = writeln!(
             w,
-            "- **baler ahead of every peer on every row: met** ({rows} comparisons of throughput, latency and memory)."
+            "- **baler ahead of every peer on every row: met** ({rows} comparisons of throughput, latency, loaders and memory)."
         );
     } else {
         let _ = writeln!(
