@@ -338,19 +338,28 @@ where
         op: impl Into<Operation<T, K>>,
     ) -> Result<Ticket<O, E>, SubmitError<T>> {
         let op = self.check(op.into())?;
+        match self.try_permits(op.cost) {
+            Ok((permit, cost_permit)) => self.enqueue(op, permit, cost_permit),
+            Err((_, e)) => Err(self.try_error(e, op.payload)),
+        }
+    }
+
+    /// Takes the buffer's permits for an operation of `cost` if there is room
+    /// now. When there is not, gives back the operation permit if it was
+    /// taken (the cost was what was missing), and why.
+    fn try_permits(
+        &self,
+        cost: u32,
+    ) -> Result<Permits<'_>, (Option<SemaphorePermit<'_>>, TryAcquireError)> {
         let shared = self.shared();
-        let permit = match shared.ops.try_acquire() {
-            Ok(p) => p,
-            Err(e) => return Err(self.try_error(e, op.payload)),
-        };
-        let cost_permit = match &shared.cost {
-            Some(sem) => match sem.try_acquire_many(op.cost) {
-                Ok(p) => Some(p),
-                Err(e) => return Err(self.try_error(e, op.payload)),
+        let permit = shared.ops.try_acquire().map_err(|e| (None, e))?;
+        match &shared.cost {
+            None => Ok((permit, None)),
+            Some(sem) => match sem.try_acquire_many(cost) {
+                Ok(cost_permit) => Ok((permit, Some(cost_permit))),
+                Err(e) => Err((Some(permit), e)),
             },
-            None => None,
-        };
-        self.enqueue(op, permit, cost_permit)
+        }
     }
 
     fn try_error(&self, e: TryAcquireError, payload: T) -> SubmitError<T> {
@@ -535,10 +544,17 @@ where
 #[must_use = "an operation is only submitted when its Submit future is awaited"]
 pub struct Submit<'a, T, O, E, K = ()> {
     batcher: &'a Batcher<T, O, E, K>,
-    op: Option<Operation<T, K>>,
     deadline: Option<Instant>,
-    /// The wait for room, when the buffer was full at the first poll.
-    wait: Option<WaitForRoom<'a>>,
+    state: SubmitState<'a, T, K>,
+}
+
+enum SubmitState<'a, T, K> {
+    /// Not polled yet.
+    Start(Operation<T, K>),
+    /// The buffer was full at the first poll: waiting for room.
+    Waiting(Operation<T, K>, WaitForRoom<'a>),
+    /// Accepted or refused.
+    Done,
 }
 
 /// The buffer permits an accepted operation holds.
@@ -557,9 +573,8 @@ impl<'a, T, O, E, K> Submit<'a, T, O, E, K> {
     ) -> Self {
         Submit {
             batcher,
-            op: Some(op),
             deadline,
-            wait: None,
+            state: SubmitState::Start(op),
         }
     }
 }
@@ -567,7 +582,7 @@ impl<'a, T, O, E, K> Submit<'a, T, O, E, K> {
 impl<T, O, E, K> fmt::Debug for Submit<'_, T, O, E, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Submit")
-            .field("waiting", &self.wait.is_some())
+            .field("waiting", &matches!(self.state, SubmitState::Waiting(..)))
             .field("deadline", &self.deadline)
             .finish()
     }
@@ -585,74 +600,41 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let batcher = this.batcher;
-        if this.wait.is_none() {
-            let Some(op) = this.op.take() else {
-                panic!("a baler Submit future was polled after it completed");
-            };
-            let op = match batcher.check(op) {
-                Ok(op) => op,
-                Err(e) => return Poll::Ready(Err(e)),
-            };
-            let shared: &'a Shared<T, K, O, E> = batcher.shared();
-            let permit = match shared.ops.try_acquire() {
-                Ok(p) => Some(p),
-                Err(TryAcquireError::Closed) => {
-                    return Poll::Ready(Err(SubmitError::Shutdown(op.payload)))
-                }
-                Err(TryAcquireError::NoPermits) => {
+        let (op, mut wait) = match std::mem::replace(&mut this.state, SubmitState::Done) {
+            SubmitState::Start(op) => {
+                let op = match batcher.check(op) {
+                    Ok(op) => op,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                let held = match batcher.try_permits(op.cost) {
+                    Ok((permit, cost)) => return Poll::Ready(batcher.enqueue(op, permit, cost)),
+                    Err((_, TryAcquireError::Closed)) => {
+                        return Poll::Ready(Err(SubmitError::Shutdown(op.payload)))
+                    }
+                    Err((held, TryAcquireError::NoPermits)) => held,
+                };
+                let shared: &'a Shared<T, K, O, E> = batcher.shared();
+                if held.is_none() {
                     shared.report_full();
-                    None
                 }
-            };
-            if let Some(permit) = permit {
-                match &shared.cost {
-                    None => return Poll::Ready(batcher.enqueue(op, permit, None)),
-                    Some(sem) => match sem.try_acquire_many(op.cost) {
-                        Ok(cost) => return Poll::Ready(batcher.enqueue(op, permit, Some(cost))),
-                        Err(TryAcquireError::Closed) => {
-                            return Poll::Ready(Err(SubmitError::Shutdown(op.payload)))
-                        }
-                        Err(TryAcquireError::NoPermits) => {
-                            this.wait = Some(Box::pin(wait_for_room(
-                                shared,
-                                Some(permit),
-                                op.cost,
-                                this.deadline,
-                            )));
-                        }
-                    },
-                }
-            } else {
-                this.wait = Some(Box::pin(wait_for_room(
-                    shared,
-                    None,
-                    op.cost,
-                    this.deadline,
-                )));
+                let wait: WaitForRoom<'a> =
+                    Box::pin(wait_for_room(shared, held, op.cost, this.deadline));
+                (op, wait)
             }
-            this.op = Some(op);
+            SubmitState::Waiting(op, wait) => (op, wait),
+            SubmitState::Done => panic!("a baler Submit future was polled after it completed"),
+        };
+        match wait.as_mut().poll(cx) {
+            Poll::Pending => {
+                this.state = SubmitState::Waiting(op, wait);
+                Poll::Pending
+            }
+            Poll::Ready(Ok((permit, cost))) => Poll::Ready(batcher.enqueue(op, permit, cost)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into_error(op.payload))),
         }
-        let Some(wait) = this.wait.as_mut() else {
-            unreachable!("the wait was just set");
-        };
-        let result = match wait.as_mut().poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(result) => result,
-        };
-        this.wait = None;
-        let Some(op) = this.op.take() else {
-            unreachable!("the operation is held while waiting");
-        };
-        Poll::Ready(match result {
-            Ok((permit, cost)) => batcher.enqueue(op, permit, cost),
-            Err(e) => Err(e.into_error(op.payload)),
-        })
     }
 }
 
-/// The slow path of a submit: waits in line for the operation's permits.
-/// Not generic, and boxed only when taken, so that a submit into a buffer
-/// with room stays a small future.
 fn wait_for_room<'a, T, K, O, E>(
     shared: &'a Shared<T, K, O, E>,
     permit: Option<SemaphorePermit<'a>>,
