@@ -719,6 +719,13 @@ where
             resolved_ops -= 1;
             resolved_cost -= cost;
             self.epoch_unresolved(op.epoch);
+            if self.closing.as_ref().is_some_and(|c| c.deadline_passed) {
+                // The shutdown's deadline has passed: no more attempts. (A
+                // batch can report after the deadline: it yields before its
+                // report, and an aborted one reports when its task ends.)
+                self.abandon(slot, op);
+                continue;
+            }
             self.stats.retried += 1;
             self.stats.retrying += 1;
             self.stats.retrying_cost += cost;

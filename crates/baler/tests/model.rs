@@ -1652,3 +1652,60 @@ async fn a_paused_flush_returns_even_after_a_later_ticket_is_dropped() {
     second.await.unwrap();
     batcher.shutdown(None).await;
 }
+
+/// Found by the property test: a shutdown with a 1 ms deadline, while an
+/// operation that asked to be retried waits out its backoff, returned after
+/// 2 ms.
+#[test]
+fn a_shutdown_deadline_is_kept_while_a_retry_waits_out_its_backoff() {
+    fn op(cost: u32, key: Option<Key>, steps: [Step; 3], work_ms: u64) -> Action {
+        Action::Submit {
+            cost,
+            key,
+            how: How::Try,
+            script: Script { steps, work_ms },
+        }
+    }
+    const OK: [Step; 3] = [Step::Ok, Step::Ok, Step::Ok];
+    const RETRY: [Step; 3] = [Step::Retry, Step::Ok, Step::Ok];
+    let case = Case {
+        config: Config {
+            max_batch_size: 5,
+            max_batch_cost: None,
+            min_batch_size: 1,
+            linger_ms: 0,
+            ticker_ms: 1,
+            load_aware: true,
+            max_in_flight: 1,
+            max_in_flight_per_key: None,
+            buffer_size: 5,
+            max_attempts: 2,
+            backoff_ms: 1,
+            max_operation_ms: 20,
+            retry_timeouts: false,
+            inline: false,
+            capacity: Some((278, 8)),
+        },
+        actions: vec![
+            op(0, None, OK, 0),
+            Action::Advance(23),
+            op(4, None, OK, 0),
+            op(3, None, OK, 0),
+            op(3, None, OK, 0),
+            Action::Advance(21),
+            op(1, None, RETRY, 0),
+            op(4, Some(0), OK, 0),
+            op(3, None, OK, 0),
+            op(0, None, RETRY, 2),
+            op(4, None, OK, 0),
+            Action::Resume,
+            Action::Advance(23),
+            Action::Advance(13),
+            op(0, None, OK, 0),
+            Action::Advance(4),
+        ],
+        finale: Finale::Nothing,
+        deadline_ms: Some(1),
+    };
+    run_case(&case).unwrap();
+}
