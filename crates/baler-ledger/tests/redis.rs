@@ -50,12 +50,14 @@ fn four_processes_share_10000_per_second_through_redis() {
     // for batches that straddle a second's boundary.
     run.assert_never_above(SHARED + WORKERS as u64 * COST);
 
-    // At least 90% used once ramped up, in every whole second of each
-    // steady window.
-    run.assert_used(run.started + 2_000, run.killed, "shared by four");
-    // And shared fairly: 3,000, 3,000, 2,000 and 2,000 once they all know of
-    // each other; nobody below 1,500.
-    for s in (run.started + 3_000).div_ceil(1000)..run.killed / 1000 {
+    // Shared fairly (3,000, 3,000, 2,000 and 2,000) within 3 s of the start:
+    // four processes starting on two cores, and the first to come handing
+    // over what the others ask for.
+    let settled = run.assert_shared_fairly_within(3_000, 1_000);
+    // From the next whole second on: at least 90% used, and nobody below
+    // 1,500.
+    run.assert_used(run.started + settled + 1_000, run.killed, "shared by four");
+    for s in (run.started + settled + 1_000).div_ceil(1000)..run.killed / 1000 {
         let spent = &run.seconds[&s];
         assert!(spent.iter().all(|&c| c >= 1_500), "second {s}: {spent:?}");
     }

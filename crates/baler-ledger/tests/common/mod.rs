@@ -276,6 +276,34 @@ impl Run {
         }
     }
 
+    /// How long after the start every worker first held its fair share: all
+    /// of them together the whole capacity, and none more than one partition
+    /// (`factor`) above another. Until then the first to come holds what the
+    /// others have yet to ask for, and hands it over as it learns of them:
+    /// the ramp-up, which the 90% rule does not judge.
+    pub fn assert_shared_fairly_within(&self, bound: u128, factor: u64) -> u128 {
+        let mut samples: Vec<(u128, usize, u64)> = (0..self.workers)
+            .flat_map(|w| self.ledgers[w].rates.iter().map(move |r| (r.0, w, r.1)))
+            .filter(|&(t, _, _)| t < self.killed)
+            .collect();
+        samples.sort_unstable();
+        let mut latest = BTreeMap::new();
+        let settled = samples.into_iter().find_map(|(t, w, rate)| {
+            latest.insert(w, rate);
+            let (Some(low), Some(high)) = (latest.values().min(), latest.values().max()) else {
+                return None;
+            };
+            (latest.len() == self.workers
+                && latest.values().sum::<u64>() == self.shared
+                && high - low <= factor)
+                .then(|| t - self.started)
+        });
+        let settled = settled.expect("the workers never shared the capacity fairly");
+        println!("shared fairly {settled} ms after the start");
+        assert!(settled <= bound, "shared fairly only after {settled} ms");
+        settled
+    }
+
     /// How long after `from` the survivors' latest rates first added up to
     /// the whole shared capacity.
     pub fn survivors_full_after(&self, from: u128) -> Option<u128> {
