@@ -67,8 +67,8 @@ fn three_processes_share_6000_per_second_through_azurite() {
 
     // Azurite and three processes starting on two cores, the first blobs
     // being created, and the first to come handing over what the others ask
-    // for: 2,000 each within 7 s. From the next whole second on, at least 90%
-    // used.
+    // for once it next announces (every renewal period, 3.75 s): 2,000 each
+    // within 7 s. From the next whole second on, at least 90% used.
     let settled = run.assert_shared_fairly_within(7_000, 1_000);
     run.assert_used(run.started + settled + 1_000, run.killed, "shared by three");
 

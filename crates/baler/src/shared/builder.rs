@@ -67,7 +67,9 @@ impl Capacity {
 /// - shares the partitions fairly when the store keeps demands (see
 ///   [`LeaseStore::announce`]): each instance announces how many partitions
 ///   it needs, and holds no more than its max-min fair share of them, so an
-///   instance that came first gives partitions back to those that came later;
+///   instance that came first gives partitions back to those that came later
+///   (it learns of them when it next announces: within one
+///   [`renew_every`](Self::renew_every) of their first announcement);
 /// - takes over the partitions of an instance that died **as soon as its
 ///   leases and its announcement run out** in the store, when the store says
 ///   when that is ([`Acquired::Held`](crate::Acquired::Held),
