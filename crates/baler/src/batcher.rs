@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use crate::handler::ErasedHandler;
 use crate::intake::{Intake, Submitted};
 use crate::operation::Operation;
 use crate::shutdown::ShutdownReport;
-use crate::slot;
+use crate::slot::{self, CancelCount};
 use crate::stats::Stats;
 use crate::ticket::{cancel_shard, CancelShard, CancelSink, Ticket, CANCEL_SHARDS};
 
@@ -59,7 +59,7 @@ pub(crate) struct Shared<T, K, O, E> {
     /// Submitters waiting for room in the buffer.
     waiting: AtomicUsize,
     /// Tickets dropped before their operation resolved, ever.
-    cancels: AtomicU64,
+    cancels: CancelCount,
     /// Whether the current full-buffer episode was reported.
     full_reported: AtomicBool,
 }
@@ -71,7 +71,7 @@ impl<T, K, O, E> Shared<T, K, O, E> {
 
     /// How many tickets were dropped before their operation resolved.
     pub(crate) fn cancels_reported(&self) -> u64 {
-        self.cancels.load(Ordering::Acquire)
+        self.cancels.reported()
     }
 
     pub(crate) fn waiting_submitters(&self) -> usize {
@@ -125,8 +125,9 @@ impl<T: Send, K: Send, O: Send, E: Send + Sync> CancelSink for Shared<T, K, O, E
     fn cancelled(&self) {
         // Counted after the ticket closed its slot and before the engine
         // hears of it: the engine's dispatch asks operations whether their
-        // ticket is gone only while the count is ahead of its last sweep.
-        self.cancels.fetch_add(1, Ordering::Release);
+        // ticket is gone only while the count is ahead of its last sweep
+        // (see `CancelCount`).
+        self.cancels.report();
         let _ = self.tx.send(Msg::Cancel);
     }
 }
@@ -287,7 +288,7 @@ where
             buffer_size: cfg.buffer_size,
             waiting: AtomicUsize::new(0),
             full_reported: AtomicBool::new(false),
-            cancels: AtomicU64::new(0),
+            cancels: CancelCount::new(),
         });
         let engine = Engine::new(cfg, handler, rx, tx, shared.clone(), events);
         runtime.spawn(engine.run());

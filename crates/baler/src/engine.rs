@@ -1043,7 +1043,8 @@ where
         // Whether a ticket may have been dropped since the last sweep.
         // Asking each operation's slot is a cache miss per operation (the
         // slot was last written on the submitter's thread), so it is only
-        // asked when a drop was reported that no sweep has covered yet.
+        // asked when a drop was reported that no sweep has covered yet
+        // (`CancelCount`, whose ordering the loom tests check).
         let check_closed = self.shared.cancels_reported() != self.cancels_swept;
         for _ in 0..count {
             let Some(op) = self.slots[slot].queue.pop_front() else {

@@ -44,12 +44,12 @@ use std::task::{Context, Poll, Waker};
 
 #[cfg(baler_loom)]
 use loom::sync::{
-    atomic::{AtomicUsize, Ordering::*},
+    atomic::{AtomicU64, AtomicUsize, Ordering::*},
     Arc,
 };
 #[cfg(not(baler_loom))]
 use std::sync::{
-    atomic::{AtomicUsize, Ordering::*},
+    atomic::{AtomicU64, AtomicUsize, Ordering::*},
     Arc,
 };
 
@@ -285,6 +285,43 @@ impl<R> Receiver<R> {
     }
 }
 
+/// How many tickets closed their slot unresolved, ever: what lets the engine
+/// skip asking each operation whether its caller gave up.
+///
+/// Asking a slot is a cache miss per operation (the slot was last written on
+/// the submitter's thread). So a ticket that closes its slot
+/// [`Unresolved`](CloseOutcome::Unresolved) then [`report`](Self::report)s
+/// it here, and the engine asks its operations only while the count is ahead
+/// of what its last sweep covered. The order makes this safe: the report is a
+/// release that follows the close, and [`reported`](Self::reported) an
+/// acquire, so a drop whose report the engine has read is a slot the engine
+/// finds closed. A drop not yet reported may still be dispatched: its send is
+/// then refused and the result discarded, as for a ticket dropped just after
+/// the dispatch.
+pub(crate) struct CancelCount {
+    count: AtomicU64,
+}
+
+impl CancelCount {
+    pub(crate) fn new() -> Self {
+        CancelCount {
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a slot that [`Receiver::close`] left unresolved; call it after
+    /// the close.
+    pub(crate) fn report(&self) {
+        self.count.fetch_add(1, Release);
+    }
+
+    /// The drops reported so far. Every slot whose drop this count includes
+    /// is seen closed by [`Resolver::is_closed`] after this call.
+    pub(crate) fn reported(&self) -> u64 {
+        self.count.load(Acquire)
+    }
+}
+
 #[cfg(all(test, baler_loom))]
 mod loom_tests {
     //! The races of the ticket/cancel hand-off, explored exhaustively by loom.
@@ -420,6 +457,53 @@ mod loom_tests {
             let got = loom::future::block_on(std::future::poll_fn(|cx| rx.poll_recv(cx)));
             assert_eq!(got, Err(ResolverDropped));
             dropper.join().unwrap();
+        });
+    }
+
+    /// The engine's shortcut: it asks its operations whether their ticket
+    /// is gone only when the cancel count moved since its last sweep. A drop
+    /// the count already includes is never dispatched: the engine that read
+    /// it finds the slot closed; and a drop it does not include yet is
+    /// accounted exactly once (refused at send, or found by the next sweep).
+    #[test]
+    fn a_counted_drop_is_never_dispatched() {
+        loom::model(|| {
+            let count = Arc::new(CancelCount::new());
+            let (tx, mut rx) = channel::<u32>();
+            let c = count.clone();
+            let ticket = thread::spawn(move || {
+                let outcome = rx.close();
+                if outcome == CloseOutcome::Unresolved {
+                    c.report();
+                }
+                outcome
+            });
+            // The engine's dispatch, its last sweep having covered 0 drops.
+            let swept = 0;
+            let reported = count.reported();
+            let check = reported != swept;
+            let dispatched = if check && tx.is_closed() {
+                drop(tx);
+                None
+            } else {
+                Some(tx.send(1).is_ok())
+            };
+            let outcome = ticket.join().unwrap();
+            if reported == 1 {
+                assert_eq!(dispatched, None, "a counted drop was dispatched");
+            }
+            match (dispatched, outcome) {
+                // Found closed at dispatch: the ticket had left unresolved.
+                (None, o) => assert_eq!(o, CloseOutcome::Unresolved),
+                // Delivered: the ticket saw the value when it closed.
+                (Some(true), o) => assert_eq!(o, CloseOutcome::Settled),
+                // Refused: the ticket left first, and its report makes the
+                // next sweep look (and find the slot closed).
+                (Some(false), o) => {
+                    assert_eq!(o, CloseOutcome::Unresolved);
+                    assert_eq!(count.reported(), 1);
+                }
+            }
         });
     }
 }
