@@ -1,6 +1,7 @@
 //! The user's batch function, and the engine handler that calls it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -110,35 +111,56 @@ where
 
     async fn handle(&self, batch: Batch<K>) -> HandlerResult<V, FetchError<F::Error>> {
         let items = batch.items();
-        // The loader queues each key once while it is in flight, but a
-        // `clear` lets a key be queued again before its first batch went; the
-        // batch function still sees it once.
-        let mut seen = HashSet::with_capacity(items.len());
-        let keys: Vec<K> = items.iter().filter(|k| seen.insert(*k)).cloned().collect();
-        let repeated = keys.len() != items.len();
-        drop(seen);
+        // Each distinct key and the position of its first operation, one
+        // hash per key. The loader queues each key once while it is in
+        // flight, but a `clear` lets a key be queued again before its first
+        // batch went; the batch function still sees it once.
+        let mut first: HashMap<&K, usize> = HashMap::with_capacity(items.len());
+        let mut keys: Vec<K> = Vec::with_capacity(items.len());
+        // Operations whose key came earlier in the batch, with that
+        // earlier operation's position.
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        for (i, key) in items.iter().enumerate() {
+            match first.entry(key) {
+                Entry::Vacant(e) => {
+                    e.insert(i);
+                    keys.push(key.clone());
+                }
+                Entry::Occupied(e) => repeats.push((i, *e.get())),
+            }
+        }
         let answer = self
             .f
             .load(keys)
             .await
             .map_err(|e| FetchError::Batch(Arc::new(e)))?;
-        let mut values: HashMap<K, V> = HashMap::with_capacity(items.len());
-        for (key, value) in answer {
-            values.entry(key).or_insert(value);
-        }
-        let batch_items = batch.items();
-        Ok(batch_items
-            .iter()
-            .map(|key| {
-                let value = if repeated {
-                    values.get(key).cloned()
-                } else {
-                    values.remove(key)
-                };
-                match value {
-                    Some(v) => Outcome::Done(v),
-                    None => Outcome::Failed(FetchError::NotFound),
+        // Each answer goes straight to its key's first operation: one hash
+        // per pair, none when the answer comes in the order of the keys
+        // (the j-th pair is then the j-th key, which is the j-th operation
+        // when no key repeats).
+        let mut values: Vec<Option<V>> = Vec::with_capacity(items.len());
+        values.resize_with(items.len(), || None);
+        let in_order = repeats.is_empty();
+        for (j, (key, value)) in answer.into_iter().enumerate() {
+            let at = match items.get(j) {
+                Some(k) if in_order && *k == key => Some(j),
+                _ => first.get(&key).copied(),
+            };
+            if let Some(slot) = at.and_then(|i| values.get_mut(i)) {
+                // The first answer for a key counts.
+                if slot.is_none() {
+                    *slot = Some(value);
                 }
+            }
+        }
+        for (i, earlier) in repeats {
+            values[i] = values[earlier].clone();
+        }
+        Ok(values
+            .into_iter()
+            .map(|value| match value {
+                Some(v) => Outcome::Done(v),
+                None => Outcome::Failed(FetchError::NotFound),
             })
             .collect())
     }
