@@ -138,30 +138,26 @@ where
         // per pair, none when the answer comes in the order of the keys
         // (the j-th pair is then the j-th key, which is the j-th operation
         // when no key repeats).
-        let mut values: Vec<Option<V>> = Vec::with_capacity(items.len());
-        values.resize_with(items.len(), || None);
+        let mut outcomes: Vec<Outcome<V, FetchError<F::Error>>> = Vec::with_capacity(items.len());
+        outcomes.resize_with(items.len(), || Outcome::Failed(FetchError::NotFound));
         let in_order = repeats.is_empty();
         for (j, (key, value)) in answer.into_iter().enumerate() {
             let at = match items.get(j) {
                 Some(k) if in_order && *k == key => Some(j),
                 _ => first.get(&key).copied(),
             };
-            if let Some(slot) = at.and_then(|i| values.get_mut(i)) {
+            if let Some(outcome) = at.and_then(|i| outcomes.get_mut(i)) {
                 // The first answer for a key counts.
-                if slot.is_none() {
-                    *slot = Some(value);
+                if matches!(outcome, Outcome::Failed(_)) {
+                    *outcome = Outcome::Done(value);
                 }
             }
         }
         for (i, earlier) in repeats {
-            values[i] = values[earlier].clone();
+            if let Outcome::Done(v) = &outcomes[earlier] {
+                outcomes[i] = Outcome::Done(v.clone());
+            }
         }
-        Ok(values
-            .into_iter()
-            .map(|value| match value {
-                Some(v) => Outcome::Done(v),
-                None => Outcome::Failed(FetchError::NotFound),
-            })
-            .collect())
+        Ok(outcomes)
     }
 }

@@ -477,26 +477,44 @@ where
                 slot,
             } => {
                 let mut state = flight.lock();
-                let result = match &state.result {
-                    Some(result) => result.clone(),
+                match &state.result {
+                    Some(result) => {
+                        let result = result.clone();
+                        drop(state);
+                        flight.deregister(slot);
+                        result
+                    }
                     None => {
-                        flight.register(slot, cx.waker());
-                        let result = match flight.poll_fetch(&mut state) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(result) => result,
+                        // A first poll registers before it polls the fetch,
+                        // which has hardly ever arrived yet. A later poll
+                        // mostly comes from the fetch's wake: it polls first,
+                        // and only if the fetch is still pending registers
+                        // and polls again, so that no wake falls between.
+                        let registered = slot.is_none();
+                        if registered {
+                            flight.register(slot, cx.waker());
+                        }
+                        let mut polled = flight.poll_fetch(&mut state);
+                        if polled.is_pending() && !registered {
+                            flight.register(slot, cx.waker());
+                            polled = flight.poll_fetch(&mut state);
+                        }
+                        let Poll::Ready(result) = polled else {
+                            return Poll::Pending;
                         };
                         // Still under the flight's lock, so no other waiter
                         // can look for the result before it is stored.
                         if inner.settle(flight, &result) {
                             state.result = Some(result.clone());
                             drop(state);
+                            flight.deregister(slot);
                             flight.wake_all();
                         }
+                        // Else nobody else waits, nor can join: the slots
+                        // go with the flight.
                         result
                     }
-                };
-                flight.deregister(slot);
-                result
+                }
             }
             // Polled again after it completed: there is nothing left to give.
             LoadState::Done => Err(LoadError::Stopped),
