@@ -55,6 +55,8 @@ pub(crate) struct FlightState<K, V, E> {
 
 pub(crate) struct Flight<K, V, E> {
     pub(crate) key: K,
+    /// The key's hash, under which the loader's table files the flight.
+    pub(crate) hash: u64,
     pub(crate) state: Mutex<FlightState<K, V, E>>,
     pub(crate) waiters: AtomicUsize,
     /// Whether the result may be cached: false once `clear` detached the flight.
@@ -65,9 +67,10 @@ pub(crate) struct Flight<K, V, E> {
 }
 
 impl<K, V, E> Flight<K, V, E> {
-    pub(crate) fn new(key: K, stage: Stage<K, V, E>) -> Self {
+    pub(crate) fn new(key: K, hash: u64, stage: Stage<K, V, E>) -> Self {
         Flight {
             key,
+            hash,
             state: Mutex::new(FlightState {
                 stage,
                 result: None,

@@ -42,9 +42,8 @@ mod batch_fn;
 mod cache;
 mod error;
 mod flight;
+mod table;
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
@@ -66,15 +65,13 @@ use crate::shutdown::ShutdownReport;
 use batch_fn::LoaderHandler;
 use error::FetchError;
 use flight::{Flight, LoadResult, Stage};
+use table::{KeyHasher, Table};
 
 /// The engine's buffer, in keys queued and not yet answered, unless the
 /// maximum batch size asks for more.
 const BUFFER_KEYS: usize = 10_000;
 
 type DynCache<K, V, E> = Arc<dyn Cache<K, LoadResult<V, E>>>;
-
-/// Keys in flight, each with the fetch its new callers join.
-type Table<K, V, E> = HashMap<K, Arc<Flight<K, V, E>>>;
 
 /// Coalesces loads of single keys into batch calls of a [`BatchFn`].
 ///
@@ -117,6 +114,8 @@ pub struct Loader<K, V, E> {
 struct Inner<K, V, E> {
     /// Keys in flight: the fetch that every new caller of the key joins.
     table: Mutex<Table<K, V, E>>,
+    /// Hashes keys for the table, outside its lock.
+    hasher: KeyHasher,
     cache: Option<DynCache<K, V, E>>,
     cache_errors: bool,
     counters: Counters,
@@ -221,25 +220,21 @@ where
         if let Some(hit) = inner.cached(&key) {
             return Load::ready(hit);
         }
+        let hash = inner.hasher.hash(&key);
         let mut table = inner.lock_table();
-        let entry = match table.entry(key) {
-            Entry::Occupied(flight) => {
-                let flight = flight.get();
-                flight.waiters.fetch_add(1, Ordering::Relaxed);
-                inner.counters.joined.fetch_add(1, Ordering::Relaxed);
-                return Load::waiting(
-                    flight.clone(),
-                    inner.clone() as Arc<dyn FlightTable<K, V, E>>,
-                );
-            }
-            Entry::Vacant(entry) => entry,
-        };
+        if let Some(flight) = table.find(hash, &key) {
+            flight.waiters.fetch_add(1, Ordering::Relaxed);
+            inner.counters.joined.fetch_add(1, Ordering::Relaxed);
+            return Load::waiting(
+                flight.clone(),
+                inner.clone() as Arc<dyn FlightTable<K, V, E>>,
+            );
+        }
         // A fetch of this key may have finished between the first look at
         // the cache and taking the table.
-        if let Some(hit) = inner.cached(entry.key()) {
+        if let Some(hit) = inner.cached(&key) {
             return Load::ready(hit);
         }
-        let key = entry.key().clone();
         let stage = match self.batcher.try_submit(key.clone()) {
             Ok(ticket) => Stage::Queued(ticket),
             Err(SubmitError::Full(key)) => {
@@ -252,8 +247,8 @@ where
             }
         };
         inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let flight = Arc::new(Flight::new(key, stage));
-        entry.insert(flight.clone());
+        let flight = Arc::new(Flight::new(key, hash, stage));
+        table.insert(flight.clone());
         drop(table);
         Load::waiting(flight, inner.clone() as Arc<dyn FlightTable<K, V, E>>)
     }
@@ -295,8 +290,9 @@ where
     /// callers still get its result but whose result is not cached. The next
     /// load of `key` fetches it again.
     pub fn clear(&self, key: &K) {
+        let hash = self.inner.hasher.hash(key);
         let mut table = self.inner.lock_table();
-        if let Some(flight) = table.remove(key) {
+        if let Some(flight) = table.remove_key(hash, key) {
             flight.cacheable.store(false, Ordering::Relaxed);
         }
         if let Some(cache) = &self.inner.cache {
@@ -307,7 +303,7 @@ where
     /// Forgets every key, as [`clear`](Self::clear) does for one.
     pub fn clear_all(&self) {
         let mut table = self.inner.lock_table();
-        for (_, flight) in table.drain() {
+        for flight in table.drain() {
             flight.cacheable.store(false, Ordering::Relaxed);
         }
         if let Some(cache) = &self.inner.cache {
@@ -365,12 +361,9 @@ where
 {
     fn settle(&self, flight: &Arc<Flight<K, V, E>>, result: &LoadResult<V, E>) -> bool {
         let mut table = self.lock_table();
-        if let Some((key, found)) = table.remove_entry(&flight.key) {
-            if !Arc::ptr_eq(&found, flight) {
-                // A newer flight of the key (this one was cleared): keep it.
-                table.insert(key, found);
-            }
-        }
+        // Unless it was cleared (and perhaps replaced by a newer flight of
+        // the key, which stays).
+        table.remove(flight);
         // Callers join under the table's lock, and the flight has left the
         // table: this count can only go down from here.
         let others = flight.waiters.load(Ordering::Relaxed) > 1;
@@ -390,12 +383,8 @@ where
         let last = {
             let mut table = self.lock_table();
             let last = flight.waiters.fetch_sub(1, Ordering::Relaxed) == 1;
-            if last
-                && table
-                    .get(&flight.key)
-                    .is_some_and(|f| Arc::ptr_eq(f, flight))
-            {
-                table.remove(&flight.key);
+            if last {
+                table.remove(flight);
             }
             last
         };
@@ -756,7 +745,8 @@ where
         Ok(Loader {
             batcher,
             inner: Arc::new(Inner {
-                table: Mutex::new(HashMap::new()),
+                table: Mutex::new(Table::default()),
+                hasher: KeyHasher::default(),
                 cache,
                 cache_errors: self.cache_errors,
                 counters: Counters::default(),
