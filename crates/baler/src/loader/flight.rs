@@ -107,7 +107,10 @@ impl<K, V, E> Flight<K, V, E> {
     /// code). Each re-registers when it is polled.
     pub(crate) fn wake_all(&self) {
         let (first, rest) = self.lock_wakers().take_all();
-        for waker in first.into_iter().chain(rest) {
+        if let Some(waker) = first {
+            waker.wake();
+        }
+        for waker in rest {
             waker.wake();
         }
     }
@@ -218,7 +221,11 @@ impl Slots {
     /// Takes every waker out, keeping the slots. Allocates only for a
     /// flight that has had more than one waiter.
     fn take_all(&mut self) -> (Option<Waker>, Vec<Waker>) {
-        let rest = self.rest.iter_mut().filter_map(Option::take).collect();
+        let rest = if self.rest.is_empty() {
+            Vec::new()
+        } else {
+            self.rest.iter_mut().filter_map(Option::take).collect()
+        };
         (self.first.take(), rest)
     }
 }
