@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::handler::{Batch, Handler, HandlerResult, Outcome};
 use crate::loader::error::FetchError;
+use crate::loader::hashed::{ByHash, Hashed, KeyHasher, PassHash};
 
 /// Fetches many keys at once: the one thing a [`Loader`](crate::Loader) needs
 /// from its user.
@@ -97,10 +98,12 @@ where
 /// keys and answers each operation (one per key) with that key's value.
 pub(crate) struct LoaderHandler<F, V> {
     pub(crate) f: F,
+    /// The loader's key hasher, which hashed the batch's keys.
+    pub(crate) hasher: KeyHasher,
     pub(crate) _values: PhantomData<fn() -> V>,
 }
 
-impl<F, K, V> Handler<K> for LoaderHandler<F, V>
+impl<F, K, V> Handler<Hashed<K>> for LoaderHandler<F, V>
 where
     F: BatchFn<K, V>,
     K: Eq + Hash + Clone + Send + Sync + 'static,
@@ -109,22 +112,27 @@ where
     type Output = V;
     type Error = FetchError<F::Error>;
 
-    async fn handle(&self, batch: Batch<K>) -> HandlerResult<V, FetchError<F::Error>> {
+    async fn handle(&self, batch: Batch<Hashed<K>>) -> HandlerResult<V, FetchError<F::Error>> {
         let items = batch.items();
-        // Each distinct key and the position of its first operation, one
-        // hash per key. The loader queues each key once while it is in
-        // flight, but a `clear` lets a key be queued again before its first
-        // batch went; the batch function still sees it once.
-        let mut first: HashMap<&K, usize> = HashMap::with_capacity(items.len());
+        // Each distinct key and the position of its first operation, filed
+        // under the hash each key came with. The loader queues each key once
+        // while it is in flight, but a `clear` lets a key be queued again
+        // before its first batch went; the batch function still sees it once.
+        let mut first: HashMap<ByHash<'_, K>, usize, PassHash> =
+            HashMap::with_capacity_and_hasher(items.len(), PassHash::default());
         let mut keys: Vec<K> = Vec::with_capacity(items.len());
         // Operations whose key came earlier in the batch, with that
         // earlier operation's position.
         let mut repeats: Vec<(usize, usize)> = Vec::new();
-        for (i, key) in items.iter().enumerate() {
+        for (i, item) in items.iter().enumerate() {
+            let key = ByHash {
+                hash: item.hash,
+                key: &item.key,
+            };
             match first.entry(key) {
                 Entry::Vacant(e) => {
                     e.insert(i);
-                    keys.push(key.clone());
+                    keys.push(item.key.clone());
                 }
                 Entry::Occupied(e) => repeats.push((i, *e.get())),
             }
@@ -135,16 +143,21 @@ where
             .await
             .map_err(|e| FetchError::Batch(Arc::new(e)))?;
         // Each answer goes straight to its key's first operation: one hash
-        // per pair, none when the answer comes in the order of the keys
-        // (the j-th pair is then the j-th key, which is the j-th operation
-        // when no key repeats).
+        // of the answered key per pair, none when the answer comes in the
+        // order of the keys (the j-th pair is then the j-th key, which is
+        // the j-th operation when no key repeats).
         let mut outcomes: Vec<Outcome<V, FetchError<F::Error>>> = Vec::with_capacity(items.len());
         outcomes.resize_with(items.len(), || Outcome::Failed(FetchError::NotFound));
         let in_order = repeats.is_empty();
         for (j, (key, value)) in answer.into_iter().enumerate() {
             let at = match items.get(j) {
-                Some(k) if in_order && *k == key => Some(j),
-                _ => first.get(&key).copied(),
+                Some(item) if in_order && item.key == key => Some(j),
+                _ => first
+                    .get(&ByHash {
+                        hash: self.hasher.hash(&key),
+                        key: &key,
+                    })
+                    .copied(),
             };
             if let Some(outcome) = at.and_then(|i| outcomes.get_mut(i)) {
                 // The first answer for a key counts.

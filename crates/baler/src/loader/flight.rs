@@ -31,12 +31,13 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use crate::error::SubmitError;
 use crate::loader::error::{FetchError, LoadError};
+use crate::loader::hashed::Hashed;
 use crate::ticket::Ticket;
 
 pub(crate) type LoadResult<V, E> = Result<V, LoadError<E>>;
 
 type Submitting<K, V, E> =
-    Pin<Box<dyn Future<Output = Result<Ticket<V, FetchError<E>>, SubmitError<K>>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Ticket<V, FetchError<E>>, SubmitError<Hashed<K>>>> + Send>>;
 
 /// How far the fetch has come.
 pub(crate) enum Stage<K, V, E> {

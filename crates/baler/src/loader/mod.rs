@@ -21,6 +21,10 @@
 //! the timeout, shutdown); the loader only decides which keys need fetching
 //! and hands each answer to every caller waiting for it.
 //!
+//! A load hashes its key once; the table of keys in flight and the batch's
+//! index of keys both use that hash, which travels with the key through the
+//! engine, so neither hashes the key again.
+//!
 //! What the loader guarantees, each with a test in `tests/loader.rs`:
 //!
 //! - **By key, never by position.** The batch function answers with key/value
@@ -42,6 +46,7 @@ mod batch_fn;
 mod cache;
 mod error;
 mod flight;
+mod hashed;
 mod table;
 
 use std::fmt;
@@ -61,11 +66,12 @@ pub use error::LoadError;
 use crate::batcher::Batcher;
 use crate::config::Dispatch;
 use crate::error::{ConfigError, SubmitError};
-use crate::shutdown::ShutdownReport;
+use crate::shutdown::{Abandoned, ShutdownReport};
 use batch_fn::LoaderHandler;
 use error::FetchError;
 use flight::{Flight, LoadResult, Stage};
-use table::{KeyHasher, Table};
+use hashed::{Hashed, KeyHasher};
+use table::Table;
 
 /// The engine's buffer, in keys queued and not yet answered, unless the
 /// maximum batch size asks for more.
@@ -106,7 +112,7 @@ pub struct Loader<K, V, E> {
     /// Held by the loader's handles only, not by their loads: when the last
     /// handle goes, the engine drains, so loads still waiting are dispatched
     /// at once rather than left to the ticker.
-    batcher: Batcher<K, V, FetchError<E>>,
+    batcher: Batcher<Hashed<K>, V, FetchError<E>>,
     inner: Arc<Inner<K, V, E>>,
 }
 
@@ -235,11 +241,15 @@ where
         if let Some(hit) = inner.cached(&key) {
             return Load::ready(hit);
         }
-        let stage = match self.batcher.try_submit(key.clone()) {
+        let item = Hashed {
+            key: key.clone(),
+            hash,
+        };
+        let stage = match self.batcher.try_submit(item) {
             Ok(ticket) => Stage::Queued(ticket),
-            Err(SubmitError::Full(key)) => {
+            Err(SubmitError::Full(item)) => {
                 let batcher = self.batcher.clone();
-                Stage::Submitting(Box::pin(async move { batcher.submit(key).await }))
+                Stage::Submitting(Box::pin(async move { batcher.submit(item).await }))
             }
             Err(_) => {
                 inner.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -319,7 +329,22 @@ where
     /// [`LoadError::Abandoned`] and are listed in the report. Every load
     /// resolves either way: nothing hangs.
     pub async fn shutdown(&self, deadline: impl Into<Option<Duration>>) -> ShutdownReport<K> {
-        self.batcher.shutdown(deadline).await
+        let report = self.batcher.shutdown(deadline).await;
+        ShutdownReport {
+            flushed: report.flushed,
+            completed: report.completed,
+            failed: report.failed,
+            abandoned: report
+                .abandoned
+                .into_iter()
+                .map(|a| Abandoned {
+                    id: a.id,
+                    key: a.key,
+                    payload: a.payload.key,
+                    cost: a.cost,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -738,15 +763,17 @@ where
             CacheChoice::None => None,
             CacheChoice::Custom(cache) => Some(cache),
         };
+        let hasher = KeyHasher::default();
         let batcher = engine.build(LoaderHandler {
             f,
+            hasher: hasher.clone(),
             _values: PhantomData,
         })?;
         Ok(Loader {
             batcher,
             inner: Arc::new(Inner {
                 table: Mutex::new(Table::default()),
-                hasher: KeyHasher::default(),
+                hasher,
                 cache,
                 cache_errors: self.cache_errors,
                 counters: Counters::default(),

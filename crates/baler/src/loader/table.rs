@@ -3,10 +3,9 @@
 //!
 //! # The model
 //!
-//! A key is hashed once per load, with the loader's own [`RandomState`]
-//! (SipHash, randomly keyed, as `std`'s `HashMap`), before the table's lock
-//! is taken. The hash goes into the flight, and the table files flights
-//! under it: finding a key compares the keys of the flights filed under its
+//! A key is hashed once per load (see [`hashed`](super::hashed)), before
+//! the table's lock is taken. The hash goes into the flight, and the table
+//! files flights under it: finding a key compares the keys of the flights filed under its
 //! hash, and taking a flight out (its result arrived, or its last caller
 //! left) finds it by its stored hash and its identity, without hashing the
 //! key again and without a copy of the key as the table's own.
@@ -14,20 +13,21 @@
 //! # Invariants
 //!
 //! - A flight is filed under the hash of its key, at most once.
-//! - Two flights filed under one hash (a collision of 64-bit hashes, or a
-//!   key cleared and loaded again) are told apart by their keys when looking
-//!   up, and by identity when taking one out: taking out a flight that has
-//!   been replaced leaves its replacement in place.
+//! - Two flights filed under one hash (a collision of 64-bit hashes) are
+//!   told apart by their keys when looking up, and by identity when taking
+//!   one out. Taking out a flight that is no longer filed (it was cleared,
+//!   and the key may be in flight again under the same hash) leaves the
+//!   table as it is.
 
 use std::collections::hash_map::{Entry, HashMap};
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::Arc;
 
 use crate::loader::flight::Flight;
+use crate::loader::hashed::PassHash;
 
 /// Keys in flight, filed under their hashes.
 pub(crate) struct Table<K, V, E> {
-    flights: HashMap<u64, Filed<K, V, E>, BuildHasherDefault<Prehashed>>,
+    flights: HashMap<u64, Filed<K, V, E>, PassHash>,
 }
 
 /// The flights filed under one hash: almost always one.
@@ -41,16 +41,6 @@ impl<K, V, E> Default for Table<K, V, E> {
         Table {
             flights: HashMap::default(),
         }
-    }
-}
-
-/// Hashes keys for the table: one per loader, randomly keyed.
-#[derive(Default)]
-pub(crate) struct KeyHasher(RandomState);
-
-impl KeyHasher {
-    pub(crate) fn hash<K: Hash>(&self, key: &K) -> u64 {
-        self.0.hash_one(key)
     }
 }
 
@@ -123,28 +113,6 @@ impl<K: Eq, V, E> Table<K, V, E> {
     }
 }
 
-/// The table's hasher: its keys are already hashes, which it passes on.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used (the keys are `u64`); anything else is
-        // folded in rather than lost.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,11 +154,5 @@ mod tests {
         keys.sort_unstable();
         assert_eq!(keys, vec![1, 2, 3]);
         assert!(table.flights.is_empty());
-    }
-
-    #[test]
-    fn a_key_hashes_the_same_each_time_for_one_hasher() {
-        let hasher = KeyHasher::default();
-        assert_eq!(hasher.hash(&"k"), hasher.hash(&"k"));
     }
 }
