@@ -224,6 +224,61 @@ async fn a_batch_function_answering_too_many_keys_has_the_extra_ones_ignored() {
     );
 }
 
+/// A key answered twice: the first answer counts, whether it came in the
+/// order of the keys or out of it.
+#[tokio::test(start_paused = true)]
+async fn a_key_answered_twice_gets_its_first_answer() {
+    let loader: TestLoader = Loader::builder()
+        .min_batch_size(3)
+        .build(batch_fn(|keys: Vec<u32>| async move {
+            // In the keys' order, then every key again, then key 3's
+            // second answer out of order before its first.
+            let mut answer: Vec<(u32, String)> = keys
+                .iter()
+                .filter(|&&k| k != 3)
+                .map(|&k| (k, value(k)))
+                .collect();
+            answer.extend(keys.iter().map(|&k| (k, "later".to_owned())));
+            Ok::<_, String>(answer)
+        }))
+        .unwrap();
+    assert_eq!(
+        loader.load_many([1, 2, 3]).await,
+        vec![Ok(value(1)), Ok(value(2)), Ok("later".to_owned())]
+    );
+}
+
+/// A key cleared while queued, and loaded again before its batch went, is
+/// queued twice: the batch function still sees it once, and the callers of
+/// both fetches get its value.
+#[tokio::test(start_paused = true)]
+async fn a_key_queued_again_after_clear_is_fetched_once_in_its_batch() {
+    let log = Log::new();
+    let inner = log.clone();
+    let loader: TestLoader = Loader::builder()
+        .min_batch_size(4)
+        .no_cache()
+        .build(batch_fn(move |keys: Vec<u32>| {
+            inner.record(&keys);
+            async move {
+                // In the keys' order.
+                Ok::<_, String>(keys.into_iter().map(|k| (k, value(k))).collect::<Vec<_>>())
+            }
+        }))
+        .unwrap();
+    let first = loader.load(1);
+    let two = loader.load(2);
+    loader.clear(&1);
+    let again = loader.load(1);
+    let three = loader.load(3);
+    assert_eq!(first.await, Ok(value(1)));
+    assert_eq!(two.await, Ok(value(2)));
+    assert_eq!(again.await, Ok(value(1)));
+    assert_eq!(three.await, Ok(value(3)));
+    assert_eq!(log.calls().len(), 1, "one batch of four operations");
+    assert_eq!(log.keys(), vec![1, 2, 3], "key 1 once");
+}
+
 /// `load_many` answers each key on its own, in the order asked, repeats
 /// included.
 #[tokio::test(start_paused = true)]

@@ -11,6 +11,20 @@
 //! Contenders: `baler`, `inline` (baler with `Execution::Inline`), `floor`
 //! (tokio mpsc + oneshot, `recv_many`) and `chunks` (tokio-stream's
 //! `chunks_timeout`). It prints the operations done and the mean batch size.
+//!
+//! Loaders, with `submitters` closed-loop callers of unique keys (no two
+//! loads ask for the same key) and the bench's adapters from `src/loaders/`
+//! (the same configuration as the loader rows of the benchmarks, no cache):
+//! `loader` (baler's `Loader`, 8 handlers), `loader1` (baler's `Loader`,
+//! 1 handler), `dataloader` (the `dataloader` crate's `non_cached::Loader`)
+//! and `floor-loader` (mpsc + oneshot with per-batch de-duplication). Each
+//! load's value is checked.
+//!
+//! ```text
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \
+//!     target/release/count loader 16 200000
+//! callgrind_annotate --inclusive=yes /tmp/cg.out | head -60
+//! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +34,21 @@ use baler::{handler_fn, Batch, Batcher, Execution};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+
+// The bench's loader adapters and what they share, compiled into this bin
+// too; the stub `workloads` gives `loaders::all` the one trait it names.
+#[allow(dead_code)]
+#[path = "../loaders/mod.rs"]
+mod loaders;
+#[allow(dead_code)]
+#[path = "../shared.rs"]
+mod shared;
+mod workloads {
+    pub trait LoaderRuns {}
+    impl<L: crate::loaders::LoaderContender> LoaderRuns for L {}
+}
+
+use loaders::{value_of, LoaderContender};
 
 const MAX_BATCH: usize = 100;
 const LINGER: Duration = Duration::from_millis(1);
@@ -41,7 +70,7 @@ type Item = (u64, oneshot::Sender<()>);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: count <baler|inline|floor|chunks> <submitters> <ops>";
+    let usage = "usage: count <baler|inline|floor|chunks|loader|loader1|dataloader|floor-loader> <submitters> <ops>";
     let (Some(who), Some(subs), Some(ops)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -152,6 +181,18 @@ fn main() {
                 }
                 consumer.await.expect("the consumer");
             }
+            "loader" => {
+                load(
+                    &loaders::baler::Baler::default_handlers(),
+                    subs,
+                    per,
+                    &count,
+                )
+                .await
+            }
+            "loader1" => load(&loaders::baler::Baler::one_handler(), subs, per, &count).await,
+            "dataloader" => load(&loaders::dataloader::Dataloader, subs, per, &count).await,
+            "floor-loader" => load(&loaders::floor::Floor, subs, per, &count).await,
             other => {
                 eprintln!("unknown contender {other:?}; {usage}");
                 std::process::exit(2);
@@ -168,6 +209,33 @@ fn main() {
         cpu * 1e9 / done.max(1) as f64,
         wall.as_secs_f64() * 1e9 / done.max(1) as f64,
     );
+}
+
+/// `subs` closed-loop callers of `loader`, `per` unique keys each; the
+/// batches and keys its load function saw go into `count`.
+async fn load<L: LoaderContender>(loader: &L, subs: u64, per: u64, count: &Count) {
+    let shared = shared::Shared::open();
+    let handle = loader.start(&shared);
+    let tasks: Vec<_> = (0..subs)
+        .map(|s| {
+            let h = handle.clone();
+            tokio::spawn(async move {
+                for i in 0..per {
+                    // As the bench's closed loop: a clone per load.
+                    let h = h.clone();
+                    let key = (s << 32) | i;
+                    let value = L::load(&h, key).await.expect("a value");
+                    assert_eq!(value, value_of(key), "key {key}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a caller");
+    }
+    L::stop(handle).await;
+    count.ops.store(shared.keys(), Ordering::Relaxed);
+    count.batches.store(shared.batches(), Ordering::Relaxed);
 }
 
 /// The process's CPU time (user + system, all threads) in seconds, from

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use crate::shared::{BoxError, Shared};
 
 mod async_graphql;
-mod baler;
-mod dataloader;
-mod floor;
+// Named by the `count` bin, which shares this module.
+pub(crate) mod baler;
+pub(crate) mod dataloader;
+pub(crate) mod floor;
 
 /// A loader under test: keys and values are `u64`, the load function is
 /// [`load_keys`], batches hold at most [`MAX_BATCH`](crate::shared::MAX_BATCH)

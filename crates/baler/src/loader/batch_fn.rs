@@ -1,6 +1,7 @@
 //! The user's batch function, and the engine handler that calls it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use crate::handler::{Batch, Handler, HandlerResult, Outcome};
 use crate::loader::error::FetchError;
+use crate::loader::hashed::{ByHash, Hashed, KeyHasher, PassHash};
 
 /// Fetches many keys at once: the one thing a [`Loader`](crate::Loader) needs
 /// from its user.
@@ -96,10 +98,12 @@ where
 /// keys and answers each operation (one per key) with that key's value.
 pub(crate) struct LoaderHandler<F, V> {
     pub(crate) f: F,
+    /// The loader's key hasher, which hashed the batch's keys.
+    pub(crate) hasher: KeyHasher,
     pub(crate) _values: PhantomData<fn() -> V>,
 }
 
-impl<F, K, V> Handler<K> for LoaderHandler<F, V>
+impl<F, K, V> Handler<Hashed<K>> for LoaderHandler<F, V>
 where
     F: BatchFn<K, V>,
     K: Eq + Hash + Clone + Send + Sync + 'static,
@@ -108,38 +112,65 @@ where
     type Output = V;
     type Error = FetchError<F::Error>;
 
-    async fn handle(&self, batch: Batch<K>) -> HandlerResult<V, FetchError<F::Error>> {
+    async fn handle(&self, batch: Batch<Hashed<K>>) -> HandlerResult<V, FetchError<F::Error>> {
         let items = batch.items();
-        // The loader queues each key once while it is in flight, but a
-        // `clear` lets a key be queued again before its first batch went; the
-        // batch function still sees it once.
-        let mut seen = HashSet::with_capacity(items.len());
-        let keys: Vec<K> = items.iter().filter(|k| seen.insert(*k)).cloned().collect();
-        let repeated = keys.len() != items.len();
-        drop(seen);
+        // Each distinct key and the position of its first operation, filed
+        // under the hash each key came with. The loader queues each key once
+        // while it is in flight, but a `clear` lets a key be queued again
+        // before its first batch went; the batch function still sees it once.
+        let mut first: HashMap<ByHash<'_, K>, usize, PassHash> =
+            HashMap::with_capacity_and_hasher(items.len(), PassHash::default());
+        let mut keys: Vec<K> = Vec::with_capacity(items.len());
+        // Operations whose key came earlier in the batch, with that
+        // earlier operation's position.
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let key = ByHash {
+                hash: item.hash,
+                key: &item.key,
+            };
+            match first.entry(key) {
+                Entry::Vacant(e) => {
+                    e.insert(i);
+                    keys.push(item.key.clone());
+                }
+                Entry::Occupied(e) => repeats.push((i, *e.get())),
+            }
+        }
         let answer = self
             .f
             .load(keys)
             .await
             .map_err(|e| FetchError::Batch(Arc::new(e)))?;
-        let mut values: HashMap<K, V> = HashMap::with_capacity(items.len());
-        for (key, value) in answer {
-            values.entry(key).or_insert(value);
-        }
-        let batch_items = batch.items();
-        Ok(batch_items
-            .iter()
-            .map(|key| {
-                let value = if repeated {
-                    values.get(key).cloned()
-                } else {
-                    values.remove(key)
-                };
-                match value {
-                    Some(v) => Outcome::Done(v),
-                    None => Outcome::Failed(FetchError::NotFound),
+        // Each answer goes straight to its key's first operation: one hash
+        // of the answered key per pair, none when the answer comes in the
+        // order of the keys (the j-th pair is then the j-th key, which is
+        // the j-th operation when no key repeats).
+        let mut outcomes: Vec<Outcome<V, FetchError<F::Error>>> = Vec::with_capacity(items.len());
+        outcomes.resize_with(items.len(), || Outcome::Failed(FetchError::NotFound));
+        let in_order = repeats.is_empty();
+        for (j, (key, value)) in answer.into_iter().enumerate() {
+            let at = match items.get(j) {
+                Some(item) if in_order && item.key == key => Some(j),
+                _ => first
+                    .get(&ByHash {
+                        hash: self.hasher.hash(&key),
+                        key: &key,
+                    })
+                    .copied(),
+            };
+            if let Some(outcome) = at.and_then(|i| outcomes.get_mut(i)) {
+                // The first answer for a key counts.
+                if matches!(outcome, Outcome::Failed(_)) {
+                    *outcome = Outcome::Done(value);
                 }
-            })
-            .collect())
+            }
+        }
+        for (i, earlier) in repeats {
+            if let Outcome::Done(v) = &outcomes[earlier] {
+                outcomes[i] = Outcome::Done(v.clone());
+            }
+        }
+        Ok(outcomes)
     }
 }

@@ -31,12 +31,13 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use crate::error::SubmitError;
 use crate::loader::error::{FetchError, LoadError};
+use crate::loader::hashed::Hashed;
 use crate::ticket::Ticket;
 
 pub(crate) type LoadResult<V, E> = Result<V, LoadError<E>>;
 
 type Submitting<K, V, E> =
-    Pin<Box<dyn Future<Output = Result<Ticket<V, FetchError<E>>, SubmitError<K>>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Ticket<V, FetchError<E>>, SubmitError<Hashed<K>>>> + Send>>;
 
 /// How far the fetch has come.
 pub(crate) enum Stage<K, V, E> {
@@ -55,6 +56,8 @@ pub(crate) struct FlightState<K, V, E> {
 
 pub(crate) struct Flight<K, V, E> {
     pub(crate) key: K,
+    /// The key's hash, under which the loader's table files the flight.
+    pub(crate) hash: u64,
     pub(crate) state: Mutex<FlightState<K, V, E>>,
     pub(crate) waiters: AtomicUsize,
     /// Whether the result may be cached: false once `clear` detached the flight.
@@ -65,9 +68,10 @@ pub(crate) struct Flight<K, V, E> {
 }
 
 impl<K, V, E> Flight<K, V, E> {
-    pub(crate) fn new(key: K, stage: Stage<K, V, E>) -> Self {
+    pub(crate) fn new(key: K, hash: u64, stage: Stage<K, V, E>) -> Self {
         Flight {
             key,
+            hash,
             state: Mutex::new(FlightState {
                 stage,
                 result: None,
@@ -104,7 +108,10 @@ impl<K, V, E> Flight<K, V, E> {
     /// code). Each re-registers when it is polled.
     pub(crate) fn wake_all(&self) {
         let (first, rest) = self.lock_wakers().take_all();
-        for waker in first.into_iter().chain(rest) {
+        if let Some(waker) = first {
+            waker.wake();
+        }
+        for waker in rest {
             waker.wake();
         }
     }
@@ -215,7 +222,11 @@ impl Slots {
     /// Takes every waker out, keeping the slots. Allocates only for a
     /// flight that has had more than one waiter.
     fn take_all(&mut self) -> (Option<Waker>, Vec<Waker>) {
-        let rest = self.rest.iter_mut().filter_map(Option::take).collect();
+        let rest = if self.rest.is_empty() {
+            Vec::new()
+        } else {
+            self.rest.iter_mut().filter_map(Option::take).collect()
+        };
         (self.first.take(), rest)
     }
 }

@@ -21,6 +21,10 @@
 //! the timeout, shutdown); the loader only decides which keys need fetching
 //! and hands each answer to every caller waiting for it.
 //!
+//! A load hashes its key once; the table of keys in flight and the batch's
+//! index of keys both use that hash, which travels with the key through the
+//! engine, so neither hashes the key again.
+//!
 //! What the loader guarantees, each with a test in `tests/loader.rs`:
 //!
 //! - **By key, never by position.** The batch function answers with key/value
@@ -42,9 +46,9 @@ mod batch_fn;
 mod cache;
 mod error;
 mod flight;
+mod hashed;
+mod table;
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
@@ -62,19 +66,18 @@ pub use error::LoadError;
 use crate::batcher::Batcher;
 use crate::config::Dispatch;
 use crate::error::{ConfigError, SubmitError};
-use crate::shutdown::ShutdownReport;
+use crate::shutdown::{Abandoned, ShutdownReport};
 use batch_fn::LoaderHandler;
 use error::FetchError;
 use flight::{Flight, LoadResult, Stage};
+use hashed::{Hashed, KeyHasher};
+use table::Table;
 
 /// The engine's buffer, in keys queued and not yet answered, unless the
 /// maximum batch size asks for more.
 const BUFFER_KEYS: usize = 10_000;
 
 type DynCache<K, V, E> = Arc<dyn Cache<K, LoadResult<V, E>>>;
-
-/// Keys in flight, each with the fetch its new callers join.
-type Table<K, V, E> = HashMap<K, Arc<Flight<K, V, E>>>;
 
 /// Coalesces loads of single keys into batch calls of a [`BatchFn`].
 ///
@@ -109,7 +112,7 @@ pub struct Loader<K, V, E> {
     /// Held by the loader's handles only, not by their loads: when the last
     /// handle goes, the engine drains, so loads still waiting are dispatched
     /// at once rather than left to the ticker.
-    batcher: Batcher<K, V, FetchError<E>>,
+    batcher: Batcher<Hashed<K>, V, FetchError<E>>,
     inner: Arc<Inner<K, V, E>>,
 }
 
@@ -117,6 +120,8 @@ pub struct Loader<K, V, E> {
 struct Inner<K, V, E> {
     /// Keys in flight: the fetch that every new caller of the key joins.
     table: Mutex<Table<K, V, E>>,
+    /// Hashes keys for the table, outside its lock.
+    hasher: KeyHasher,
     cache: Option<DynCache<K, V, E>>,
     cache_errors: bool,
     counters: Counters,
@@ -221,30 +226,30 @@ where
         if let Some(hit) = inner.cached(&key) {
             return Load::ready(hit);
         }
+        let hash = inner.hasher.hash(&key);
         let mut table = inner.lock_table();
-        let entry = match table.entry(key) {
-            Entry::Occupied(flight) => {
-                let flight = flight.get();
-                flight.waiters.fetch_add(1, Ordering::Relaxed);
-                inner.counters.joined.fetch_add(1, Ordering::Relaxed);
-                return Load::waiting(
-                    flight.clone(),
-                    inner.clone() as Arc<dyn FlightTable<K, V, E>>,
-                );
-            }
-            Entry::Vacant(entry) => entry,
-        };
+        if let Some(flight) = table.find(hash, &key) {
+            flight.waiters.fetch_add(1, Ordering::Relaxed);
+            inner.counters.joined.fetch_add(1, Ordering::Relaxed);
+            return Load::waiting(
+                flight.clone(),
+                inner.clone() as Arc<dyn FlightTable<K, V, E>>,
+            );
+        }
         // A fetch of this key may have finished between the first look at
         // the cache and taking the table.
-        if let Some(hit) = inner.cached(entry.key()) {
+        if let Some(hit) = inner.cached(&key) {
             return Load::ready(hit);
         }
-        let key = entry.key().clone();
-        let stage = match self.batcher.try_submit(key.clone()) {
+        let item = Hashed {
+            key: key.clone(),
+            hash,
+        };
+        let stage = match self.batcher.try_submit(item) {
             Ok(ticket) => Stage::Queued(ticket),
-            Err(SubmitError::Full(key)) => {
+            Err(SubmitError::Full(item)) => {
                 let batcher = self.batcher.clone();
-                Stage::Submitting(Box::pin(async move { batcher.submit(key).await }))
+                Stage::Submitting(Box::pin(async move { batcher.submit(item).await }))
             }
             Err(_) => {
                 inner.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -252,8 +257,8 @@ where
             }
         };
         inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let flight = Arc::new(Flight::new(key, stage));
-        entry.insert(flight.clone());
+        let flight = Arc::new(Flight::new(key, hash, stage));
+        table.insert(flight.clone());
         drop(table);
         Load::waiting(flight, inner.clone() as Arc<dyn FlightTable<K, V, E>>)
     }
@@ -295,8 +300,9 @@ where
     /// callers still get its result but whose result is not cached. The next
     /// load of `key` fetches it again.
     pub fn clear(&self, key: &K) {
+        let hash = self.inner.hasher.hash(key);
         let mut table = self.inner.lock_table();
-        if let Some(flight) = table.remove(key) {
+        if let Some(flight) = table.remove_key(hash, key) {
             flight.cacheable.store(false, Ordering::Relaxed);
         }
         if let Some(cache) = &self.inner.cache {
@@ -307,7 +313,7 @@ where
     /// Forgets every key, as [`clear`](Self::clear) does for one.
     pub fn clear_all(&self) {
         let mut table = self.inner.lock_table();
-        for (_, flight) in table.drain() {
+        for flight in table.drain() {
             flight.cacheable.store(false, Ordering::Relaxed);
         }
         if let Some(cache) = &self.inner.cache {
@@ -323,7 +329,22 @@ where
     /// [`LoadError::Abandoned`] and are listed in the report. Every load
     /// resolves either way: nothing hangs.
     pub async fn shutdown(&self, deadline: impl Into<Option<Duration>>) -> ShutdownReport<K> {
-        self.batcher.shutdown(deadline).await
+        let report = self.batcher.shutdown(deadline).await;
+        ShutdownReport {
+            flushed: report.flushed,
+            completed: report.completed,
+            failed: report.failed,
+            abandoned: report
+                .abandoned
+                .into_iter()
+                .map(|a| Abandoned {
+                    id: a.id,
+                    key: a.key,
+                    payload: a.payload.key,
+                    cost: a.cost,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -365,12 +386,9 @@ where
 {
     fn settle(&self, flight: &Arc<Flight<K, V, E>>, result: &LoadResult<V, E>) -> bool {
         let mut table = self.lock_table();
-        if let Some((key, found)) = table.remove_entry(&flight.key) {
-            if !Arc::ptr_eq(&found, flight) {
-                // A newer flight of the key (this one was cleared): keep it.
-                table.insert(key, found);
-            }
-        }
+        // Unless it was cleared (and perhaps replaced by a newer flight of
+        // the key, which stays).
+        table.remove(flight);
         // Callers join under the table's lock, and the flight has left the
         // table: this count can only go down from here.
         let others = flight.waiters.load(Ordering::Relaxed) > 1;
@@ -390,12 +408,8 @@ where
         let last = {
             let mut table = self.lock_table();
             let last = flight.waiters.fetch_sub(1, Ordering::Relaxed) == 1;
-            if last
-                && table
-                    .get(&flight.key)
-                    .is_some_and(|f| Arc::ptr_eq(f, flight))
-            {
-                table.remove(&flight.key);
+            if last {
+                table.remove(flight);
             }
             last
         };
@@ -477,26 +491,44 @@ where
                 slot,
             } => {
                 let mut state = flight.lock();
-                let result = match &state.result {
-                    Some(result) => result.clone(),
+                match &state.result {
+                    Some(result) => {
+                        let result = result.clone();
+                        drop(state);
+                        flight.deregister(slot);
+                        result
+                    }
                     None => {
-                        flight.register(slot, cx.waker());
-                        let result = match flight.poll_fetch(&mut state) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(result) => result,
+                        // A first poll registers before it polls the fetch,
+                        // which has hardly ever arrived yet. A later poll
+                        // mostly comes from the fetch's wake: it polls first,
+                        // and only if the fetch is still pending registers
+                        // and polls again, so that no wake falls between.
+                        let registered = slot.is_none();
+                        if registered {
+                            flight.register(slot, cx.waker());
+                        }
+                        let mut polled = flight.poll_fetch(&mut state);
+                        if polled.is_pending() && !registered {
+                            flight.register(slot, cx.waker());
+                            polled = flight.poll_fetch(&mut state);
+                        }
+                        let Poll::Ready(result) = polled else {
+                            return Poll::Pending;
                         };
                         // Still under the flight's lock, so no other waiter
                         // can look for the result before it is stored.
                         if inner.settle(flight, &result) {
                             state.result = Some(result.clone());
                             drop(state);
+                            flight.deregister(slot);
                             flight.wake_all();
                         }
+                        // Else nobody else waits, nor can join: the slots
+                        // go with the flight.
                         result
                     }
-                };
-                flight.deregister(slot);
-                result
+                }
             }
             // Polled again after it completed: there is nothing left to give.
             LoadState::Done => Err(LoadError::Stopped),
@@ -731,14 +763,17 @@ where
             CacheChoice::None => None,
             CacheChoice::Custom(cache) => Some(cache),
         };
+        let hasher = KeyHasher::default();
         let batcher = engine.build(LoaderHandler {
             f,
+            hasher: hasher.clone(),
             _values: PhantomData,
         })?;
         Ok(Loader {
             batcher,
             inner: Arc::new(Inner {
-                table: Mutex::new(HashMap::new()),
+                table: Mutex::new(Table::default()),
+                hasher,
                 cache,
                 cache_errors: self.cache_errors,
                 counters: Counters::default(),
