@@ -8,6 +8,7 @@
 mod memstore;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baler::{Processor, ProcessorError};
@@ -49,7 +50,11 @@ fn snapshot(mem: &Mem) -> BTreeMap<String, Vec<u32>> {
         .collect()
 }
 
-async fn check(case: Case) -> Result<(), TestCaseError> {
+/// The processor of the case running, kept where the test can describe it if
+/// the case hangs.
+type Running = Arc<Mutex<Option<Processor<String, Vec<u32>, memstore::StoreDown>>>>;
+
+async fn check(case: Case, running: Running) -> Result<(), TestCaseError> {
     let mem = Mem::new();
     let p = Processor::builder()
         .min_duration(Duration::from_micros(case.window_us))
@@ -57,6 +62,7 @@ async fn check(case: Case) -> Result<(), TestCaseError> {
         .max_active_keys(2)
         .build(mem.clone())
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    *running.lock().unwrap() = Some(p.clone());
 
     let mut runs = Vec::new();
     for (id, (key, wait)) in case.runs.iter().copied().enumerate() {
@@ -146,13 +152,21 @@ proptest! {
             .enable_all()
             .build()
             .unwrap();
-        let outcome = runtime.block_on(async move {
+        let running = Running::default();
+        let outcome = runtime.block_on(async {
             // Only a hang takes this long; a case normally ends in milliseconds.
-            tokio::time::timeout(Duration::from_secs(60), check(case)).await
+            tokio::time::timeout(Duration::from_secs(60), check(case, running.clone())).await
         });
         match outcome {
             Ok(result) => result?,
-            Err(_) => prop_assert!(false, "run or stop hung"),
+            Err(_) => {
+                // Say where it stood, for whoever has to find the hang.
+                let p = running.lock().unwrap().clone();
+                let state = p.map(|p| {
+                    format!("{:?}; engine: {:?}; stopped: {}", p.stats(), p.engine_stats(), p.is_stopped())
+                });
+                prop_assert!(false, "run or stop hung; {:?}", state);
+            }
         }
     }
 }
