@@ -11,6 +11,9 @@
 //! Contenders: `baler`, `inline` (baler with `Execution::Inline`), `floor`
 //! (tokio mpsc + oneshot, `recv_many`) and `chunks` (tokio-stream's
 //! `chunks_timeout`). It prints the operations done and the mean batch size.
+//! For `baler` and `inline`, `COUNT_HANDLER_MS` makes the handler wait that
+//! long before it answers and `COUNT_IN_FLIGHT` sets `max_in_flight`
+//! (default 8), to count what many pending batches cost.
 //!
 //! Loaders, with `submitters` closed-loop callers of unique keys (no two
 //! loads ask for the same key) and the bench's adapters from `src/loaders/`
@@ -98,6 +101,17 @@ fn main() {
             .build()
     }
     .expect("a runtime");
+    // COUNT_HANDLER_MS=1: baler's handler waits that long (a tokio sleep)
+    // before it answers, as one writing to a datastore does; with
+    // COUNT_IN_FLIGHT=64, that many batches are pending at once.
+    let handler_ms: u64 = std::env::var("COUNT_HANDLER_MS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let in_flight: usize = std::env::var("COUNT_IN_FLIGHT")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(8);
     let cpu_start = cpu_time();
     let wall_start = std::time::Instant::now();
     rt.block_on(async {
@@ -108,6 +122,7 @@ fn main() {
                     .max_batch_size(MAX_BATCH)
                     .linger(LINGER)
                     .buffer_size(buffer)
+                    .max_in_flight(in_flight)
                     .execution(if who == "inline" {
                         Execution::Inline
                     } else {
@@ -115,7 +130,12 @@ fn main() {
                     })
                     .build(handler_fn(move |batch: Batch<u64>| {
                         c.batch(batch.len());
-                        async move { Ok::<_, std::convert::Infallible>(batch.done_all(())) }
+                        async move {
+                            if handler_ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(handler_ms)).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(batch.done_all(()))
+                        }
                     }))
                     .expect("a valid configuration");
                 let tasks: Vec<_> = (0..subs)
