@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::sync::{broadcast, oneshot, AcquireError, Semaphore, SemaphorePermit, TryAcquireError};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::capacity::Capacity;
 use crate::config::{Builder, Config};
@@ -62,6 +63,12 @@ pub(crate) struct Shared<T, K, O, E> {
     cancels: CancelCount,
     /// Whether the current full-buffer episode was reported.
     full_reported: AtomicBool,
+    /// Cancelled when the engine is gone (its loop ended, or its task was
+    /// dropped with the runtime): a request it never read stops waiting.
+    pub(crate) stopped: CancellationToken,
+    /// The counts of the finished shutdown, for a caller whose request the
+    /// engine never read.
+    pub(crate) final_report: Mutex<Option<ShutdownReport<T, K>>>,
 }
 
 impl<T, K, O, E> Shared<T, K, O, E> {
@@ -289,6 +296,8 @@ where
             waiting: AtomicUsize::new(0),
             full_reported: AtomicBool::new(false),
             cancels: CancelCount::new(),
+            stopped: CancellationToken::new(),
+            final_report: Mutex::new(None),
         });
         let engine = Engine::new(cfg, handler, rx, tx, shared.clone(), events);
         runtime.spawn(engine.run());
@@ -454,15 +463,13 @@ where
     /// diagnosis once the engine has stopped. `docs/troubleshooting.md` shows
     /// each finding in its situation.
     pub async fn diagnose(&self) -> Diagnosis {
-        let (tx, rx) = oneshot::channel();
-        if self.shared().tx.send(Msg::Diagnose(tx)).is_ok() {
-            if let Ok(diagnosis) = rx.await {
-                return diagnosis;
-            }
-        }
-        Diagnosis {
-            findings: Vec::new(),
-            stats: self.stats(),
+        let shared = self.shared();
+        match request(&shared.tx, &shared.stopped, Msg::Diagnose).await {
+            Some(diagnosis) => diagnosis,
+            None => Diagnosis {
+                findings: Vec::new(),
+                stats: self.stats(),
+            },
         }
     }
 
@@ -486,10 +493,9 @@ where
     /// batch size (and of a pause), and waits until every operation accepted
     /// before the call has resolved, retries included.
     pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.shared().tx.send(Msg::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        let shared = self.shared();
+        // Once the engine is gone, everything it accepted has resolved.
+        let _ = request(&shared.tx, &shared.stopped, Msg::Flush).await;
     }
 
     /// Shuts the batcher down: new submits fail with
@@ -505,19 +511,44 @@ where
     /// shutdown; the earliest deadline applies.
     pub async fn shutdown(&self, deadline: impl Into<Option<Duration>>) -> ShutdownReport<T, K> {
         let deadline = deadline.into().map(|d| Instant::now() + d);
-        let (tx, rx) = oneshot::channel();
-        if self
-            .shared()
-            .tx
-            .send(Msg::Shutdown {
-                deadline,
-                reply: tx,
-            })
-            .is_err()
-        {
-            return ShutdownReport::default();
+        let shared = self.shared();
+        let reply = request(&shared.tx, &shared.stopped, |reply| Msg::Shutdown {
+            deadline,
+            reply,
+        })
+        .await;
+        match reply {
+            Some(report) => report,
+            // The engine had stopped: the same counts as its last callers got.
+            None => shared
+                .final_report
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(ShutdownReport::clone_counts)
+                .unwrap_or_default(),
         }
-        rx.await.unwrap_or_default()
+    }
+}
+
+/// Sends the engine a request and waits for its answer; `None` if the engine
+/// stopped without answering.
+///
+/// Waiting for the reply's sender to be dropped is not enough: a message
+/// sent just as the engine stops can be left unread in the channel, which
+/// frees its messages only when every sender is gone, and the handles keep
+/// one. So the wait also ends when the engine is gone.
+async fn request<M, R>(
+    tx: &UnboundedSender<M>,
+    stopped: &CancellationToken,
+    msg: impl FnOnce(oneshot::Sender<R>) -> M,
+) -> Option<R> {
+    let (reply, mut answer) = oneshot::channel();
+    tx.send(msg(reply)).ok()?;
+    tokio::select! {
+        biased;
+        answer = &mut answer => answer.ok(),
+        () = stopped.cancelled() => answer.try_recv().ok(),
     }
 }
 
@@ -717,5 +748,53 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine's side of a channel whose messages are reply senders.
+    type Requests = mpsc::UnboundedReceiver<oneshot::Sender<u32>>;
+
+    /// A message the engine never reads (sent as its channel closed, left
+    /// in the channel while a handle keeps a sender) does not hold its
+    /// caller once the engine is gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_left_unread_ends_when_the_engine_is_gone() {
+        let (tx, unread): (_, Requests) = mpsc::unbounded_channel();
+        let stopped = CancellationToken::new();
+        let waiting = tokio::spawn({
+            let (tx, stopped) = (tx.clone(), stopped.clone());
+            async move { request(&tx, &stopped, |reply| reply).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nobody answered yet");
+        stopped.cancel();
+        let answer = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the request ended when the engine went")
+            .expect("the request's task");
+        assert_eq!(answer, None);
+        drop(unread);
+    }
+
+    /// An answer the engine gave before it went is the caller's, whichever
+    /// of the two the caller sees first.
+    #[tokio::test]
+    async fn an_answer_given_before_the_engine_went_is_kept() {
+        let (tx, mut requests): (_, Requests) = mpsc::unbounded_channel();
+        let stopped = CancellationToken::new();
+        let engine = tokio::spawn({
+            let stopped = stopped.clone();
+            async move {
+                let reply = requests.recv().await.expect("a request");
+                reply.send(7).expect("the caller waits");
+                stopped.cancel();
+            }
+        });
+        assert_eq!(request(&tx, &stopped, |reply| reply).await, Some(7));
+        engine.await.expect("the engine's task");
     }
 }

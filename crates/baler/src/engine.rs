@@ -873,8 +873,14 @@ where
         }
         if let Some(mut closing) = self.closing.take() {
             // The first caller gets the abandoned payloads; later callers
-            // the same counts.
+            // the same counts, also those whose request comes too late for
+            // the engine to read it.
             let counts = closing.report.clone_counts();
+            *self
+                .shared
+                .final_report
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(counts.clone_counts());
             let mut waiters = closing.waiters.drain(..);
             if let Some(first) = waiters.next() {
                 let _ = first.send(std::mem::take(&mut closing.report));
@@ -1769,11 +1775,14 @@ impl<T, K, O, E> Drop for Engine<T, K, O, E> {
         // what did come in but was never taken resolves its tickets (with
         // `Error::Stopped`) as it is dropped here.
         drop(self.shared.intake.close());
+        // Requests sent as the engine stopped may never be read: their
+        // callers stop waiting now.
+        self.shared.stopped.cancel();
     }
 }
 
 impl<T, K> ShutdownReport<T, K> {
-    fn clone_counts(&self) -> ShutdownReport<T, K> {
+    pub(crate) fn clone_counts(&self) -> ShutdownReport<T, K> {
         ShutdownReport {
             flushed: self.flushed,
             completed: self.completed,
