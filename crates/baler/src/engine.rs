@@ -469,13 +469,54 @@ where
         let n = incoming.len();
         if n > 0 {
             let now_ns = nanos_since(self.ticker_origin, now);
-            for op in incoming.drain(..) {
-                self.accept(op.payload, op.key, op.cost, op.resolver, now, now_ns);
+            if self.closing.as_ref().is_some_and(|c| c.deadline_passed) {
+                for op in incoming.drain(..) {
+                    self.accept(op.payload, op.key, op.cost, op.resolver, now, now_ns);
+                }
+            } else {
+                self.accept_all(&mut incoming, now, now_ns);
             }
         }
         // Keep the vector's capacity for the next swap with the intake.
         self.incoming = incoming;
         n
+    }
+
+    /// Accepts every submit of `incoming` (emptying it) while the shutdown
+    /// deadline has not passed: as [`accept`](Self::accept) for each, but
+    /// with the counts that only the turn's end reads (the stats, the
+    /// epoch's outstanding operations) added once for all of them.
+    fn accept_all(&mut self, incoming: &mut Vec<Submitted<T, K, O, E>>, now: Instant, now_ns: u64) {
+        let n = incoming.len() as u64;
+        let epoch = self.current_epoch();
+        let mut cost_sum = 0u64;
+        for op in incoming.drain(..) {
+            let cost = u64::from(op.cost);
+            cost_sum += cost;
+            let id = self.next_id;
+            self.next_id += 1;
+            let slot = self.slot_for(op.key);
+            let s = &mut self.slots[slot];
+            s.cost += cost;
+            s.queue.push_back(Queued {
+                payload: op.payload,
+                resolver: op.resolver,
+                id,
+                cost: op.cost,
+                attempts: 0,
+                epoch,
+                enqueued: now,
+                submitted: now_ns,
+            });
+            self.pushed(slot, now);
+        }
+        if let Some(count) = self.epochs.back_mut() {
+            *count += n;
+        }
+        self.stats.submitted += n;
+        self.stats.target += cost_sum;
+        self.stats.buffered += n;
+        self.stats.buffered_cost += cost_sum;
     }
 
     fn refresh_cost_limit(&mut self) {
@@ -564,11 +605,17 @@ where
             return;
         }
         self.push_buffer(slot, op);
-        // One more operation at the back changes nothing for a slot already
-        // in the ready queue, nor for one whose timer is armed, unless it
-        // makes the batch full or reaches the minimum size: then decide
-        // again. (Deciding is most of the cost of accepting an operation
-        // while batches are in flight.)
+        self.pushed(slot, now);
+    }
+
+    /// Decides again about a slot that just got one more operation at the
+    /// back, if that may have changed anything. It changes nothing for a
+    /// slot already in the ready queue, nor for one whose timer is armed,
+    /// unless it makes the batch full or reaches the minimum size. (Deciding
+    /// is most of the cost of accepting an operation while batches are in
+    /// flight.)
+    #[inline]
+    fn pushed(&mut self, slot: usize, now: Instant) {
         let s = &self.slots[slot];
         let unchanged = s.listed
             || (s.armed.is_some()
@@ -1039,26 +1086,26 @@ where
         let mut epochs = EpochCounts::default();
         let mut cost = 0u64;
         // What leaves the buffer, accounted once for the whole batch.
-        let (mut taken, mut taken_cost) = (0u64, 0u64);
+        let mut taken_cost = 0u64;
         // Whether a ticket may have been dropped since the last sweep.
         // Asking each operation's slot is a cache miss per operation (the
         // slot was last written on the submitter's thread), so it is only
         // asked when a drop was reported that no sweep has covered yet
         // (`CancelCount`, whose ordering the loom tests check).
         let check_closed = self.shared.cancels_reported() != self.cancels_swept;
-        for _ in 0..count {
-            let Some(op) = self.slots[slot].queue.pop_front() else {
-                break;
-            };
-            let c = u64::from(op.cost);
-            taken += 1;
-            taken_cost += c;
+        // Operations whose ticket is gone, accounted once the batch has left
+        // the queue.
+        let mut gone = Vec::new();
+        let queue = &mut self.slots[slot].queue;
+        let taken = count.min(queue.len());
+        for op in queue.drain(..taken) {
+            taken_cost += u64::from(op.cost);
             if check_closed && op.resolver.is_closed() {
-                self.cancelled(op);
+                gone.push(op);
                 continue;
             }
             let attempts = op.attempts + 1;
-            cost += c;
+            cost += u64::from(op.cost);
             epochs.add(op.epoch);
             items.push(op.payload);
             info.push(OpInfo {
@@ -1075,6 +1122,10 @@ where
                 submitted: op.submitted,
             });
         }
+        for op in gone {
+            self.cancelled(op);
+        }
+        let taken = taken as u64;
         self.stats.buffered -= taken;
         self.stats.buffered_cost -= taken_cost;
         let s = &mut self.slots[slot];
