@@ -636,8 +636,16 @@ where
         self.stats.buffered_cost += cost;
     }
 
+    /// The slot of a key, created if it has none; 0 without a key.
+    #[inline]
     fn slot_for(&mut self, key: Option<K>) -> usize {
-        let Some(key) = key else { return 0 };
+        match key {
+            None => 0,
+            Some(key) => self.slot_for_key(key),
+        }
+    }
+
+    fn slot_for_key(&mut self, key: K) -> usize {
         if let Some(&slot) = self.index.get(&key) {
             return slot;
         }
