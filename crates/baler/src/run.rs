@@ -115,12 +115,9 @@ impl<O, E> Fates<O, E> {
                 Some(Outcome::Done(o)) => Fate::Resolve(Ok(o)),
                 Some(Outcome::Failed(e)) => Fate::Resolve(Err(Error::Handler(Arc::new(e)))),
                 Some(Outcome::Retry(e)) if t.attempts < ctx.max_attempts => {
-                    Fate::Retry(Err(Error::Handler(Arc::new(e))))
+                    Fate::Retry(Err(retry_error(e, t.attempts, ctx)))
                 }
-                Some(Outcome::Retry(e)) => Fate::Resolve(Err(Error::Exhausted {
-                    attempts: t.attempts,
-                    last: Arc::new(e),
-                })),
+                Some(Outcome::Retry(e)) => Fate::Resolve(Err(retry_error(e, t.attempts, ctx))),
                 // There are as many outcomes as operations.
                 None => Fate::Resolve(Err(Error::OutcomeCount {
                     expected: 0,
@@ -301,6 +298,33 @@ where
                 .latency_secs(end.saturating_sub(t.submitted) as f64 * 1e-9);
         }
     };
+    if payloads.is_empty() {
+        if let Fates::Each(outcomes) = fates {
+            // The common case, one outcome per operation and none queued
+            // again: each outcome goes straight to its ticket. (Without its
+            // payload an operation cannot be retried: it resolves with the
+            // error it would have been retried for, as below.)
+            for (t, outcome) in trackers.into_iter().zip(outcomes) {
+                let result = match outcome {
+                    Outcome::Done(o) => {
+                        done.completed += 1;
+                        Ok(o)
+                    }
+                    Outcome::Failed(e) => {
+                        done.failed += 1;
+                        Err(Error::Handler(Arc::new(e)))
+                    }
+                    Outcome::Retry(e) => {
+                        done.failed += 1;
+                        Err(retry_error(e, t.attempts, ctx))
+                    }
+                };
+                resolved(&t);
+                let _ = t.resolver.send(result);
+            }
+            return done;
+        }
+    }
     for (i, t) in trackers.into_iter().enumerate() {
         let fate = fates.next(&t, ctx);
         let payload = payloads.get_mut(i).and_then(Option::take);
@@ -342,6 +366,21 @@ where
         }
     }
     done
+}
+
+/// The error of an operation whose handler asked for a retry after
+/// `attempts` attempts: the handler's own while attempts are left (what the
+/// ticket gets if the operation cannot be queued again), else
+/// [`Error::Exhausted`].
+fn retry_error<T, K, O, E>(e: E, attempts: u32, ctx: &RunShared<T, K, O, E>) -> Error<E> {
+    if attempts < ctx.max_attempts {
+        Error::Handler(Arc::new(e))
+    } else {
+        Error::Exhausted {
+            attempts,
+            last: Arc::new(e),
+        }
+    }
 }
 
 fn ended_from<O, E>(result: Result<HandlerResult<O, E>, String>) -> Finish<O, E> {
