@@ -291,12 +291,11 @@ where
     };
     // End-to-end latency, from submit to resolution, for every operation
     // this batch resolves (not those it hands back for a retry).
-    let ended_ns = handler_ended.map(|end| crate::engine::nanos_since(ctx.origin, end));
-    let resolved = |t: &Tracker<O, E>| {
-        if let Some(end) = ended_ns {
-            ctx.metrics
-                .latency_secs(end.saturating_sub(t.submitted) as f64 * 1e-9);
-        }
+    let mut latencies = Latencies {
+        metrics: &ctx.metrics,
+        ended: handler_ended.map(|end| crate::engine::nanos_since(ctx.origin, end)),
+        submitted: 0,
+        count: 0,
     };
     if payloads.is_empty() {
         if let Fates::Each(outcomes) = fates {
@@ -319,7 +318,7 @@ where
                         Err(retry_error(e, t.attempts, ctx))
                     }
                 };
-                resolved(&t);
+                latencies.add(t.submitted);
                 let _ = t.resolver.send(result);
             }
             return done;
@@ -335,7 +334,7 @@ where
                 } else {
                     done.failed += 1;
                 }
-                resolved(&t);
+                latencies.add(t.submitted);
                 let _ = t.resolver.send(result);
             }
             (Fate::Retry(_), Some(payload)) => done.retry.push(Queued {
@@ -352,12 +351,12 @@ where
                 // The handler kept the batch alive, so the payload cannot be
                 // queued again: resolve with the error it was retried for.
                 done.failed += 1;
-                resolved(&t);
+                latencies.add(t.submitted);
                 let _ = t.resolver.send(err);
             }
             (Fate::Abandon, payload) => {
                 done.abandoned_count += 1;
-                resolved(&t);
+                latencies.add(t.submitted);
                 let _ = t.resolver.send(Err(Error::Abandoned));
                 if let Some(payload) = payload {
                     done.abandoned.push((OpId(t.id), t.cost, payload));
@@ -380,6 +379,47 @@ fn retry_error<T, K, O, E>(e: E, attempts: u32, ctx: &RunShared<T, K, O, E>) -> 
             attempts,
             last: Arc::new(e),
         }
+    }
+}
+
+/// The end-to-end latencies of a batch's resolved operations, recorded when
+/// it is dropped. Operations accepted in the same turn of the engine share
+/// their acceptance time, and a batch's come from a few turns: one record per
+/// run of equal times rather than one per operation.
+struct Latencies<'a> {
+    metrics: &'a BatchMetrics,
+    /// When the handler ended, if the latencies are recorded at all.
+    ended: Option<u64>,
+    /// The acceptance time of the current run, and its length.
+    submitted: u64,
+    count: usize,
+}
+
+impl Latencies<'_> {
+    #[inline]
+    fn add(&mut self, submitted: u64) {
+        if self.ended.is_none() {
+            return;
+        }
+        if submitted != self.submitted {
+            self.record();
+            self.submitted = submitted;
+        }
+        self.count += 1;
+    }
+
+    fn record(&mut self) {
+        if let (Some(end), 1..) = (self.ended, self.count) {
+            self.metrics
+                .latency_secs(end.saturating_sub(self.submitted) as f64 * 1e-9, self.count);
+        }
+        self.count = 0;
+    }
+}
+
+impl Drop for Latencies<'_> {
+    fn drop(&mut self) {
+        self.record();
     }
 }
 
