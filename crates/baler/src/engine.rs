@@ -1072,9 +1072,20 @@ where
     /// How many operations from the front of the slot form its next batch,
     /// and their cost.
     fn head_batch(&self, slot: usize) -> (usize, u64) {
+        let s = &self.slots[slot];
+        let max = self.cfg.max_batch_size;
+        if s.cost <= self.batch_cost_limit {
+            // The whole queue is within the cost limit, so any front of it
+            // is: the batch is as many as the size allows.
+            if s.queue.len() <= max {
+                return (s.queue.len(), s.cost);
+            }
+            let cost = s.queue.range(..max).map(|op| u64::from(op.cost)).sum();
+            return (max, cost);
+        }
         let mut count = 0;
         let mut cost = 0u64;
-        for op in self.slots[slot].queue.iter().take(self.cfg.max_batch_size) {
+        for op in s.queue.iter().take(max) {
             let c = u64::from(op.cost);
             if count > 0 && cost + c > self.batch_cost_limit {
                 break;
