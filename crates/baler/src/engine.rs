@@ -1112,36 +1112,46 @@ where
         // asked when a drop was reported that no sweep has covered yet
         // (`CancelCount`, whose ordering the loom tests check).
         let check_closed = self.shared.cancels_reported() != self.cancels_swept;
-        // Operations whose ticket is gone, accounted once the batch has left
-        // the queue.
-        let mut gone = Vec::new();
         let queue = &mut self.slots[slot].queue;
         let taken = count.min(queue.len());
-        for op in queue.drain(..taken) {
-            taken_cost += u64::from(op.cost);
-            if check_closed && op.resolver.is_closed() {
-                gone.push(op);
-                continue;
+        // Operations whose ticket is gone leave the front first, and are
+        // accounted once the batch has left the queue.
+        let mut gone = Vec::new();
+        let mut len = taken;
+        if check_closed {
+            let mut i = 0;
+            while i < len {
+                if queue[i].resolver.is_closed() {
+                    gone.extend(queue.remove(i));
+                    len -= 1;
+                } else {
+                    i += 1;
+                }
             }
-            let attempts = op.attempts + 1;
+        }
+        // The batch is the first `len` operations: their descriptions for
+        // the handler first, then the operations themselves.
+        info.extend(queue.range(..len).map(|op| OpInfo {
+            id: OpId(op.id),
+            cost: op.cost,
+            attempt: op.attempts + 1,
+        }));
+        for op in queue.drain(..len) {
             cost += u64::from(op.cost);
             epochs.add(op.epoch);
             items.push(op.payload);
-            info.push(OpInfo {
-                id: OpId(op.id),
-                cost: op.cost,
-                attempt: attempts,
-            });
             trackers.push(Tracker {
                 resolver: op.resolver,
                 id: op.id,
                 cost: op.cost,
-                attempts,
+                attempts: op.attempts + 1,
                 epoch: op.epoch,
                 submitted: op.submitted,
             });
         }
+        taken_cost += cost;
         for op in gone {
+            taken_cost += u64::from(op.cost);
             self.cancelled(op);
         }
         let taken = taken as u64;
