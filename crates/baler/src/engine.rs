@@ -469,13 +469,54 @@ where
         let n = incoming.len();
         if n > 0 {
             let now_ns = nanos_since(self.ticker_origin, now);
-            for op in incoming.drain(..) {
-                self.accept(op.payload, op.key, op.cost, op.resolver, now, now_ns);
+            if self.closing.as_ref().is_some_and(|c| c.deadline_passed) {
+                for op in incoming.drain(..) {
+                    self.accept(op.payload, op.key, op.cost, op.resolver, now, now_ns);
+                }
+            } else {
+                self.accept_all(&mut incoming, now, now_ns);
             }
         }
         // Keep the vector's capacity for the next swap with the intake.
         self.incoming = incoming;
         n
+    }
+
+    /// Accepts every submit of `incoming` (emptying it) while the shutdown
+    /// deadline has not passed: as [`accept`](Self::accept) for each, but
+    /// with the counts that only the turn's end reads (the stats, the
+    /// epoch's outstanding operations) added once for all of them.
+    fn accept_all(&mut self, incoming: &mut Vec<Submitted<T, K, O, E>>, now: Instant, now_ns: u64) {
+        let n = incoming.len() as u64;
+        let epoch = self.current_epoch();
+        let mut cost_sum = 0u64;
+        for op in incoming.drain(..) {
+            let cost = u64::from(op.cost);
+            cost_sum += cost;
+            let id = self.next_id;
+            self.next_id += 1;
+            let slot = self.slot_for(op.key);
+            let s = &mut self.slots[slot];
+            s.cost += cost;
+            s.queue.push_back(Queued {
+                payload: op.payload,
+                resolver: op.resolver,
+                id,
+                cost: op.cost,
+                attempts: 0,
+                epoch,
+                enqueued: now,
+                submitted: now_ns,
+            });
+            self.pushed(slot, now);
+        }
+        if let Some(count) = self.epochs.back_mut() {
+            *count += n;
+        }
+        self.stats.submitted += n;
+        self.stats.target += cost_sum;
+        self.stats.buffered += n;
+        self.stats.buffered_cost += cost_sum;
     }
 
     fn refresh_cost_limit(&mut self) {
@@ -564,11 +605,17 @@ where
             return;
         }
         self.push_buffer(slot, op);
-        // One more operation at the back changes nothing for a slot already
-        // in the ready queue, nor for one whose timer is armed, unless it
-        // makes the batch full or reaches the minimum size: then decide
-        // again. (Deciding is most of the cost of accepting an operation
-        // while batches are in flight.)
+        self.pushed(slot, now);
+    }
+
+    /// Decides again about a slot that just got one more operation at the
+    /// back, if that may have changed anything. It changes nothing for a
+    /// slot already in the ready queue, nor for one whose timer is armed,
+    /// unless it makes the batch full or reaches the minimum size. (Deciding
+    /// is most of the cost of accepting an operation while batches are in
+    /// flight.)
+    #[inline]
+    fn pushed(&mut self, slot: usize, now: Instant) {
         let s = &self.slots[slot];
         let unchanged = s.listed
             || (s.armed.is_some()
@@ -589,8 +636,16 @@ where
         self.stats.buffered_cost += cost;
     }
 
+    /// The slot of a key, created if it has none; 0 without a key.
+    #[inline]
     fn slot_for(&mut self, key: Option<K>) -> usize {
-        let Some(key) = key else { return 0 };
+        match key {
+            None => 0,
+            Some(key) => self.slot_for_key(key),
+        }
+    }
+
+    fn slot_for_key(&mut self, key: K) -> usize {
         if let Some(&slot) = self.index.get(&key) {
             return slot;
         }
@@ -1023,9 +1078,20 @@ where
     /// How many operations from the front of the slot form its next batch,
     /// and their cost.
     fn head_batch(&self, slot: usize) -> (usize, u64) {
+        let s = &self.slots[slot];
+        let max = self.cfg.max_batch_size;
+        if s.cost <= self.batch_cost_limit {
+            // The whole queue is within the cost limit, so any front of it
+            // is: the batch is as many as the size allows.
+            if s.queue.len() <= max {
+                return (s.queue.len(), s.cost);
+            }
+            let cost = s.queue.range(..max).map(|op| u64::from(op.cost)).sum();
+            return (max, cost);
+        }
         let mut count = 0;
         let mut cost = 0u64;
-        for op in self.slots[slot].queue.iter().take(self.cfg.max_batch_size) {
+        for op in s.queue.iter().take(max) {
             let c = u64::from(op.cost);
             if count > 0 && cost + c > self.batch_cost_limit {
                 break;
@@ -1045,42 +1111,56 @@ where
         let mut epochs = EpochCounts::default();
         let mut cost = 0u64;
         // What leaves the buffer, accounted once for the whole batch.
-        let (mut taken, mut taken_cost) = (0u64, 0u64);
+        let mut taken_cost = 0u64;
         // Whether a ticket may have been dropped since the last sweep.
         // Asking each operation's slot is a cache miss per operation (the
         // slot was last written on the submitter's thread), so it is only
         // asked when a drop was reported that no sweep has covered yet
         // (`CancelCount`, whose ordering the loom tests check).
         let check_closed = self.shared.cancels_reported() != self.cancels_swept;
-        for _ in 0..count {
-            let Some(op) = self.slots[slot].queue.pop_front() else {
-                break;
-            };
-            let c = u64::from(op.cost);
-            taken += 1;
-            taken_cost += c;
-            if check_closed && op.resolver.is_closed() {
-                self.cancelled(op);
-                continue;
+        let queue = &mut self.slots[slot].queue;
+        let taken = count.min(queue.len());
+        // Operations whose ticket is gone leave the front first, and are
+        // accounted once the batch has left the queue.
+        let mut gone = Vec::new();
+        let mut len = taken;
+        if check_closed {
+            let mut i = 0;
+            while i < len {
+                if queue[i].resolver.is_closed() {
+                    gone.extend(queue.remove(i));
+                    len -= 1;
+                } else {
+                    i += 1;
+                }
             }
-            let attempts = op.attempts + 1;
-            cost += c;
+        }
+        // The batch is the first `len` operations: their descriptions for
+        // the handler first, then the operations themselves.
+        info.extend(queue.range(..len).map(|op| OpInfo {
+            id: OpId(op.id),
+            cost: op.cost,
+            attempt: op.attempts + 1,
+        }));
+        for op in queue.drain(..len) {
+            cost += u64::from(op.cost);
             epochs.add(op.epoch);
             items.push(op.payload);
-            info.push(OpInfo {
-                id: OpId(op.id),
-                cost: op.cost,
-                attempt: attempts,
-            });
             trackers.push(Tracker {
                 resolver: op.resolver,
                 id: op.id,
                 cost: op.cost,
-                attempts,
+                attempts: op.attempts + 1,
                 epoch: op.epoch,
                 submitted: op.submitted,
             });
         }
+        taken_cost += cost;
+        for op in gone {
+            taken_cost += u64::from(op.cost);
+            self.cancelled(op);
+        }
+        let taken = taken as u64;
         self.stats.buffered -= taken;
         self.stats.buffered_cost -= taken_cost;
         let s = &mut self.slots[slot];

@@ -294,8 +294,9 @@ mod imp {
             self.0.handler_duration.record(duration.as_secs_f64());
         }
 
-        pub(crate) fn latency_secs(&self, seconds: f64) {
-            self.0.latency.record(seconds);
+        /// `count` operations resolved `seconds` after they were accepted.
+        pub(crate) fn latency_secs(&self, seconds: f64, count: usize) {
+            self.0.latency.record_many(seconds, count);
         }
     }
 }
@@ -338,7 +339,7 @@ mod imp {
         #[inline(always)]
         pub(crate) fn handler_duration(&self, _duration: Duration) {}
         #[inline(always)]
-        pub(crate) fn latency_secs(&self, _seconds: f64) {}
+        pub(crate) fn latency_secs(&self, _seconds: f64, _count: usize) {}
     }
 }
 

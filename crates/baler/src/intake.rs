@@ -61,6 +61,7 @@ impl<M> Intake<M> {
     }
 
     /// Hands a message to the engine; gives it back if the engine is gone.
+    #[inline]
     pub(crate) fn push(&self, msg: M) -> Result<(), M> {
         let waker = {
             let mut state = self.lock();

@@ -115,12 +115,9 @@ impl<O, E> Fates<O, E> {
                 Some(Outcome::Done(o)) => Fate::Resolve(Ok(o)),
                 Some(Outcome::Failed(e)) => Fate::Resolve(Err(Error::Handler(Arc::new(e)))),
                 Some(Outcome::Retry(e)) if t.attempts < ctx.max_attempts => {
-                    Fate::Retry(Err(Error::Handler(Arc::new(e))))
+                    Fate::Retry(Err(retry_error(e, t.attempts, ctx)))
                 }
-                Some(Outcome::Retry(e)) => Fate::Resolve(Err(Error::Exhausted {
-                    attempts: t.attempts,
-                    last: Arc::new(e),
-                })),
+                Some(Outcome::Retry(e)) => Fate::Resolve(Err(retry_error(e, t.attempts, ctx))),
                 // There are as many outcomes as operations.
                 None => Fate::Resolve(Err(Error::OutcomeCount {
                     expected: 0,
@@ -294,13 +291,39 @@ where
     };
     // End-to-end latency, from submit to resolution, for every operation
     // this batch resolves (not those it hands back for a retry).
-    let ended_ns = handler_ended.map(|end| crate::engine::nanos_since(ctx.origin, end));
-    let resolved = |t: &Tracker<O, E>| {
-        if let Some(end) = ended_ns {
-            ctx.metrics
-                .latency_secs(end.saturating_sub(t.submitted) as f64 * 1e-9);
-        }
+    let mut latencies = Latencies {
+        metrics: &ctx.metrics,
+        ended: handler_ended.map(|end| crate::engine::nanos_since(ctx.origin, end)),
+        submitted: 0,
+        count: 0,
     };
+    if payloads.is_empty() {
+        if let Fates::Each(outcomes) = fates {
+            // The common case, one outcome per operation and none queued
+            // again: each outcome goes straight to its ticket. (Without its
+            // payload an operation cannot be retried: it resolves with the
+            // error it would have been retried for, as below.)
+            for (t, outcome) in trackers.into_iter().zip(outcomes) {
+                let result = match outcome {
+                    Outcome::Done(o) => {
+                        done.completed += 1;
+                        Ok(o)
+                    }
+                    Outcome::Failed(e) => {
+                        done.failed += 1;
+                        Err(Error::Handler(Arc::new(e)))
+                    }
+                    Outcome::Retry(e) => {
+                        done.failed += 1;
+                        Err(retry_error(e, t.attempts, ctx))
+                    }
+                };
+                latencies.add(t.submitted);
+                let _ = t.resolver.send(result);
+            }
+            return done;
+        }
+    }
     for (i, t) in trackers.into_iter().enumerate() {
         let fate = fates.next(&t, ctx);
         let payload = payloads.get_mut(i).and_then(Option::take);
@@ -311,7 +334,7 @@ where
                 } else {
                     done.failed += 1;
                 }
-                resolved(&t);
+                latencies.add(t.submitted);
                 let _ = t.resolver.send(result);
             }
             (Fate::Retry(_), Some(payload)) => done.retry.push(Queued {
@@ -328,12 +351,12 @@ where
                 // The handler kept the batch alive, so the payload cannot be
                 // queued again: resolve with the error it was retried for.
                 done.failed += 1;
-                resolved(&t);
+                latencies.add(t.submitted);
                 let _ = t.resolver.send(err);
             }
             (Fate::Abandon, payload) => {
                 done.abandoned_count += 1;
-                resolved(&t);
+                latencies.add(t.submitted);
                 let _ = t.resolver.send(Err(Error::Abandoned));
                 if let Some(payload) = payload {
                     done.abandoned.push((OpId(t.id), t.cost, payload));
@@ -342,6 +365,62 @@ where
         }
     }
     done
+}
+
+/// The error of an operation whose handler asked for a retry after
+/// `attempts` attempts: the handler's own while attempts are left (what the
+/// ticket gets if the operation cannot be queued again), else
+/// [`Error::Exhausted`].
+fn retry_error<T, K, O, E>(e: E, attempts: u32, ctx: &RunShared<T, K, O, E>) -> Error<E> {
+    if attempts < ctx.max_attempts {
+        Error::Handler(Arc::new(e))
+    } else {
+        Error::Exhausted {
+            attempts,
+            last: Arc::new(e),
+        }
+    }
+}
+
+/// The end-to-end latencies of a batch's resolved operations, recorded when
+/// it is dropped. Operations accepted in the same turn of the engine share
+/// their acceptance time, and a batch's come from a few turns: one record per
+/// run of equal times rather than one per operation.
+struct Latencies<'a> {
+    metrics: &'a BatchMetrics,
+    /// When the handler ended, if the latencies are recorded at all.
+    ended: Option<u64>,
+    /// The acceptance time of the current run, and its length.
+    submitted: u64,
+    count: usize,
+}
+
+impl Latencies<'_> {
+    #[inline]
+    fn add(&mut self, submitted: u64) {
+        if self.ended.is_none() {
+            return;
+        }
+        if submitted != self.submitted {
+            self.record();
+            self.submitted = submitted;
+        }
+        self.count += 1;
+    }
+
+    fn record(&mut self) {
+        if let (Some(end), 1..) = (self.ended, self.count) {
+            self.metrics
+                .latency_secs(end.saturating_sub(self.submitted) as f64 * 1e-9, self.count);
+        }
+        self.count = 0;
+    }
+}
+
+impl Drop for Latencies<'_> {
+    fn drop(&mut self) {
+        self.record();
+    }
 }
 
 fn ended_from<O, E>(result: Result<HandlerResult<O, E>, String>) -> Finish<O, E> {

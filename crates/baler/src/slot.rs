@@ -143,8 +143,10 @@ pub(crate) struct Resolver<R> {
 
 impl<R> Resolver<R> {
     /// Stores the value. Returns it back if the ticket was already dropped.
-    pub(crate) fn send(mut self, value: R) -> Result<(), R> {
-        let Some(inner) = self.inner.take() else {
+    pub(crate) fn send(self, value: R) -> Result<(), R> {
+        // Its reference is taken out here and released at the end of this
+        // call, so there is nothing left for the resolver's drop to do.
+        let Some(inner) = std::mem::ManuallyDrop::new(self).inner.take() else {
             return Err(value);
         };
         if inner.state.load(Acquire) & CLOSED != 0 {

@@ -42,6 +42,7 @@ impl CancelShard {
 }
 
 /// The shard of the current thread.
+#[inline]
 pub(crate) fn cancel_shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
