@@ -221,7 +221,7 @@ impl Batcher<(), (), (), ()> {
 }
 
 impl<T, O, E, K> Batcher<T, O, E, K> {
-    fn shared(&self) -> &Arc<Shared<T, K, O, E>> {
+    pub(crate) fn shared(&self) -> &Arc<Shared<T, K, O, E>> {
         &self.handle.shared
     }
 

@@ -469,24 +469,20 @@ where
         let n = incoming.len();
         if n > 0 {
             let now_ns = nanos_since(self.ticker_origin, now);
-            if self.closing.as_ref().is_some_and(|c| c.deadline_passed) {
-                for op in incoming.drain(..) {
-                    self.accept(op.payload, op.key, op.cost, op.resolver, now, now_ns);
-                }
-            } else {
-                self.accept_all(&mut incoming, now, now_ns);
-            }
+            self.accept_all(&mut incoming, now, now_ns);
         }
         // Keep the vector's capacity for the next swap with the intake.
         self.incoming = incoming;
         n
     }
 
-    /// Accepts every submit of `incoming` (emptying it) while the shutdown
-    /// deadline has not passed: as [`accept`](Self::accept) for each, but
-    /// with the counts that only the turn's end reads (the stats, the
-    /// epoch's outstanding operations) added once for all of them.
+    /// Accepts every submit of `incoming` (emptying it): each joins its
+    /// key's queue, and the counts that only the turn's end reads (the
+    /// stats, the epoch's outstanding operations) are added once for all of
+    /// them. Submits accepted after the shutdown's deadline are abandoned at
+    /// once: nothing more is dispatched.
     fn accept_all(&mut self, incoming: &mut Vec<Submitted<T, K, O, E>>, now: Instant, now_ns: u64) {
+        let abandon = self.closing.as_ref().is_some_and(|c| c.deadline_passed);
         let n = incoming.len() as u64;
         let epoch = self.current_epoch();
         let mut cost_sum = 0u64;
@@ -508,7 +504,9 @@ where
                 enqueued: now,
                 submitted: now_ns,
             });
-            self.pushed(slot, now);
+            if !abandon {
+                self.pushed(slot, now);
+            }
         }
         if let Some(count) = self.epochs.back_mut() {
             *count += n;
@@ -517,6 +515,16 @@ where
         self.stats.target += cost_sum;
         self.stats.buffered += n;
         self.stats.buffered_cost += cost_sum;
+        if abandon {
+            // The deadline emptied every queue, so what is buffered now is
+            // what was just accepted.
+            for slot in 0..self.slots.len() {
+                if self.slots[slot].live {
+                    self.abandon_buffered(slot);
+                    self.maybe_free(slot);
+                }
+            }
+        }
     }
 
     fn refresh_cost_limit(&mut self) {
@@ -566,46 +574,6 @@ where
             Msg::Shutdown { deadline, reply } => self.begin_shutdown(deadline, Some(reply), now),
             Msg::Close => self.begin_shutdown(None, None, now),
         }
-    }
-
-    fn accept(
-        &mut self,
-        payload: T,
-        key: Option<K>,
-        cost: u32,
-        resolver: Resolver<Res<O, E>>,
-        now: Instant,
-        now_ns: u64,
-    ) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let epoch = self.current_epoch();
-        if let Some(count) = self.epochs.back_mut() {
-            *count += 1;
-        }
-        self.stats.submitted += 1;
-        self.stats.target += u64::from(cost);
-
-        let slot = self.slot_for(key);
-        let op = Queued {
-            payload,
-            resolver,
-            id,
-            cost,
-            attempts: 0,
-            epoch,
-            enqueued: now,
-            submitted: now_ns,
-        };
-        if self.closing.as_ref().is_some_and(|c| c.deadline_passed) {
-            // Accepted just as the deadline passed: nothing more is dispatched.
-            self.push_buffer(slot, op);
-            self.abandon_buffered(slot);
-            self.maybe_free(slot);
-            return;
-        }
-        self.push_buffer(slot, op);
-        self.pushed(slot, now);
     }
 
     /// Decides again about a slot that just got one more operation at the
@@ -1875,6 +1843,54 @@ impl<T, K> ShutdownReport<T, K> {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    /// A submit that reaches the engine after the shutdown's deadline (its
+    /// permit taken before the shutdown closed the buffer, its push made
+    /// after) is abandoned at once: its ticket resolves, the report lists
+    /// it, and it leaves the buffer's count.
+    #[tokio::test(start_paused = true)]
+    async fn a_submit_taken_after_the_deadline_is_abandoned_at_once() {
+        use crate::intake::Submitted;
+        use crate::slot;
+
+        let batcher = Batcher::builder()
+            .build(handler_fn(|b: Batch<u32>| async move {
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(b.done_all(()))
+            }))
+            .unwrap();
+        let first = batcher.submit(1).await.unwrap();
+        // A submitter that has its permit but has not pushed yet.
+        let permit = batcher.shared().ops.try_acquire().unwrap();
+        let stopping = batcher.clone();
+        let shutdown =
+            tokio::spawn(async move { stopping.shutdown(Duration::from_millis(10)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(matches!(first.await, Err(crate::Error::Abandoned)));
+
+        let (resolver, mut receiver) = slot::channel();
+        let pushed = batcher.shared().intake.push(Submitted {
+            payload: 2,
+            key: None,
+            cost: 1,
+            resolver,
+        });
+        assert!(pushed.is_ok(), "the engine waits for the held permit");
+        std::mem::forget(permit);
+        let late = tokio::time::timeout(
+            Duration::from_secs(1),
+            std::future::poll_fn(|cx| receiver.poll_recv(cx)),
+        )
+        .await
+        .expect("the late submit resolved");
+        assert!(matches!(late, Ok(Err(crate::Error::Abandoned))));
+
+        let report = shutdown.await.unwrap();
+        let abandoned: Vec<u32> = report.abandoned.iter().map(|a| a.payload).collect();
+        assert_eq!(abandoned, vec![1, 2]);
+        let stats = batcher.stats();
+        assert_eq!((stats.buffered, stats.pending()), (0, 0));
+    }
 
     use crate::diagnose::{Code, Severity};
     use crate::events::Event;
