@@ -13,6 +13,7 @@ mod contenders;
 mod loaders;
 mod report;
 mod shared;
+mod steady;
 mod workloads;
 
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ pub struct Settings {
     pub loader_callers: Vec<usize>,
     pub repeated_pct: u64,
     pub pending: usize,
+    /// The window of the probe that brackets every timed measurement (see
+    /// [`steady`]).
+    pub probe: Duration,
     /// Only contenders whose name contains this (for profiling); the
     /// document is then not written.
     pub only: Option<String>,
@@ -96,6 +100,7 @@ impl Settings {
             loader_callers: env_list("BALER_BENCH_LOADER_CALLERS", "16,256")?,
             repeated_pct: 30,
             pending: env_number("BALER_BENCH_PENDING", 1_000_000)? as usize,
+            probe: Duration::from_millis(env_number("BALER_BENCH_PROBE_MS", 50)?),
             only: std::env::var("BALER_BENCH_ONLY").ok(),
             workloads,
             out_dir: std::env::var("BALER_BENCH_OUT")
@@ -126,6 +131,8 @@ pub struct Results {
     pub loader_configs: Vec<&'static str>,
     /// `[loader][case][rep]`, cases as [`loader_cases`].
     pub loader: Vec<Vec<Vec<Result<Throughput, String>>>>,
+    /// What the probe of the machine's speed saw and did.
+    pub steady: steady::Tally,
 }
 
 /// The loader cases: (callers, repeated %), unique keys first.
@@ -176,6 +183,7 @@ fn run(settings: &Settings) -> Results {
         loader_names: loaders.iter().map(|l| l.name()).collect(),
         loader_configs: loaders.iter().map(|l| l.config()).collect(),
         loader: vec![vec![Vec::new(); cases.len()]; nl],
+        steady: steady::Tally::default(),
     };
 
     // Warm-up: every contender once, short, at 256 submitters.
@@ -187,6 +195,7 @@ fn run(settings: &Settings) -> Results {
         timed("warm-up", l.name(), || l.throughput(256, 30, warm)).ok();
     }
 
+    let mut steady = steady::Steady::new(settings);
     for rep in 0..settings.reps {
         let started = Instant::now();
         eprintln!("repetition {}/{}", rep + 1, settings.reps);
@@ -198,8 +207,10 @@ fn run(settings: &Settings) -> Results {
             for (ni, &n) in settings.submitters.iter().enumerate() {
                 for &ci in &order {
                     let c = &contenders[ci];
-                    let r = timed(&format!("throughput N={n}"), c.name(), || {
-                        c.throughput(n, settings.window)
+                    let r = steady.measure(|| {
+                        timed(&format!("throughput N={n}"), c.name(), || {
+                            c.throughput(n, settings.window)
+                        })
                     });
                     results.throughput[ci][ni].push(r);
                 }
@@ -208,7 +219,8 @@ fn run(settings: &Settings) -> Results {
         if settings.runs("latency") {
             for &ci in &order {
                 let c = &contenders[ci];
-                let r = timed("latency", c.name(), || c.latency(settings.window));
+                let r =
+                    steady.measure(|| timed("latency", c.name(), || c.latency(settings.window)));
                 results.latency[ci].push(r);
             }
         }
@@ -216,8 +228,10 @@ fn run(settings: &Settings) -> Results {
             for (ki, &(n, pct)) in cases.iter().enumerate() {
                 for &li in &lorder {
                     let l = &loaders[li];
-                    let r = timed(&format!("loader N={n} {pct}%"), l.name(), || {
-                        l.throughput(n, pct, settings.window)
+                    let r = steady.measure(|| {
+                        timed(&format!("loader N={n} {pct}%"), l.name(), || {
+                            l.throughput(n, pct, settings.window)
+                        })
                     });
                     results.loader[li][ki].push(r);
                 }
@@ -232,6 +246,7 @@ fn run(settings: &Settings) -> Results {
         }
         eprintln!("repetition {} took {:?}", rep + 1, started.elapsed());
     }
+    results.steady = steady.tally();
     results
 }
 

@@ -271,6 +271,30 @@ pub fn markdown(s: &Settings, meta: &Meta, r: &Results) -> String {
         "| runtime | a fresh tokio multi-thread runtime per measurement, {} worker threads |",
         worker_threads()
     );
+    let t = r.steady;
+    let _ = writeln!(
+        w,
+        "| slow stretches | a {} ms probe (the floor, {} submitters) before and after every timed \
+         measurement; {} of {} measurements taken again ({} takes set aside) because a probe \
+         around them ran below {:.0}% of the fastest probe of the last {} s{}; fastest probe {} ops/s |",
+        s.probe.as_millis(),
+        crate::steady::PROBE_SUBMITTERS,
+        t.retaken_measurements,
+        t.measurements,
+        t.retaken,
+        crate::steady::STEADY * 100.0,
+        crate::steady::MEMORY.as_secs(),
+        if t.kept_slow == 0 {
+            String::new()
+        } else {
+            format!(
+                ", {} kept as measured after {} takes",
+                t.kept_slow,
+                crate::steady::RETAKES + 1
+            )
+        },
+        thousands(t.fastest)
+    );
     let _ = writeln!(w, "| took | {:.0} s |", meta.elapsed.as_secs_f64());
     let _ = writeln!(w);
 
@@ -704,13 +728,22 @@ fn methodology(w: &mut String, s: &Settings) {
            the order of the contenders rotates from one repetition to the next, so drift \
            and noise spread over all of them. Before the repetitions, every contender runs \
            once for a fifth of the window as a warm-up.\n\
+         - **Slow stretches taken again.** Other work on a shared machine can slow \
+           everything by two to three times for many seconds; a stretch that hits one \
+           contender's row in more repetitions than its neighbours' decides a median. So a \
+           short probe (the floor at 256 submitters) runs right before and right after every \
+           timed measurement. When either probe runs below 75% of the fastest probe of the \
+           last three minutes, the machine was slow around the measurement: the run waits \
+           for a steady probe (at most 30 s) and takes the whole measurement again, at most \
+           three times, then keeps the last take as measured. No number is scaled or \
+           dropped otherwise; the table above says how many were taken again.\n\
          - **Same work for all.** Each adapter's handler calls the same counter (one atomic \
            load and two relaxed adds per batch), from which the mean batch size comes. \
            Payloads are `u64`, results `()` (loaders: `u64` values, checked by the \
            caller).\n\
          - **Settings.** `BALER_BENCH_REPS` (default 5), `BALER_BENCH_WINDOW_MS` (1000), \
            `BALER_BENCH_SUBMITTERS` (1,16,256,4096), `BALER_BENCH_LOADER_CALLERS` (16,256), \
-           `BALER_BENCH_PENDING` (1000000). For profiling, `BALER_BENCH_ONLY=<name>[,<name>...]` (contenders whose name contains one of them) and \
+           `BALER_BENCH_PENDING` (1000000), `BALER_BENCH_PROBE_MS` (50, the probe's window). For profiling, `BALER_BENCH_ONLY=<name>[,<name>...]` (contenders whose name contains one of them) and \
            `BALER_BENCH_WORKLOADS=throughput,latency,loader,memory` run a subset and print \
            the tables without writing this file.\n",
         worker_threads(),

@@ -61,6 +61,11 @@ pub trait Contender: Send + Sync + 'static {
     }
 }
 
+/// The floor alone: the probe of the machine's speed (see `steady`).
+pub fn floor() -> Box<dyn crate::workloads::Runs> {
+    Box::new(floor::Floor)
+}
+
 /// Every contender, in the order of the tables. The floor comes first.
 pub fn all() -> Vec<Box<dyn crate::workloads::Runs>> {
     vec![
