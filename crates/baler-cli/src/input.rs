@@ -80,7 +80,8 @@ pub enum InputError {
     },
     /// Synthetic records cannot be as small as asked.
     #[error(
-        "--record-size {size} is too small: a synthetic record's JSON needs at least {min} bytes"
+        "--record-size {size} is too small: a synthetic record's JSON needs at least {min} \
+         bytes; raise --record-size to {min} or more"
     )]
     RecordTooSmall {
         /// The size asked for.

@@ -192,6 +192,31 @@ fn synthetic_records_over_the_size_limit_are_refused_before_anything_is_produced
 }
 
 #[test]
+fn a_linger_of_centuries_is_refused_with_the_flag_named_not_a_panic() {
+    let dir = TempDir::new("huge-linger");
+    // 1.8e19 seconds: a Duration, but no Instant can be that far ahead.
+    let out = run(
+        &dir.0,
+        &[
+            "ingest",
+            "--records",
+            "10",
+            "--linger",
+            "300000000000000000m",
+        ],
+        "",
+    );
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("linger (milliseconds) is"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--linger"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+#[test]
 fn an_unreachable_sqlite_database_is_reported_before_any_record_is_produced() {
     let dir = TempDir::new("unreachable-sqlite");
     let out = run(

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::capacity::Capacity;
 use crate::config::{Builder, Config};
 use crate::diagnose::Diagnosis;
-use crate::engine::{Engine, Msg};
+use crate::engine::{later, Engine, Msg};
 use crate::error::{ConfigError, CostLimit, SubmitError};
 use crate::events::{Event, Events};
 use crate::handler::ErasedHandler;
@@ -334,7 +334,7 @@ where
         op: impl Into<Operation<T, K>>,
         wait: Duration,
     ) -> Submit<'_, T, O, E, K> {
-        Submit::new(self, op.into(), Some(Instant::now() + wait))
+        Submit::new(self, op.into(), Some(later(Instant::now(), wait)))
     }
 
     /// Submits an operation only if the buffer has room now.
@@ -510,7 +510,7 @@ where
     /// Calling it again (or from several handles) waits for the same
     /// shutdown; the earliest deadline applies.
     pub async fn shutdown(&self, deadline: impl Into<Option<Duration>>) -> ShutdownReport<T, K> {
-        let deadline = deadline.into().map(|d| Instant::now() + d);
+        let deadline = deadline.into().map(|d| later(Instant::now(), d));
         let shared = self.shared();
         let reply = request(&shared.tx, &shared.stopped, |reply| Msg::Shutdown {
             deadline,

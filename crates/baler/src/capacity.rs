@@ -418,7 +418,7 @@ impl Capacity {
 }
 
 fn burst_for(rate: u64, interval: Duration) -> u64 {
-    let burst = u128::from(rate) * interval.as_nanos() / 1_000_000_000;
+    let burst = u128::from(rate).saturating_mul(interval.as_nanos()) / 1_000_000_000;
     u64::try_from(burst).unwrap_or(u64::MAX)
 }
 

@@ -81,7 +81,12 @@ impl Backoff {
     pub(crate) fn delay(&self, attempts: u32, random: f64) -> Duration {
         let exp = attempts.saturating_sub(1).min(30);
         let full = self.base.saturating_mul(1u32 << exp).min(self.max);
-        full.mul_f64(0.5 + random.clamp(0.0, 1.0) / 2.0)
+        // Not `mul_f64`: it panics when the product rounds past
+        // `Duration::MAX`, which a factor that rounds to 1.0 does for a
+        // maximum near it.
+        let factor = 0.5 + random.clamp(0.0, 1.0) / 2.0;
+        Duration::try_from_secs_f64(full.as_secs_f64() * factor)
+            .map_or(full, |jittered| jittered.min(full))
     }
 }
 
@@ -92,6 +97,40 @@ impl Default for Backoff {
             max: Duration::from_secs(1),
         }
     }
+}
+
+/// The longest duration a setting takes: a day. Anything longer is almost
+/// certainly a mix-up of units, and waits that long would look like a hang.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// The most events a listener may fall behind: tokio's broadcast channel
+/// allocates a slot for each up front.
+pub(crate) const MAX_EVENT_CAPACITY: usize = 1 << 20;
+
+/// Refuses a duration above [`MAX_DURATION`], naming the setting (whose name
+/// ends in "(milliseconds)", the unit of the error's numbers).
+pub(crate) fn check_duration(setting: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value > MAX_DURATION {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        return Err(ConfigError::TooLarge {
+            setting,
+            value: millis(value),
+            max: millis(MAX_DURATION),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses an event capacity above [`MAX_EVENT_CAPACITY`].
+pub(crate) fn check_event_capacity(setting: &'static str, n: usize) -> Result<(), ConfigError> {
+    if n > MAX_EVENT_CAPACITY {
+        return Err(ConfigError::TooLarge {
+            setting,
+            value: u64::try_from(n).unwrap_or(u64::MAX),
+            max: MAX_EVENT_CAPACITY as u64,
+        });
+    }
+    Ok(())
 }
 
 /// The validated settings the engine runs with.
@@ -211,14 +250,15 @@ impl Builder {
     }
 
     /// How long a batch may wait for more operations, counted from its first
-    /// one. Default 5 ms. Zero dispatches whatever is buffered at once.
+    /// one. Default 5 ms. Zero dispatches whatever is buffered at once; at
+    /// most a day.
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
     }
 
     /// The period of the straggler ticker that sends batches below the
-    /// minimum size. Default 17 ms.
+    /// minimum size. Default 17 ms; at most a day.
     pub fn ticker(mut self, period: Duration) -> Self {
         self.ticker = period;
         self
@@ -272,7 +312,8 @@ impl Builder {
         self
     }
 
-    /// The backoff between attempts. Default 10 ms doubling up to 1 s.
+    /// The backoff between attempts. Default 10 ms doubling up to 1 s. The
+    /// maximum must be at least the base, and at most a day.
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff = Backoff { base, max };
         self
@@ -281,7 +322,8 @@ impl Builder {
     /// How long a batch's handler may run. Past it, the handler's future is
     /// dropped and the batch's operations resolve with
     /// [`Error::TimedOut`](crate::Error::TimedOut) (or are retried, see
-    /// [`retry_timeouts`](Self::retry_timeouts)). Default: no limit.
+    /// [`retry_timeouts`](Self::retry_timeouts)). Default: no limit; at
+    /// most a day.
     pub fn max_operation_time(mut self, limit: Duration) -> Self {
         self.max_operation_time = Some(limit);
         self
@@ -302,7 +344,8 @@ impl Builder {
     }
 
     /// How many events each listener may fall behind before it misses some.
-    /// Default 1,024.
+    /// Default 1,024; at most 2^20 (1,048,576), since each slot is allocated
+    /// up front.
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.event_capacity = n;
         self
@@ -310,7 +353,7 @@ impl Builder {
 
     /// How often the engine audits its target against a recount of what it
     /// holds, while it holds anything; `None` audits only on
-    /// [`diagnose`](Batcher::diagnose). Default every 10 s.
+    /// [`diagnose`](Batcher::diagnose). Default every 10 s; at most a day.
     pub fn audit_interval(mut self, every: Option<Duration>) -> Self {
         self.audit_interval = every;
         self
@@ -342,12 +385,14 @@ impl Builder {
                 max: self.max_batch_size,
             });
         }
+        check_duration("linger (milliseconds)", self.linger)?;
         if self.ticker.is_zero() {
             return Err(ConfigError::ZeroDuration {
                 setting: "ticker",
                 hint: "the straggler ticker's period; the default is 17 ms",
             });
         }
+        check_duration("ticker (milliseconds)", self.ticker)?;
         if self.max_in_flight == 0 {
             return zero("max_in_flight", "with 0 no batch could ever be dispatched");
         }
@@ -409,12 +454,14 @@ impl Builder {
                 max: self.backoff.max,
             });
         }
+        check_duration("backoff (maximum, in milliseconds)", self.backoff.max)?;
         if self.event_capacity == 0 {
             return zero(
                 "event_capacity",
                 "listeners need room for at least one event",
             );
         }
+        check_event_capacity("event_capacity", self.event_capacity)?;
         if self.audit_interval == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroDuration {
                 setting: "audit_interval",
@@ -426,6 +473,12 @@ impl Builder {
                 setting: "max_operation_time",
                 hint: "leave it unset for no limit",
             });
+        }
+        if let Some(every) = self.audit_interval {
+            check_duration("audit_interval (milliseconds)", every)?;
+        }
+        if let Some(limit) = self.max_operation_time {
+            check_duration("max_operation_time (milliseconds)", limit)?;
         }
         Ok(Config {
             max_batch_size: self.max_batch_size,
@@ -470,5 +523,44 @@ impl Builder {
     {
         let config = self.validate()?;
         Batcher::start(config, Arc::new(handler))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backoff_near_duration_max_saturates_instead_of_panicking() {
+        let backoff = Backoff {
+            base: Duration::MAX,
+            max: Duration::MAX,
+        };
+        // The largest random fraction makes a jitter factor that rounds to 1.0.
+        let largest = 1.0 - f64::EPSILON / 2.0;
+        for random in [0.0, 0.5, largest, 1.0] {
+            for attempts in [1, 2, 31, u32::MAX] {
+                let delay = backoff.delay(attempts, random);
+                assert!(delay >= Duration::MAX / 2 - Duration::from_secs(1));
+            }
+        }
+    }
+
+    #[test]
+    fn a_backoff_stays_within_its_upper_half_and_its_maximum() {
+        let backoff = Backoff::default();
+        for attempts in 1..40 {
+            for random in [0.0, 0.25, 0.999] {
+                let delay = backoff.delay(attempts, random);
+                let full = backoff
+                    .base
+                    .saturating_mul(1 << attempts.saturating_sub(1).min(30))
+                    .min(backoff.max);
+                assert!(
+                    delay >= full / 2 && delay <= full,
+                    "{attempts} {random}: {delay:?}"
+                );
+            }
+        }
     }
 }

@@ -757,7 +757,7 @@ where
             let delay = self.cfg.backoff.delay(op.attempts, random);
             self.retry_seq += 1;
             self.retries
-                .insert((now + delay, self.retry_seq), (slot, op));
+                .insert((later(now, delay), self.retry_seq), (slot, op));
         }
         self.stats.target -= resolved_cost;
         self.release(resolved_ops, resolved_cost);
@@ -870,7 +870,7 @@ where
             self.audit();
         }
         if self.audit_at.is_none() && self.stats.target > 0 {
-            self.audit_at = self.cfg.audit_interval.map(|every| now + every);
+            self.audit_at = self.cfg.audit_interval.map(|every| later(now, every));
         }
         self.publish(now);
         self.settle_flushes();
@@ -988,7 +988,7 @@ where
         if len >= self.cfg.max_batch_size || s.cost >= self.batch_cost_limit {
             return Readiness::Ready;
         }
-        let linger_end = head.enqueued + self.cfg.linger;
+        let linger_end = later(head.enqueued, self.cfg.linger);
         let at = if len >= self.cfg.min_batch_size {
             if self.cfg.dispatch == Dispatch::LoadAware && s.in_flight == 0 {
                 return Readiness::Ready;
@@ -1010,7 +1010,7 @@ where
         let since = t.saturating_duration_since(self.ticker_origin).as_nanos();
         let ticks = since / period + 1;
         let offset = u64::try_from(ticks.saturating_mul(period)).unwrap_or(u64::MAX);
-        self.ticker_origin + std::time::Duration::from_nanos(offset)
+        later(self.ticker_origin, Duration::from_nanos(offset))
     }
 
     // ----- dispatch ----------------------------------------------------------
@@ -1032,7 +1032,7 @@ where
             }
             let (count, cost) = self.head_batch(slot);
             if let Spend::Wait(wait) = self.cfg.capacity.try_spend(cost, now) {
-                self.capacity_wait = Some(now + wait);
+                self.capacity_wait = Some(later(now, wait));
                 break;
             }
             self.ready.pop_front();
@@ -1810,6 +1810,17 @@ where
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// The longest wait the engine arms a deadline for: 30 years, as tokio's own
+/// "far future". A longer wait (a linger, backoff, audit interval or caller's
+/// deadline of `Duration::MAX`, say) is the same as never.
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `t + d`, saturating at [`FAR_FUTURE`] past `t` instead of panicking on an
+/// `Instant` overflow.
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    t + d.min(FAR_FUTURE)
 }
 
 /// Nanoseconds from `origin` to `t` (0 if `t` is earlier).

@@ -331,7 +331,9 @@ pub enum ConfigError {
         max: Duration,
     },
     /// A value is larger than baler can represent.
-    #[error("{setting} is {value}, above the largest supported value {max}")]
+    #[error(
+        "{setting} is {value}, above the largest supported value {max}; lower it to {max} or less"
+    )]
     TooLarge {
         /// The setting's builder method.
         setting: &'static str,

@@ -247,3 +247,14 @@ fn capacity_settings_are_validated() {
     let err = Capacity::provisioned(0).unwrap_err().to_string();
     assert!(err.contains("Capacity::unlimited()"), "{err}");
 }
+
+#[test]
+fn a_burst_interval_of_duration_max_saturates_instead_of_overflowing() {
+    let dial = Arc::new(Dial {
+        rate: AtomicU64::new(1 << 53),
+        targets: Mutex::new(Vec::new()),
+    });
+    let capacity = Capacity::from_source(dial, Duration::MAX).unwrap();
+    assert_eq!(capacity.burst(), Some(u64::MAX));
+    assert_eq!(capacity.max_burst(), Some(u64::MAX));
+}

@@ -73,6 +73,108 @@ fn inconsistent_settings_are_refused() {
 }
 
 #[test]
+fn absurd_durations_and_event_capacities_are_refused_not_a_later_panic() {
+    let cases = [
+        (Batcher::builder().linger(Duration::MAX), "linger"),
+        (Batcher::builder().ticker(Duration::MAX), "ticker"),
+        (
+            Batcher::builder().backoff(Duration::from_millis(10), Duration::MAX),
+            "backoff",
+        ),
+        (
+            Batcher::builder().backoff(Duration::MAX, Duration::MAX),
+            "backoff",
+        ),
+        (
+            Batcher::builder().max_operation_time(Duration::MAX),
+            "max_operation_time",
+        ),
+        (
+            Batcher::builder().audit_interval(Some(Duration::MAX)),
+            "audit_interval",
+        ),
+        (
+            Batcher::builder().linger(Duration::from_secs(86_400) + Duration::from_millis(1)),
+            "linger",
+        ),
+        (
+            Batcher::builder().event_capacity(usize::MAX),
+            "event_capacity",
+        ),
+        (
+            Batcher::builder().event_capacity((1 << 20) + 1),
+            "event_capacity",
+        ),
+    ];
+    for (builder, setting) in cases {
+        let err = refused(builder);
+        assert!(
+            matches!(err, ConfigError::TooLarge { .. }),
+            "{setting}: {err}"
+        );
+        let text = err.to_string();
+        assert!(text.starts_with(setting), "{setting}: {text}");
+        assert!(text.contains("lower it to"), "{setting}: {text}");
+    }
+}
+
+#[test]
+fn a_day_is_the_longest_duration_a_batcher_takes() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let day = Duration::from_secs(86_400);
+    Batcher::builder()
+        .linger(day)
+        .ticker(day)
+        .backoff(day, day)
+        .max_operation_time(day)
+        .audit_interval(Some(day))
+        .build(noop())
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_day_long_linger_and_backoff_are_waited_out_not_overflowed() {
+    let day = Duration::from_secs(86_400);
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = tries.clone();
+    let batcher = Batcher::builder()
+        .dispatch(baler::Dispatch::Linger)
+        .linger(day)
+        .backoff(day, day)
+        .max_attempts(2)
+        .build(handler_fn(move |b: Batch<u8>| {
+            let first = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            std::future::ready(Ok::<_, String>(if first {
+                b.iter()
+                    .map(|_| baler::Outcome::Retry("again".to_owned()))
+                    .collect()
+            } else {
+                b.done_all(())
+            }))
+        }))
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let ticket = batcher.submit(1u8).await.unwrap();
+    ticket.await.unwrap();
+    // One linger, a backoff of between half a day and a day, and the linger again.
+    let took = start.elapsed();
+    assert!(took >= 2 * day + day / 2 && took <= 3 * day, "{took:?}");
+    assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn deadlines_of_duration_max_mean_no_deadline_not_a_panic() {
+    let batcher = Batcher::builder().build(noop()).unwrap();
+    let ticket = batcher.submit_timeout(1u8, Duration::MAX).await.unwrap();
+    ticket.await.unwrap();
+    let report = batcher.shutdown(Duration::MAX).await;
+    assert!(report.abandoned.is_empty());
+}
+
+#[test]
 fn building_outside_a_tokio_runtime_is_refused_not_a_panic() {
     let err = Batcher::builder().build(noop()).unwrap_err();
     assert_eq!(err, ConfigError::NoRuntime);

@@ -795,6 +795,18 @@ async fn options_that_cannot_work_are_refused_with_the_option_named() {
         .build(recording(&log, MS))
         .unwrap_err();
     assert!(err.to_string().contains("timeout"), "{err}");
+    for (builder, option) in [
+        (Loader::builder().timeout(Duration::MAX), "timeout"),
+        (Loader::builder().linger(Duration::MAX), "linger"),
+        (Loader::builder().ticker(Duration::MAX), "ticker"),
+    ] {
+        let err = builder.build(recording(&log, MS)).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::TooLarge { .. }),
+            "{option}: {err}"
+        );
+        assert!(err.to_string().starts_with(option), "{option}: {err}");
+    }
 }
 
 #[test]

@@ -610,3 +610,44 @@ async fn settings_that_cannot_work_are_refused_with_the_setting_named() {
         .build(Mem::new())
         .unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn absurd_durations_and_event_capacities_are_refused_not_a_later_panic() {
+    let cases = [
+        (
+            Processor::builder().min_duration(Duration::MAX),
+            "min_duration",
+        ),
+        (
+            Processor::builder().max_duration(Duration::MAX),
+            "max_duration",
+        ),
+        (
+            Processor::builder().event_capacity(usize::MAX),
+            "event_capacity",
+        ),
+    ];
+    for (builder, setting) in cases {
+        let err = builder.build(Mem::new()).unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().starts_with(setting), "{setting}: {err}");
+    }
+    // A day's window is the longest, and its default max_duration of two
+    // days is not held against it.
+    Processor::builder()
+        .min_duration(Duration::from_secs(86_400))
+        .build(Mem::new())
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_timeout_of_duration_max_waits_without_a_deadline() {
+    let mem = Mem::new();
+    let p = start(&mem);
+    let len = p
+        .run_timeout(key("a"), push(1), Duration::MAX)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+    assert_eq!(mem.saved("a"), vec![1]);
+}

@@ -443,6 +443,20 @@ async fn settings_that_cannot_work_are_refused_with_what_to_change() {
         .build()
         .unwrap_err();
     assert!(matches!(e, ConfigError::LeaseTiming { .. }), "{e}");
+    for huge in [
+        SharedCapacity::new(store()).safety_margin(Duration::MAX),
+        SharedCapacity::new(store()).renew_every(Duration::MAX),
+        SharedCapacity::new(store())
+            .renew_every(Duration::from_secs(1))
+            .call_timeout(Duration::MAX),
+    ] {
+        let e = huge
+            .shared(10_000, 1_000)
+            .lease_time(LEASE)
+            .build()
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::LeaseTiming { .. }), "{e}");
+    }
     let e = SharedCapacity::new(store())
         .shared(10_000, 1_000)
         .lease_time(Duration::MAX)
@@ -692,4 +706,75 @@ async fn a_lease_time_the_store_cannot_grant_is_refused_when_built() {
         .call_timeout(Duration::from_micros(100))
         .build()
         .is_ok());
+}
+
+/// A store that says, once, that partition 0 is held for `Duration::MAX`,
+/// and that an instance that wants nothing announced itself for as long.
+struct Forever {
+    inner: MemoryLeaseStore,
+    told: std::sync::atomic::AtomicBool,
+}
+
+impl LeaseStore for Forever {
+    fn acquire<'a>(&'a self, p: u32, owner: &'a str, t: Duration) -> LeaseFuture<'a, Acquired> {
+        if p == 0 && !self.told.swap(true, Ordering::SeqCst) {
+            return Box::pin(async {
+                Ok(Acquired::Held {
+                    expires_in: Some(Duration::MAX),
+                })
+            });
+        }
+        self.inner.acquire(p, owner, t)
+    }
+    fn renew<'a>(&'a self, p: u32, owner: &'a str, t: Duration) -> LeaseFuture<'a, bool> {
+        self.inner.renew(p, owner, t)
+    }
+    fn release<'a>(&'a self, p: u32, owner: &'a str) -> LeaseFuture<'a, ()> {
+        self.inner.release(p, owner)
+    }
+    fn announce<'a>(
+        &'a self,
+        owner: &'a str,
+        wanted: u32,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Option<Vec<Demand>>> {
+        Box::pin(async move {
+            let mut demands = self.inner.announce(owner, wanted, ttl).await?;
+            if let Some(demands) = demands.as_mut() {
+                demands.push(Demand::new("idle", 0).expires_in(Duration::MAX));
+            }
+            Ok(demands)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiries_of_duration_max_from_the_store_do_not_stop_the_lease_task() {
+    let store = Forever {
+        inner: MemoryLeaseStore::new(),
+        told: std::sync::atomic::AtomicBool::new(false),
+    };
+    let capacity = shared(store, 0);
+    let (batcher, _open) = holding(&capacity);
+    let _tickets = want(&batcher, 10_000);
+    // Partition 0 is taken at the next round, a retry period later.
+    sleep(2 * RETRY).await;
+    assert_eq!(capacity.rate(), Some(10_000));
+    // And the task goes on renewing.
+    sleep(3 * LEASE).await;
+    assert_eq!(capacity.rate(), Some(10_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_memory_store_takes_a_lease_time_of_duration_max() {
+    let store = MemoryLeaseStore::new();
+    assert!(store
+        .acquire(1, "a", Duration::MAX)
+        .await
+        .unwrap()
+        .is_granted());
+    assert!(store.renew(1, "a", Duration::MAX).await.unwrap());
+    assert_eq!(store.holder(1).as_deref(), Some("a"));
+    let demands = store.announce("a", 1, Duration::MAX).await.unwrap();
+    assert_eq!(demands.map(|d| d.len()), Some(1));
 }

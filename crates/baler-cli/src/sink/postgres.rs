@@ -61,8 +61,11 @@ impl PostgresSink {
             config: config.clone(),
             table: table.to_owned(),
             what,
-            permits: Semaphore::new(connections),
-            idle: Mutex::new(Vec::with_capacity(connections)),
+            // Not `connections` as given: tokio's semaphore panics above
+            // MAX_PERMITS, and reserving room for an absurd --max-in-flight
+            // would abort; the server refuses connections long before either.
+            permits: Semaphore::new(connections.min(Semaphore::MAX_PERMITS)),
+            idle: Mutex::new(Vec::new()),
         };
         let mut idle = vec![inner.prepare(first).await?];
         for _ in 1..connections {

@@ -676,7 +676,8 @@ impl<K, V, E> LoaderBuilder<K, V, E> {
 
     /// How long one call of the batch function may run; past it, the call is
     /// cancelled and its keys resolve as [`LoadError::Timeout`]. It is the
-    /// batch's limit: no caller giving up shortens it. Default: no limit.
+    /// batch's limit: no caller giving up shortens it. Default: no limit; at
+    /// most a day.
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.timeout = Some(limit);
         self
@@ -752,6 +753,7 @@ where
                     hint: "leave it unset for no limit",
                 });
             }
+            crate::config::check_duration("timeout (milliseconds)", limit)?;
             engine = engine.max_operation_time(limit);
         }
         let cache = match self.cache {

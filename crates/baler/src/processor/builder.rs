@@ -8,7 +8,7 @@ use super::batch::BatchHandler;
 use super::report::Figures;
 use super::store::Store;
 use super::Processor;
-use crate::config::{Builder, Dispatch};
+use crate::config::{check_duration, check_event_capacity, Builder, Dispatch};
 use crate::error::ConfigError;
 
 /// The default window of a batch: 100 ms.
@@ -65,7 +65,7 @@ impl Default for ProcessorBuilder {
 impl ProcessorBuilder {
     /// How long a key's window stays open, counted from its first operation:
     /// every operation of the key that arrives within it joins the batch.
-    /// Default 100 ms.
+    /// Default 100 ms; at most a day.
     pub fn min_duration(mut self, window: Duration) -> Self {
         self.min_duration = window;
         self
@@ -73,7 +73,7 @@ impl ProcessorBuilder {
 
     /// The longest a load, and separately a save, may take; past it the call
     /// is dropped and the batch fails. Default twice
-    /// [`min_duration`](Self::min_duration).
+    /// [`min_duration`](Self::min_duration); at most a day.
     pub fn max_duration(mut self, limit: Duration) -> Self {
         self.max_duration = Some(limit);
         self
@@ -104,7 +104,7 @@ impl ProcessorBuilder {
 
     /// How many batch reports each listener of
     /// [`events`](Processor::events) may fall behind before it misses some.
-    /// Default 1,024.
+    /// Default 1,024; at most 2^20 (1,048,576).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.event_capacity = n;
         self
@@ -138,6 +138,10 @@ impl ProcessorBuilder {
                 hint: "it bounds every load and save; set it explicitly when min_duration is zero",
             });
         }
+        check_duration("min_duration (milliseconds)", self.min_duration)?;
+        if let Some(limit) = self.max_duration {
+            check_duration("max_duration (milliseconds)", limit)?;
+        }
         if self.max_active_keys == 0 {
             return Err(ConfigError::Zero {
                 setting: "max_active_keys",
@@ -150,6 +154,7 @@ impl ProcessorBuilder {
                 hint: "listeners need room for at least one report",
             });
         }
+        check_event_capacity("event_capacity", self.event_capacity)?;
         let figures = Arc::new(Figures::new(self.event_capacity));
         let handler = BatchHandler {
             store,

@@ -224,7 +224,8 @@ where
         F: FnOnce(&mut R) -> V + Send + 'static,
         V: Send + 'static,
     {
-        self.run_until(key, op, Some(Instant::now() + wait)).await
+        self.run_until(key, op, Some(crate::engine::later(Instant::now(), wait)))
+            .await
     }
 
     async fn run_until<V, F>(

@@ -331,7 +331,11 @@ impl SharedCapacity {
         }
         // A renewal sent at the last moment must come back before the lease
         // stops counting.
-        if timing.safety_margin + timing.renew_every + timing.call_timeout > lease {
+        let needed = timing
+            .safety_margin
+            .saturating_add(timing.renew_every)
+            .saturating_add(timing.call_timeout);
+        if needed > lease {
             return Err(ConfigError::LeaseTiming {
                 lease_time: lease,
                 safety_margin: timing.safety_margin,

@@ -505,7 +505,8 @@ impl Leaser {
 /// period, so that a store that keeps answering "about to run out" cannot
 /// drive the lease task into a busy loop.
 fn just_after(expires_in: Duration, timing: &Timing) -> Instant {
-    Instant::now() + (expires_in + Duration::from_millis(1)).max(timing.retry_every / 20)
+    let wait = expires_in.saturating_add(Duration::from_millis(1));
+    crate::engine::later(Instant::now(), wait.max(timing.retry_every / 20))
 }
 
 fn timed_out(timeout: Duration) -> LeaseStoreError {
