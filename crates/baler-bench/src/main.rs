@@ -100,7 +100,7 @@ impl Settings {
             loader_callers: env_list("BALER_BENCH_LOADER_CALLERS", "16,256")?,
             repeated_pct: 30,
             pending: env_number("BALER_BENCH_PENDING", 1_000_000)? as usize,
-            probe: Duration::from_millis(env_number("BALER_BENCH_PROBE_MS", 50)?),
+            probe: Duration::from_millis(env_number("BALER_BENCH_PROBE_MS", 100)?),
             only: std::env::var("BALER_BENCH_ONLY").ok(),
             workloads,
             out_dir: std::env::var("BALER_BENCH_OUT")

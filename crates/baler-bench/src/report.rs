@@ -276,7 +276,7 @@ pub fn markdown(s: &Settings, meta: &Meta, r: &Results) -> String {
         w,
         "| slow stretches | a {} ms probe (the floor, {} submitters) before and after every timed \
          measurement; {} of {} measurements taken again ({} takes set aside) because a probe \
-         around them ran below {:.0}% of the fastest probe of the last {} s{}; fastest probe {} ops/s |",
+         around them ran below {:.0}% of the median probe of the last {} s{}; the probes' median: {} ops/s |",
         s.probe.as_millis(),
         crate::steady::PROBE_SUBMITTERS,
         t.retaken_measurements,
@@ -293,7 +293,7 @@ pub fn markdown(s: &Settings, meta: &Meta, r: &Results) -> String {
                 crate::steady::RETAKES + 1
             )
         },
-        thousands(t.fastest)
+        thousands(t.median)
     );
     let _ = writeln!(w, "| took | {:.0} s |", meta.elapsed.as_secs_f64());
     let _ = writeln!(w);
@@ -732,8 +732,8 @@ fn methodology(w: &mut String, s: &Settings) {
            everything by two to three times for many seconds; a stretch that hits one \
            contender's row in more repetitions than its neighbours' decides a median. So a \
            short probe (the floor at 256 submitters) runs right before and right after every \
-           timed measurement. When either probe runs below 75% of the fastest probe of the \
-           last three minutes, the machine was slow around the measurement: the run waits \
+           timed measurement. When either probe runs below 75% of the median of the \
+           probes of the last three minutes, the machine was slow around the measurement: the run waits \
            for a steady probe (at most 30 s) and takes the whole measurement again, at most \
            three times, then keeps the last take as measured. No number is scaled or \
            dropped otherwise; the table above says how many were taken again.\n\
@@ -743,7 +743,7 @@ fn methodology(w: &mut String, s: &Settings) {
            caller).\n\
          - **Settings.** `BALER_BENCH_REPS` (default 5), `BALER_BENCH_WINDOW_MS` (1000), \
            `BALER_BENCH_SUBMITTERS` (1,16,256,4096), `BALER_BENCH_LOADER_CALLERS` (16,256), \
-           `BALER_BENCH_PENDING` (1000000), `BALER_BENCH_PROBE_MS` (50, the probe's window). For profiling, `BALER_BENCH_ONLY=<name>[,<name>...]` (contenders whose name contains one of them) and \
+           `BALER_BENCH_PENDING` (1000000), `BALER_BENCH_PROBE_MS` (100, the probe's window). For profiling, `BALER_BENCH_ONLY=<name>[,<name>...]` (contenders whose name contains one of them) and \
            `BALER_BENCH_WORKLOADS=throughput,latency,loader,memory` run a subset and print \
            the tables without writing this file.\n",
         worker_threads(),

@@ -8,17 +8,24 @@
 //! contenders, decides a ratio.
 //!
 //! So every timed measurement is bracketed by a probe: the floor at 256
-//! submitters for a short window ([`Settings::probe`]), which runs at the
-//! same speed whenever the machine is quiet. A measurement counts when the
-//! probes right before and right after it both reach [`STEADY`] of the
-//! fastest probe of the last [`MEMORY`]. (Of the last few minutes rather than
-//! of the whole run, so that a machine that became slower for good, rather
-//! than for a stretch, is the new normal after a while instead of a reason
-//! to take everything again.) Otherwise the machine was slow around it: the
-//! harness waits until a probe is steady again (at most [`WAIT`]) and takes
-//! the measurement again, at most [`RETAKES`] times, after which the last
-//! take counts as it is. The document reports how many were taken again and
-//! how many were kept slow.
+//! submitters for a short window ([`Settings::probe`]), which needs both
+//! cores and runs at about the same speed whenever the machine is quiet. A
+//! measurement counts when the probes right before and right after it both
+//! reach [`STEADY`] of the reference: the median of the bracketing probes of
+//! the last [`MEMORY`]. Otherwise the machine was slow around it: the harness
+//! waits until a probe is steady again (at most [`WAIT`]) and takes the
+//! measurement again, at most [`RETAKES`] times, after which the last take
+//! counts as it is. The document reports how many were taken again and how
+//! many were kept slow.
+//!
+//! The reference is a median, not the fastest probe: a short probe is now and
+//! then far faster than usual (by 40% on this machine), and a bar set by
+//! such a probe calls the quiet machine slow. It is a median of the last few
+//! minutes rather than of the whole run so that a machine that became slower
+//! for good, rather than for a stretch, is the new normal after a while
+//! instead of a reason to take everything again. The probes taken while
+//! waiting are compared with it but do not move it, so that a long wait does
+//! not lower the bar it waits for.
 //!
 //! The probe never changes a number: a measurement is either taken again in
 //! full or kept as measured.
@@ -30,9 +37,8 @@ use crate::contenders;
 use crate::workloads::Runs;
 use crate::Settings;
 
-/// A probe is steady at this fraction of the fastest probe of the run or
-/// more. Quiet probes vary by about 10%; a slow stretch takes them to about
-/// 40%.
+/// A probe is steady at this fraction of the reference or more. Quiet probes
+/// vary by about 15% around it; a slow stretch takes them to about 40%.
 pub const STEADY: f64 = 0.75;
 
 /// Times a measurement is taken again when the machine was slow around it.
@@ -41,7 +47,7 @@ pub const RETAKES: usize = 3;
 /// How long to wait for a steady probe before taking a measurement again.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// How far back the fastest probe is remembered.
+/// How far back the probes that make the reference go.
 pub const MEMORY: Duration = Duration::from_secs(180);
 
 /// A probe this recent serves as the next measurement's probe before.
@@ -55,16 +61,16 @@ pub const PROBE_SUBMITTERS: usize = 256;
 pub struct Tally {
     /// Timed measurements that counted.
     pub measurements: usize,
-    /// Takes thrown away because a probe around them was slow.
+    /// Takes set aside because a probe around them was slow.
     pub retaken: usize,
     /// Measurements taken more than once.
     pub retaken_measurements: usize,
     /// Measurements kept although a probe around their last take was slow.
     pub kept_slow: usize,
-    /// The fastest probe of the run, operations per second.
-    pub fastest: f64,
-    /// Probes taken.
+    /// Probes taken, around measurements and while waiting.
     pub probes: usize,
+    /// The median of the probes around measurements, operations per second.
+    pub median: f64,
 }
 
 /// The probe and what it has seen.
@@ -78,9 +84,26 @@ pub struct Steady {
     /// When the most recent probe ended and whether it was steady: it serves
     /// as the next measurement's probe before, if it is recent.
     last: Option<(Instant, bool)>,
-    /// Probes of the last [`MEMORY`]: when, and operations per second.
+    /// The probes around measurements of the last [`MEMORY`]: when, and
+    /// operations per second.
     recent: VecDeque<(Instant, f64)>,
+    /// Every probe around a measurement, for the run's median.
+    all: Vec<f64>,
     tally: Tally,
+}
+
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 impl Steady {
@@ -98,12 +121,12 @@ impl Steady {
             Duration::from_millis(250),
         );
         for _ in 0..5 {
-            steady.probe();
+            steady.probe(true);
         }
+        let reference = steady.reference().unwrap_or(0.0);
         eprintln!(
-            "steady: the fastest of 5 probes: {:.0} ops/s (a probe is steady from {:.0})",
-            steady.fastest(),
-            steady.fastest() * STEADY
+            "steady: the median of 5 probes: {reference:.0} ops/s (a probe is steady from {:.0})",
+            reference * STEADY
         );
         steady
     }
@@ -119,12 +142,20 @@ impl Steady {
             pause,
             last: None,
             recent: VecDeque::new(),
+            all: Vec::new(),
             tally: Tally::default(),
         }
     }
 
-    /// One probe; records the fastest; returns whether it was steady.
-    fn probe(&mut self) -> bool {
+    /// The median of the probes around measurements of the last [`MEMORY`].
+    fn reference(&self) -> Option<f64> {
+        median(self.recent.iter().map(|&(_, s)| s))
+    }
+
+    /// One probe, compared with the reference (steady when there is none
+    /// yet); one around a measurement (`around`) also joins the reference.
+    fn probe(&mut self, around: bool) -> bool {
+        self.tally.probes += 1;
         let speed = match (self.probe)() {
             Ok(speed) => speed,
             // A probe that fails says nothing about the machine: treat it
@@ -143,25 +174,37 @@ impl Steady {
         {
             self.recent.pop_front();
         }
-        self.recent.push_back((now, speed));
-        self.tally.probes += 1;
-        self.tally.fastest = self.tally.fastest.max(speed);
-        let steady = speed >= STEADY * self.fastest();
+        let reference = self.reference();
+        let steady = reference.is_none_or(|r| speed >= STEADY * r);
+        if !steady && around {
+            eprintln!(
+                "steady: a slow probe: {speed:.0} ops/s, the reference {:.0}",
+                reference.unwrap_or(0.0)
+            );
+        }
+        if around {
+            self.recent.push_back((now, speed));
+            self.all.push(speed);
+        }
         self.last = Some((Instant::now(), steady));
         steady
     }
 
-    /// The fastest probe of the last [`MEMORY`].
-    fn fastest(&self) -> f64 {
-        self.recent.iter().map(|&(_, s)| s).fold(0.0, f64::max)
-    }
-
     /// Probes until one is steady or [`WAIT`] has passed (at least once).
     fn wait(&mut self) {
-        let until = Instant::now() + self.wait;
+        let start = Instant::now();
+        let until = start + self.wait;
+        let mut probes = 0;
         loop {
             std::thread::sleep(self.pause);
-            if self.probe() || Instant::now() >= until {
+            probes += 1;
+            let steady = self.probe(false);
+            if steady || Instant::now() >= until {
+                eprintln!(
+                    "steady: {} after {:.1?} and {probes} probes",
+                    if steady { "steady" } else { "still slow" },
+                    start.elapsed()
+                );
                 return;
             }
         }
@@ -176,10 +219,10 @@ impl Steady {
         loop {
             let before = match self.last {
                 Some((at, steady)) if at.elapsed() < RECENT => steady,
-                _ => self.probe(),
+                _ => self.probe(true),
             };
             let result = measure();
-            let after = self.probe();
+            let after = self.probe(true);
             let steady = (before && after) || result.is_err();
             if steady || take == RETAKES {
                 self.tally.measurements += 1;
@@ -198,7 +241,10 @@ impl Steady {
     }
 
     pub fn tally(&self) -> Tally {
-        self.tally
+        Tally {
+            median: median(self.all.iter().copied()).unwrap_or(0.0),
+            ..self.tally
+        }
     }
 }
 
@@ -224,6 +270,17 @@ mod tests {
         )
     }
 
+    /// `n` probes of 100 ops/s around measurements, then `rest`.
+    fn after_quiet(n: usize, rest: &[f64]) -> Steady {
+        let mut speeds = vec![100.0; n];
+        speeds.extend_from_slice(rest);
+        let mut s = scripted(&speeds);
+        for _ in 0..n {
+            assert!(s.probe(true));
+        }
+        s
+    }
+
     /// A measurement that counts its takes and returns the take's number.
     fn counting() -> (Rc<RefCell<usize>>, impl FnMut() -> Result<usize, String>) {
         let takes = Rc::new(RefCell::new(0));
@@ -236,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_measurement_between_steady_probes_is_taken_once() {
-        let mut s = scripted(&[100.0, 95.0, 98.0]);
+        let mut s = after_quiet(5, &[95.0, 98.0]);
         let (takes, m) = counting();
         assert_eq!(s.measure(m), Ok(1));
         assert_eq!(*takes.borrow(), 1);
@@ -246,9 +303,9 @@ mod tests {
 
     #[test]
     fn a_slow_probe_after_a_take_makes_it_taken_again() {
-        // Before: 100 (steady). After the first take: 40 (slow). The wait's
-        // probe and the one after the second take: 100 (steady).
-        let mut s = scripted(&[100.0, 40.0, 100.0]);
+        // After the first take: 40 (slow). The wait's probe and the one
+        // after the second take: 100 (steady).
+        let mut s = after_quiet(5, &[40.0, 100.0]);
         let (takes, m) = counting();
         assert_eq!(s.measure(m), Ok(2), "the second take counts");
         assert_eq!(*takes.borrow(), 2);
@@ -266,21 +323,19 @@ mod tests {
 
     #[test]
     fn a_slow_probe_before_a_take_makes_it_taken_again() {
-        // The fastest probe so far is 100; the one before the take, 50.
-        let mut s = scripted(&[100.0, 50.0, 100.0]);
-        assert!(s.probe(), "the first probe is the fastest");
-        assert!(!s.probe(), "50 is below 75% of 100");
+        let mut s = after_quiet(5, &[50.0, 100.0]);
+        assert!(!s.probe(true), "50 is below 75% of 100");
         let (takes, m) = counting();
-        // Before: 50 (slow). After the first take, the wait's probe and after
-        // the second: 100.
+        // After the first take, the wait's probe and after the second: 100.
         assert_eq!(s.measure(m), Ok(2));
         assert_eq!(*takes.borrow(), 2);
     }
 
     #[test]
     fn a_machine_that_stays_slow_keeps_the_last_take() {
-        let mut s = scripted(&[100.0, 10.0]);
-        assert!(s.probe());
+        // Nine quiet probes keep the median at 100 through the four slow
+        // probes after the takes.
+        let mut s = after_quiet(9, &[10.0]);
         let (takes, m) = counting();
         assert_eq!(s.measure(m), Ok(RETAKES + 1));
         assert_eq!(*takes.borrow(), RETAKES + 1);
@@ -289,9 +344,35 @@ mod tests {
     }
 
     #[test]
+    fn a_machine_slower_for_good_becomes_the_reference() {
+        // One quiet probe, then the machine runs at 50 from then on: once
+        // the slow probes are most of the reference (after the second take),
+        // they are steady.
+        let mut s = after_quiet(1, &[50.0]);
+        let (_, m) = counting();
+        assert_eq!(s.measure(m), Ok(3), "kept after two takes, not four");
+        assert_eq!(s.tally().kept_slow, 0);
+    }
+
+    #[test]
+    fn probes_taken_while_waiting_do_not_lower_the_reference() {
+        let mut s = after_quiet(3, &[10.0]);
+        for _ in 0..10 {
+            assert!(!s.probe(false));
+        }
+        assert_eq!(s.reference(), Some(100.0));
+    }
+
+    #[test]
+    fn one_fast_probe_does_not_raise_the_bar() {
+        let mut s = after_quiet(4, &[200.0, 80.0]);
+        assert!(s.probe(true), "a fast probe is steady");
+        assert!(s.probe(true), "80 is above 75% of the median, 100");
+    }
+
+    #[test]
     fn a_failed_measurement_is_not_taken_again() {
-        let mut s = scripted(&[100.0, 10.0]);
-        assert!(s.probe());
+        let mut s = after_quiet(3, &[10.0]);
         let mut takes = 0;
         let r: Result<(), String> = s.measure(|| {
             takes += 1;
@@ -303,11 +384,10 @@ mod tests {
 
     #[test]
     fn a_probe_at_the_threshold_is_steady_and_one_below_is_not() {
-        let mut s = scripted(&[100.0, 100.0 * STEADY, 100.0 * STEADY - 1.0]);
-        assert!(s.probe());
-        assert!(s.probe());
-        assert!(!s.probe());
-        assert_eq!(s.tally().fastest, 100.0);
-        assert_eq!(s.tally().probes, 3);
+        let mut s = after_quiet(3, &[100.0 * STEADY, 100.0 * STEADY - 0.1]);
+        assert!(s.probe(false));
+        assert!(!s.probe(false));
+        assert_eq!(s.tally().median, 100.0);
+        assert_eq!(s.tally().probes, 5);
     }
 }
