@@ -85,3 +85,113 @@ fn the_postgres_sink_writes_every_record_into_a_real_server() {
         Some(5000)
     );
 }
+
+/// Runs `sql` (one or more statements) on the test server.
+fn execute(sql: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("the PostgreSQL test server at {} ({e})", url()));
+        tokio::spawn(conn);
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    });
+}
+
+/// A login role of its own that may hold at most `limit` connections at
+/// once, dropped (with everything it owns) at the end.
+struct LimitedRole {
+    name: String,
+    url: String,
+}
+
+impl LimitedRole {
+    fn create(limit: u32) -> LimitedRole {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("baler_it_role_{}_{nanos}", std::process::id());
+        let config: tokio_postgres::Config = url().parse().expect("the test server's URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let db = config.get_dbname().unwrap_or("test").to_owned();
+        // The password serves where the server asks for one; with trust
+        // authentication it is ignored.
+        execute(&format!(
+            "CREATE ROLE {name} LOGIN PASSWORD 'baler-test' CONNECTION LIMIT {limit}; \
+             GRANT USAGE, CREATE ON SCHEMA public TO {name}"
+        ));
+        let url = format!("postgres://{name}:baler-test@{host}:{port}/{db}");
+        LimitedRole { name, url }
+    }
+}
+
+impl Drop for LimitedRole {
+    fn drop(&mut self) {
+        let sql = format!("DROP OWNED BY {0}; DROP ROLE {0}", self.name);
+        let _ = std::panic::catch_unwind(|| execute(&sql));
+    }
+}
+
+#[test]
+fn a_server_that_refuses_some_of_the_connections_says_what_to_lower_max_in_flight_to() {
+    let role = LimitedRole::create(2);
+    let dir = TempDir::new("postgres-limit");
+    let out = run(
+        &dir.0,
+        &[
+            "ingest",
+            "--records",
+            "100",
+            "--sink",
+            &role.url,
+            "--table",
+            "baler_it_limited",
+            "--max-in-flight",
+            "4",
+        ],
+        "",
+    );
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("accepted 2 of the 4 connections --max-in-flight 4 asks for"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("lower --max-in-flight to 2 or less"),
+        "{}",
+        out.stderr
+    );
+
+    // Within the limit, the same role writes every record.
+    let out = run(
+        &dir.0,
+        &[
+            "ingest",
+            "--records",
+            "100",
+            "--sink",
+            &role.url,
+            "--table",
+            "baler_it_limited",
+            "--max-in-flight",
+            "2",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.json()["written"], 100);
+}

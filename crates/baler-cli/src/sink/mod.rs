@@ -124,8 +124,9 @@ impl Sink {
     ///
     /// # Errors
     ///
-    /// [`SinkError::BadTable`], [`SinkError::Open`], [`SinkError::Connect`]
-    /// or [`SinkError::Table`], each saying what to change.
+    /// [`SinkError::BadTable`], [`SinkError::Open`], [`SinkError::Connect`],
+    /// [`SinkError::TooFewConnections`] or [`SinkError::Table`], each saying
+    /// what to change.
     pub async fn open(spec: &SinkSpec, table: &str, connections: usize) -> Result<Sink, SinkError> {
         check_table_name(table)?;
         match spec {
@@ -211,6 +212,24 @@ pub enum SinkError {
         /// The database.
         what: String,
         /// Why.
+        reason: String,
+    },
+    /// The PostgreSQL server accepted some of the connections that
+    /// `--max-in-flight` asks for (one per batch written at once), then
+    /// refused another.
+    #[error(
+        "{what} accepted {opened} of the {wanted} connections --max-in-flight {wanted} asks \
+         for, then refused one: {reason}; lower --max-in-flight to {opened} or less, or raise \
+         the server's connection limit (max_connections, or the role's CONNECTION LIMIT)"
+    )]
+    TooFewConnections {
+        /// The database.
+        what: String,
+        /// The connections it accepted.
+        opened: usize,
+        /// The connections asked for.
+        wanted: usize,
+        /// Why it refused the next one.
         reason: String,
     },
     /// The table could not be created, or has other columns.

@@ -42,7 +42,9 @@ impl PostgresSink {
     ///
     /// # Errors
     ///
-    /// [`SinkError::Connect`] or [`SinkError::Table`].
+    /// [`SinkError::Connect`] when the server cannot be reached,
+    /// [`SinkError::TooFewConnections`] when it refuses one of the
+    /// `connections` after accepting the first, or [`SinkError::Table`].
     pub async fn open(config: &Config, table: &str, connections: usize) -> Result<Self, SinkError> {
         let what = super::SinkSpec::Postgres(Box::new(config.clone())).describe();
         let connections = connections.max(1);
@@ -68,8 +70,20 @@ impl PostgresSink {
             idle: Mutex::new(Vec::new()),
         };
         let mut idle = vec![inner.prepare(first).await?];
-        for _ in 1..connections {
-            idle.push(inner.prepare(connect(config, &inner.what).await?).await?);
+        while idle.len() < connections {
+            let client = match connect(config, &inner.what).await {
+                Ok(client) => client,
+                Err(SinkError::Connect { reason, .. }) => {
+                    return Err(SinkError::TooFewConnections {
+                        what: inner.what.clone(),
+                        opened: idle.len(),
+                        wanted: connections,
+                        reason,
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            idle.push(inner.prepare(client).await?);
         }
         *inner.idle.lock().unwrap_or_else(|p| p.into_inner()) = idle;
         Ok(PostgresSink {
