@@ -251,8 +251,9 @@ impl Capacity {
     }
 
     /// A capacity whose rate comes from `source` and follows it as it changes;
-    /// the burst is `interval` worth of the current rate. The source is told
-    /// the total target of every batcher that draws on this capacity.
+    /// the burst is `interval` worth of the current rate (at most a day's).
+    /// The source is told the total target of every batcher that draws on
+    /// this capacity.
     pub fn from_source(
         source: Arc<dyn CapacitySource>,
         interval: Duration,
@@ -263,6 +264,7 @@ impl Capacity {
                 hint: "the burst is one interval's worth of the rate; 100 ms is a good start",
             });
         }
+        crate::config::check_duration("Capacity::from_source (interval, milliseconds)", interval)?;
         let capacity = Capacity::new(Limit::Source {
             source: source.clone(),
             interval,

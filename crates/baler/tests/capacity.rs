@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baler::{Batcher, Capacity, CapacitySource, CostLimit, Operation, SubmitError};
+use baler::{Batcher, Capacity, CapacitySource, ConfigError, CostLimit, Operation, SubmitError};
 use common::{assert_target, settle, Recorder};
 use tokio::time::Instant;
 
@@ -249,12 +249,32 @@ fn capacity_settings_are_validated() {
 }
 
 #[test]
-fn a_burst_interval_of_duration_max_saturates_instead_of_overflowing() {
+fn a_burst_interval_above_a_day_is_refused_with_the_setting_named() {
+    let dial = Arc::new(Dial {
+        rate: AtomicU64::new(1_000),
+        targets: Mutex::new(Vec::new()),
+    });
+    for interval in [Duration::MAX, Duration::from_secs(86_401)] {
+        let err = Capacity::from_source(dial.clone(), interval).unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("Capacity::from_source (interval"),
+            "{text}"
+        );
+        assert!(text.contains("lower it to 86400000 or less"), "{text}");
+    }
+}
+
+#[test]
+fn a_day_long_burst_interval_at_a_huge_rate_saturates_instead_of_overflowing() {
     let dial = Arc::new(Dial {
         rate: AtomicU64::new(1 << 53),
         targets: Mutex::new(Vec::new()),
     });
-    let capacity = Capacity::from_source(dial, Duration::MAX).unwrap();
+    let capacity = Capacity::from_source(dial, Duration::from_secs(86_400)).unwrap();
+    // 2^53 per second for a day is above u64::MAX.
     assert_eq!(capacity.burst(), Some(u64::MAX));
-    assert_eq!(capacity.max_burst(), Some(u64::MAX));
+    // The dial's most is 10,000 per second: a day of it.
+    assert_eq!(capacity.max_burst(), Some(864_000_000));
 }

@@ -469,6 +469,16 @@ async fn settings_that_cannot_work_are_refused_with_what_to_change() {
         .build()
         .unwrap_err();
     assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
+    let e = SharedCapacity::new(store())
+        .shared(10_000, 1_000)
+        .burst_interval(Duration::MAX)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
+    assert!(
+        e.to_string().starts_with("SharedCapacity::burst_interval"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -189,7 +189,8 @@ impl SharedCapacity {
     }
 
     /// The interval whose worth of the current rate is the burst (default
-    /// [`DEFAULT_BURST_INTERVAL`]), as in [`Capacity::from_source`].
+    /// [`DEFAULT_BURST_INTERVAL`], at most a day), as in
+    /// [`Capacity::from_source`].
     pub fn burst_interval(mut self, interval: Duration) -> Self {
         self.burst_interval = interval;
         self
@@ -263,6 +264,10 @@ impl SharedCapacity {
             random_u64()
         );
         let source = Arc::new(SharedSource::new(plan));
+        crate::config::check_duration(
+            "SharedCapacity::burst_interval (milliseconds)",
+            self.burst_interval,
+        )?;
         let capacity = Capacity::from_source(source.clone(), self.burst_interval)?;
         let task = leaser::start(
             &runtime,
