@@ -731,12 +731,13 @@ fn methodology(w: &mut String, s: &Settings) {
          - **Slow stretches taken again.** Other work on a shared machine can slow \
            everything by two to three times for many seconds; a stretch that hits one \
            contender's row in more repetitions than its neighbours' decides a median. So a \
-           short probe (the floor at 256 submitters) runs right before and right after every \
-           timed measurement. When either probe runs below 75% of the median of the \
-           probes of the last three minutes, the machine was slow around the measurement: the run waits \
-           for a steady probe (at most 30 s) and takes the whole measurement again, at most \
-           three times, then keeps the last take as measured. No number is scaled or \
-           dropped otherwise; the table above says how many were taken again.\n\
+           {} ms probe (the floor at {} submitters) runs right before and right after every \
+           timed measurement. When either probe runs below {:.0}% of the median of the \
+           probes around measurements of the last {} s, the machine was slow around the \
+           measurement: the run waits for a steady probe (at most {} s) and takes the whole \
+           measurement again, at most {} times, then keeps the last take as measured. No \
+           number is scaled: a take is kept whole or set aside whole, and the table above \
+           says how many were set aside.\n\
          - **Same work for all.** Each adapter's handler calls the same counter (one atomic \
            load and two relaxed adds per batch), from which the mean batch size comes. \
            Payloads are `u64`, results `()` (loaders: `u64` values, checked by the \
@@ -747,7 +748,13 @@ fn methodology(w: &mut String, s: &Settings) {
            `BALER_BENCH_WORKLOADS=throughput,latency,loader,memory` run a subset and print \
            the tables without writing this file.\n",
         worker_threads(),
-        s.window.as_millis()
+        s.window.as_millis(),
+        s.probe.as_millis(),
+        crate::steady::PROBE_SUBMITTERS,
+        crate::steady::STEADY * 100.0,
+        crate::steady::MEMORY.as_secs(),
+        crate::steady::WAIT.as_secs(),
+        crate::steady::RETAKES,
     );
 }
 
