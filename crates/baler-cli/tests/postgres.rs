@@ -16,8 +16,20 @@ fn url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// Runs `sql` on the test server and returns the first column of the first row.
-fn query_i64(sql: &str) -> Option<i64> {
+/// A name no other test, or run, uses: `prefix`, the process and the time.
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
+/// Connects to the test server and runs `f` with the client.
+fn on_server<T, Fut>(f: impl FnOnce(tokio_postgres::Client) -> Fut) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -33,8 +45,25 @@ fn query_i64(sql: &str) -> Option<i64> {
                 )
             });
         tokio::spawn(conn);
+        f(client).await
+    })
+}
+
+/// Runs `sql` on the test server and returns the first column of the first row.
+fn query_i64(sql: &str) -> Option<i64> {
+    on_server(|client| async move {
         let rows = client.query(sql, &[]).await.unwrap();
         rows.first().map(|r| r.get::<_, i64>(0))
+    })
+}
+
+/// Runs `sql` (one or more statements) on the test server.
+fn execute(sql: &str) {
+    on_server(|client| async move {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     })
 }
 
@@ -48,11 +77,7 @@ impl Drop for Table {
 
 #[test]
 fn the_postgres_sink_writes_every_record_into_a_real_server() {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let table = Table(format!("baler_it_{}_{nanos}", std::process::id()));
+    let table = Table(unique("baler_it"));
     let dir = TempDir::new("postgres");
     let out = run(
         &dir.0,
@@ -86,24 +111,6 @@ fn the_postgres_sink_writes_every_record_into_a_real_server() {
     );
 }
 
-/// Runs `sql` (one or more statements) on the test server.
-fn execute(sql: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("the PostgreSQL test server at {} ({e})", url()));
-        tokio::spawn(conn);
-        client
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    });
-}
-
 /// A login role of its own that may hold at most `limit` connections at
 /// once, dropped (with everything it owns) at the end.
 struct LimitedRole {
@@ -113,11 +120,7 @@ struct LimitedRole {
 
 impl LimitedRole {
     fn create(limit: u32) -> LimitedRole {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("baler_it_role_{}_{nanos}", std::process::id());
+        let name = unique("baler_it_role");
         let config: tokio_postgres::Config = url().parse().expect("the test server's URL");
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -146,22 +149,29 @@ impl Drop for LimitedRole {
 #[test]
 fn a_server_that_refuses_some_of_the_connections_says_what_to_lower_max_in_flight_to() {
     let role = LimitedRole::create(2);
+    // The role owns the table it creates; dropping the role drops it.
+    let table = unique("baler_it_limited");
     let dir = TempDir::new("postgres-limit");
-    let out = run(
-        &dir.0,
-        &[
-            "ingest",
-            "--records",
-            "100",
-            "--sink",
-            &role.url,
-            "--table",
-            "baler_it_limited",
-            "--max-in-flight",
-            "4",
-        ],
-        "",
-    );
+    let ingest = |max_in_flight: &str| {
+        run(
+            &dir.0,
+            &[
+                "ingest",
+                "--records",
+                "100",
+                "--sink",
+                &role.url,
+                "--table",
+                &table,
+                "--max-in-flight",
+                max_in_flight,
+                "--json",
+            ],
+            "",
+        )
+    };
+
+    let out = ingest("4");
     assert_eq!(out.code(), 2, "{}", out.stderr);
     assert!(
         out.stderr
@@ -176,22 +186,7 @@ fn a_server_that_refuses_some_of_the_connections_says_what_to_lower_max_in_fligh
     );
 
     // Within the limit, the same role writes every record.
-    let out = run(
-        &dir.0,
-        &[
-            "ingest",
-            "--records",
-            "100",
-            "--sink",
-            &role.url,
-            "--table",
-            "baler_it_limited",
-            "--max-in-flight",
-            "2",
-            "--json",
-        ],
-        "",
-    );
+    let out = ingest("2");
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(out.json()["written"], 100);
 }
