@@ -14,6 +14,7 @@ mod loaders;
 mod report;
 mod shared;
 mod steady;
+mod waiting;
 mod workloads;
 
 use std::path::PathBuf;
@@ -33,16 +34,22 @@ pub struct Settings {
     pub loader_callers: Vec<usize>,
     pub repeated_pct: u64,
     pub pending: usize,
+    /// Submitters waiting for room in the waiting-submitter workload.
+    pub waiters: usize,
     /// The window of the probe that brackets every timed measurement (see
     /// [`steady`]).
     pub probe: Duration,
     /// Only contenders whose name contains this (for profiling); the
     /// document is then not written.
     pub only: Option<String>,
-    /// Workloads to run (all when unset): throughput, latency, memory, loader.
+    /// Workloads to run (all when unset): throughput, latency, memory,
+    /// loader, waiting.
     pub workloads: Vec<String>,
     pub out_dir: PathBuf,
 }
+
+/// Every workload, in the order a repetition runs them.
+const WORKLOADS: [&str; 5] = ["throughput", "latency", "loader", "memory", "waiting"];
 
 fn env_number(name: &str, default: u64) -> Result<u64, String> {
     match std::env::var(name) {
@@ -77,20 +84,16 @@ impl Settings {
             Ok(v) => {
                 let list: Vec<String> = v.split(',').map(|w| w.trim().to_owned()).collect();
                 for w in &list {
-                    if !["throughput", "latency", "memory", "loader"].contains(&w.as_str()) {
+                    if !WORKLOADS.contains(&w.as_str()) {
                         return Err(format!(
-                            "BALER_BENCH_WORKLOADS: {w:?} is not one of throughput, latency, memory, loader"
+                            "BALER_BENCH_WORKLOADS: {w:?} is not one of {}",
+                            WORKLOADS.join(", ")
                         ));
                     }
                 }
                 list
             }
-            Err(_) => vec![
-                "throughput".into(),
-                "latency".into(),
-                "loader".into(),
-                "memory".into(),
-            ],
+            Err(_) => WORKLOADS.iter().map(|&w| w.to_owned()).collect(),
         };
         let default_out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs");
         Ok(Settings {
@@ -100,6 +103,7 @@ impl Settings {
             loader_callers: env_list("BALER_BENCH_LOADER_CALLERS", "16,256")?,
             repeated_pct: 30,
             pending: env_number("BALER_BENCH_PENDING", 1_000_000)? as usize,
+            waiters: env_number("BALER_BENCH_WAITERS", 1_000_000)? as usize,
             probe: Duration::from_millis(env_number("BALER_BENCH_PROBE_MS", 100)?),
             only: std::env::var("BALER_BENCH_ONLY").ok(),
             workloads,
@@ -131,6 +135,10 @@ pub struct Results {
     pub loader_configs: Vec<&'static str>,
     /// `[loader][case][rep]`, cases as [`loader_cases`].
     pub loader: Vec<Vec<Vec<Result<Throughput, String>>>>,
+    /// The rows of the waiting-submitter workload.
+    pub waiters: Vec<waiting::Waiter>,
+    /// `[waiter][rep]`.
+    pub waiting: Vec<Vec<Result<waiting::Waiting, String>>>,
     /// What the probe of the machine's speed saw and did.
     pub steady: steady::Tally,
 }
@@ -171,6 +179,10 @@ fn run(settings: &Settings) -> Results {
         .into_iter()
         .filter(|l| settings.wants(l.name()))
         .collect();
+    let waiters: Vec<_> = waiting::Waiter::ALL
+        .into_iter()
+        .filter(|w| settings.wants(w.name()))
+        .collect();
     let cases = loader_cases(settings);
     let nc = contenders.len();
     let nl = loaders.len();
@@ -183,6 +195,8 @@ fn run(settings: &Settings) -> Results {
         loader_names: loaders.iter().map(|l| l.name()).collect(),
         loader_configs: loaders.iter().map(|l| l.config()).collect(),
         loader: vec![vec![Vec::new(); cases.len()]; nl],
+        waiters: waiters.clone(),
+        waiting: vec![Vec::new(); waiters.len()],
         steady: steady::Tally::default(),
     };
 
@@ -242,6 +256,14 @@ fn run(settings: &Settings) -> Results {
                 let c = &contenders[ci];
                 let r = timed("memory", c.name(), || c.memory(settings.pending));
                 results.memory[ci].push(r);
+            }
+        }
+        if settings.runs("waiting") {
+            for i in 0..waiters.len() {
+                let wi = (i + rep) % waiters.len();
+                let w = waiters[wi];
+                let r = timed("waiting", w.name(), || w.measure(settings.waiters));
+                results.waiting[wi].push(r);
             }
         }
         eprintln!("repetition {} took {:?}", rep + 1, started.elapsed());

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::waiting::{Waiter, Waiting};
 use crate::workloads::worker_threads;
 use crate::{loader_cases, Results, Settings};
 
@@ -271,6 +272,16 @@ pub fn markdown(s: &Settings, meta: &Meta, r: &Results) -> String {
         "| runtime | a fresh tokio multi-thread runtime per measurement, {} worker threads |",
         worker_threads()
     );
+    let _ = writeln!(
+        w,
+        "| waiting submitters | {} submitters waiting for room{} |",
+        thousands(s.waiters as f64),
+        if s.waiters == 1_000_000 {
+            ""
+        } else {
+            " (the default is 1,000,000, changed for this run)"
+        }
+    );
     let t = r.steady;
     let _ = writeln!(
         w,
@@ -323,6 +334,7 @@ pub fn markdown(s: &Settings, meta: &Meta, r: &Results) -> String {
 
     // Goals.
     let _ = writeln!(w, "## Goals, from this run\n");
+    waiting_goal(w, r);
     goals(w, s, r, floor, baler);
     let _ = writeln!(w);
 
@@ -480,6 +492,8 @@ pub fn markdown(s: &Settings, meta: &Meta, r: &Results) -> String {
     }
     let _ = writeln!(w);
 
+    waiting_section(w, s, r);
+
     methodology(w, s);
 
     let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("analysis.md");
@@ -495,6 +509,95 @@ fn mean_batch(samples: &[Result<crate::workloads::Throughput, String>]) -> f64 {
         .flatten()
         .fold((0u64, 0u64), |(o, b), t| (o + t.ops, b + t.batches));
     ops as f64 / batches.max(1) as f64
+}
+
+/// baler's figure per waiting submitter may be at most this many times a
+/// waiting tokio mpsc send's.
+const WAITING_GOAL: f64 = 1.1;
+
+/// The median bytes per waiting submitter of `waiter`, if it ran cleanly.
+fn waiting_median(r: &Results, waiter: Waiter) -> Option<f64> {
+    let i = r.waiters.iter().position(|&w| w == waiter)?;
+    summarize(&r.waiting[i], |m| m.bytes_per_waiter)
+        .ok()
+        .map(|s| s.median)
+}
+
+fn waiting_goal(w: &mut String, r: &Results) {
+    if r.waiting.iter().all(|rows| rows.is_empty()) {
+        return;
+    }
+    match (
+        waiting_median(r, Waiter::Baler),
+        waiting_median(r, Waiter::TokioMpsc),
+    ) {
+        (Some(b), Some(t)) => {
+            let x = b / t;
+            let _ = writeln!(
+                w,
+                "- **A waiting submitter within {WAITING_GOAL}× of a waiting tokio mpsc send: {}** \
+                 (baler {b:.0} bytes per waiting submitter, tokio mpsc {t:.0}: {x:.2}×).",
+                if x <= WAITING_GOAL { "met" } else { "not met" },
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                w,
+                "- A waiting submitter within {WAITING_GOAL}× of a waiting tokio mpsc send: not \
+                 assessed (a row of the waiting-submitter table did not run or failed)."
+            );
+        }
+    }
+}
+
+fn waiting_section(w: &mut String, s: &Settings, r: &Results) {
+    let _ = writeln!(w, "## Waiting submitters\n");
+    let _ = writeln!(
+        w,
+        "What one submitter costs while backpressure holds it. A bound of {} operations is \
+         filled and never drains (baler's handler never returns; the channel's receiver never \
+         reads), then {} tasks each wait for room, in `batcher.submit(op).await` or \
+         `tx.send(op).await`. Bytes per waiting submitter beyond its task: the spawned \
+         future's state plus whatever waiting allocates, on either side; a bare task's cost \
+         is taken out (see how it is measured below). Lower is better.\n",
+        thousands(crate::shared::DEFAULT_BUFFER as f64),
+        thousands(s.waiters as f64),
+    );
+    let _ = writeln!(
+        w,
+        "| waiter | configuration | median bytes/waiter | min | max | × tokio mpsc | of which the future | of which `submit`/`send` | allocated while waiting | bare task beyond its future | with its task |"
+    );
+    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mpsc = waiting_median(r, Waiter::TokioMpsc).unwrap_or(f64::NAN);
+    for (i, waiter) in r.waiters.iter().enumerate() {
+        let name = waiter.name();
+        let config = waiter.config();
+        match summarize(&r.waiting[i], |m| m.bytes_per_waiter) {
+            Ok(st) => {
+                let field = |f: fn(&Waiting) -> f64| {
+                    summarize(&r.waiting[i], f)
+                        .map_or_else(|_| "—".to_owned(), |m| format!("{:.0}", m.median))
+                };
+                let _ = writeln!(
+                    w,
+                    "| {name} | {config} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                    st.median,
+                    st.min,
+                    st.max,
+                    ratio(st.median, mpsc),
+                    field(|m| m.future_bytes as f64),
+                    field(|m| m.call_bytes as f64),
+                    field(|m| m.bytes_per_waiter - m.future_bytes as f64),
+                    field(|m| m.task_bytes),
+                    field(|m| m.bytes_per_waiter + m.task_bytes),
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(w, "| {name} | {config} | cannot: {e} | | | | | | | | |");
+            }
+        }
+    }
+    let _ = writeln!(w);
 }
 
 fn goals(w: &mut String, s: &Settings, r: &Results, floor: Option<usize>, baler: Option<usize>) {
@@ -742,10 +845,27 @@ fn methodology(w: &mut String, s: &Settings) {
            load and two relaxed adds per batch), from which the mean batch size comes. \
            Payloads are `u64`, results `()` (loaders: `u64` values, checked by the \
            caller).\n\
+         - **Waiting submitters.** A fresh runtime, a bound filled until it refuses one \
+           more (baler's `try_submit` answers `Full` again after a 50 ms pause; the \
+           channel's `try_send` answers `Full`), then the counting allocator is zeroed and \
+           {} tasks are spawned, each waiting in `submit` or `send`; once every task has \
+           started, and {} ms more, the bytes allocated and not freed are read. A row fails \
+           if any submitter got room. That count holds each task too: tokio's header, \
+           scheduler handle and trailer, the future's room, and padding to the task's \
+           alignment. So the same count of bare tasks is measured on a fresh runtime: each \
+           runs a future that is never ready and has the size, alignment and output type of \
+           the waiter's future (it holds an uninitialised one), so tokio allocates its task \
+           exactly as the waiter's. The figure per waiter is the waiters' bytes less the bare \
+           tasks', per task, plus the size of the waiter's future: its state, and everything \
+           it or the batcher or channel allocated while it waits (a boxed wait, a queue \
+           entry). The table also gives, from the same run, the future's size, the \
+           `submit(op)` or `send(op)` future's alone, what was allocated beyond the future, \
+           what the bare task cost beyond its future, and the two together: what a \
+           waiting submitter costs with its task.\n\
          - **Settings.** `BALER_BENCH_REPS` (default 5), `BALER_BENCH_WINDOW_MS` (1000), \
            `BALER_BENCH_SUBMITTERS` (1,16,256,4096), `BALER_BENCH_LOADER_CALLERS` (16,256), \
-           `BALER_BENCH_PENDING` (1000000), `BALER_BENCH_PROBE_MS` (100, the probe's window). For profiling, `BALER_BENCH_ONLY=<name>[,<name>...]` (contenders whose name contains one of them) and \
-           `BALER_BENCH_WORKLOADS=throughput,latency,loader,memory` run a subset and print \
+           `BALER_BENCH_PENDING` (1000000), `BALER_BENCH_WAITERS` (1000000), `BALER_BENCH_PROBE_MS` (100, the probe's window). For profiling, `BALER_BENCH_ONLY=<name>[,<name>...]` (contenders whose name contains one of them) and \
+           `BALER_BENCH_WORKLOADS=throughput,latency,loader,memory,waiting` run a subset and print \
            the tables without writing this file.\n",
         worker_threads(),
         s.window.as_millis(),
@@ -755,12 +875,83 @@ fn methodology(w: &mut String, s: &Settings) {
         crate::steady::MEMORY.as_secs(),
         crate::steady::WAIT.as_secs(),
         crate::steady::RETAKES,
+        thousands(s.waiters as f64),
+        crate::waiting::SETTLE.as_millis(),
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn waiting_results(baler: Result<f64, String>, mpsc: Result<f64, String>) -> Results {
+        let row = |bytes: Result<f64, String>| {
+            vec![bytes.map(|b| Waiting {
+                bytes_per_waiter: b,
+                future_bytes: 64,
+                call_bytes: 48,
+                task_bytes: 192.0,
+            })]
+        };
+        Results {
+            names: Vec::new(),
+            configs: Vec::new(),
+            throughput: Vec::new(),
+            latency: Vec::new(),
+            memory: Vec::new(),
+            loader_names: Vec::new(),
+            loader_configs: Vec::new(),
+            loader: Vec::new(),
+            waiters: vec![Waiter::Baler, Waiter::TokioMpsc],
+            waiting: vec![row(baler), row(mpsc)],
+            steady: crate::steady::Tally::default(),
+        }
+    }
+
+    fn goal_line(r: &Results) -> String {
+        let mut w = String::new();
+        waiting_goal(&mut w, r);
+        w
+    }
+
+    #[test]
+    fn the_waiting_goal_is_met_within_a_tenth_of_tokio_and_not_beyond() {
+        let met = goal_line(&waiting_results(Ok(211.0), Ok(192.0)));
+        assert!(met.contains(": met** (baler 211 bytes"), "{met}");
+        let missed = goal_line(&waiting_results(Ok(212.0), Ok(192.0)));
+        assert!(missed.contains(": not met** (baler 212 bytes"), "{missed}");
+    }
+
+    #[test]
+    fn a_failed_waiting_row_leaves_the_goal_unassessed() {
+        let line = goal_line(&waiting_results(Err("got room".into()), Ok(192.0)));
+        assert!(line.contains("not assessed"), "{line}");
+        let mut section = String::new();
+        let s = Settings {
+            reps: 1,
+            window: Duration::from_millis(1000),
+            submitters: vec![256],
+            loader_callers: vec![16],
+            repeated_pct: 30,
+            pending: 1_000,
+            waiters: 10,
+            probe: Duration::from_millis(100),
+            only: None,
+            workloads: vec!["waiting".into()],
+            out_dir: std::path::PathBuf::from("unused"),
+        };
+        let r = waiting_results(Err("3 of 10 submitters got room".into()), Ok(192.0));
+        waiting_section(&mut section, &s, &r);
+        assert!(section.contains("| baler | "), "{section}");
+        assert!(
+            section.contains("cannot: 3 of 10 submitters got room"),
+            "{section}"
+        );
+        assert!(
+            section.contains("| 192 | 192 | 192 | 1.00× | 64 | 48 | 128 | 192 | 384 |"),
+            "{section}"
+        );
+    }
 
     #[test]
     fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {

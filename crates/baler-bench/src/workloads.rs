@@ -25,7 +25,7 @@ pub fn worker_threads() -> usize {
         .max(2)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())
         .enable_all()
