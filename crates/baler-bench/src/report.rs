@@ -718,7 +718,12 @@ fn goals(w: &mut String, s: &Settings, r: &Results, floor: Option<usize>, baler:
             }
         }
     }
-    if behind.is_empty() {
+    if rows == 0 {
+        let _ = writeln!(
+            w,
+            "- baler ahead of every peer on every row: not assessed (no row of this run compares baler with a peer)."
+        );
+    } else if behind.is_empty() {
         let _ = writeln!(
             w,
             "- **baler ahead of every peer on every row: met** ({rows} comparisons of throughput, latency, loaders and memory)."
