@@ -60,6 +60,15 @@ pub(crate) fn handshake_failure(client: &Client, error: &RedisError) -> Option<R
             "the server's certificate is outside its validity period: renew it, or check this \
              machine's clock"
         }
+        // webpki's own error, which rustls carries as `Other`: matched by
+        // name so as not to depend on webpki's error type.
+        Error::InvalidCertificate(CertificateError::Other(other))
+            if format!("{other:?}").contains("CaUsedAsEndEntity") =>
+        {
+            "the server's certificate is a CA certificate (self-signed), which cannot serve as \
+             a server's own: make a CA, have it sign a certificate for the server, and trust \
+             the CA"
+        }
         Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
             "the server did not answer in TLS: check that the port is Redis's tls-port \
              (rediss:// is for a TLS port, redis:// for a plain one)"
