@@ -2,6 +2,8 @@
 //! through a real `redis-server`, started by each test on a free loopback
 //! port.
 
+#[path = "../../baler-redis/tests/common/certs.rs"]
+mod certs;
 mod common;
 #[path = "../../baler-redis/tests/common/mod.rs"]
 mod redis_server;
@@ -12,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{baler, count, ids, run, wait_output, Running, TempDir};
-use redis_server::{free_port, RedisServer};
+use redis_server::{free_port, RedisServer, TlsFiles};
 
 /// The shared capacity of the two-process tests, its factor, and what each
 /// process writes (cost 1 per record).
@@ -298,6 +300,18 @@ fn shared_flags_that_do_not_work_together_are_refused_naming_the_flag() {
     }
 }
 
+/// A TLS-only server with a certificate for 127.0.0.1 and localhost.
+fn tls_server() -> RedisServer {
+    RedisServer::start_tls(|dir| {
+        let made = certs::Certs::make(dir, "redis");
+        TlsFiles {
+            ca: made.ca,
+            cert: made.cert,
+            key: made.key,
+        }
+    })
+}
+
 /// How many of the first `partitions` partitions of the shared capacity
 /// `name` someone holds, asked over TLS.
 fn held_over_tls(server: &RedisServer, name: &str, partitions: u32) -> usize {
@@ -320,7 +334,7 @@ fn held_over_tls(server: &RedisServer, name: &str, partitions: u32) -> usize {
 
 #[test]
 fn a_shared_capacity_through_a_tls_only_redis_trusting_its_ca_writes_every_record() {
-    let server = RedisServer::start_tls();
+    let server = tls_server();
     let url = server.url();
     assert!(url.starts_with("rediss://"), "{url}");
     let ca = server.tls.as_ref().unwrap().ca.display().to_string();
@@ -359,12 +373,10 @@ fn a_shared_capacity_through_a_tls_only_redis_trusting_its_ca_writes_every_recor
 
 #[test]
 fn a_tls_redis_whose_ca_is_not_trusted_is_refused_naming_the_server_and_the_flag() {
-    let server = RedisServer::start_tls();
+    let server = tls_server();
     let url = server.url();
     let dir = TempDir::new("shared-tls-untrusted");
-    let stranger = redis_server::certs::Certs::stranger(&dir.0)
-        .display()
-        .to_string();
+    let stranger = certs::Certs::stranger(&dir.0).display().to_string();
     let at = format!(
         "the TLS handshake with the Redis server at 127.0.0.1:{}",
         server.port

@@ -2,16 +2,35 @@
 //! that speaks TLS only, with a certificate that each test makes.
 #![cfg(feature = "tls")]
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 
 use std::time::Duration;
 
 use baler::{LeaseStore, LeaseStoreError};
 use baler_redis::{RedisLeaseStore, RedisStoreError};
-use common::certs::Certs;
-use common::RedisServer;
+use certs::Certs;
+use common::{RedisServer, TlsFiles};
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// A TLS-only server whose certificate names `names`.
+fn tls_server(names: &[&str]) -> RedisServer {
+    RedisServer::start_tls(|dir| {
+        let certs = Certs::make_for(dir, "redis", names);
+        TlsFiles {
+            ca: certs.ca,
+            cert: certs.cert,
+            key: certs.key,
+        }
+    })
+}
+
+/// A TLS-only server with a certificate for 127.0.0.1 and localhost.
+fn tls_local() -> RedisServer {
+    tls_server(&["127.0.0.1", "localhost"])
+}
 
 /// The handshake failure inside a failed call's error.
 fn handshake(error: &LeaseStoreError) -> (&str, &str, &str) {
@@ -30,7 +49,7 @@ fn handshake(error: &LeaseStoreError) -> (&str, &str, &str) {
 
 #[tokio::test]
 async fn leases_are_taken_renewed_and_released_over_tls() {
-    let server = RedisServer::start_tls();
+    let server = tls_local();
     let store = RedisLeaseStore::with_ca(&server.url(), "tls", &server.ca_pem()).unwrap();
     assert!(store.acquire(3, "a", MINUTE).await.unwrap().is_granted());
     assert!(!store.acquire(3, "b", MINUTE).await.unwrap().is_granted());
@@ -49,7 +68,7 @@ async fn leases_are_taken_renewed_and_released_over_tls() {
 
 #[tokio::test]
 async fn a_certificate_from_an_unknown_ca_is_refused_naming_the_server_and_the_fix() {
-    let server = RedisServer::start_tls();
+    let server = tls_local();
     let server_addr = format!("127.0.0.1:{}", server.port);
 
     // The system's roots do not hold the test's CA.
@@ -78,7 +97,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_naming_the_server_and_the_f
 #[tokio::test]
 async fn a_certificate_for_another_name_is_refused() {
     // A certificate for another host only.
-    let server = RedisServer::start_tls_for(&["redis.example"]);
+    let server = tls_server(&["redis.example"]);
     let url = server.url();
     let store = RedisLeaseStore::with_ca(&url, "name", &server.ca_pem()).unwrap();
     match store.holder(0).await {
@@ -113,7 +132,7 @@ async fn tls_to_a_plain_port_says_to_check_the_port() {
 
     // The other way round, a plain client on the TLS port fails too (it is
     // not a TLS failure of the client's, so it is told as unreachable).
-    let tls = RedisServer::start_tls();
+    let tls = tls_local();
     let url = format!("redis://127.0.0.1:{}", tls.port);
     let store = RedisLeaseStore::new(&url, "plain").unwrap();
     let err = store.holder(0).await.unwrap_err();

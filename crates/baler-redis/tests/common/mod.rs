@@ -2,8 +2,6 @@
 //! test that owns it.
 #![allow(dead_code, unreachable_pub)]
 
-pub mod certs;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -14,8 +12,16 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
-    /// With TLS: the certificates it serves (and whose CA signed them).
-    pub tls: Option<certs::Certs>,
+    /// With TLS: the certificate it serves, and the CA that signed it.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a TLS server: made by the test (see `certs.rs`, kept
+/// apart so that tests without TLS need no certificate crate).
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A port nobody listens on right now.
@@ -47,19 +53,14 @@ impl RedisServer {
         server
     }
 
-    /// A server that speaks TLS only (`--port 0 --tls-port PORT`), with a
-    /// certificate for 127.0.0.1 and localhost signed by a CA of its own
-    /// (`tls.ca`); clients need no certificate.
-    pub fn start_tls() -> Self {
-        Self::start_tls_for(&["127.0.0.1", "localhost"])
-    }
-
-    /// A TLS server whose certificate names only `names`.
-    pub fn start_tls_for(names: &[&str]) -> Self {
+    /// A server that speaks TLS only (`--port 0 --tls-port PORT`), with the
+    /// certificate that `make` writes into the directory it is given;
+    /// clients need no certificate.
+    pub fn start_tls(make: impl FnOnce(&std::path::Path) -> TlsFiles) -> Self {
         let dir = scratch("tls-server");
         let mut server = RedisServer {
             port: free_port(),
-            tls: Some(certs::Certs::make_for(&dir, "redis", names)),
+            tls: Some(make(&dir)),
             dir,
             child: None,
         };
