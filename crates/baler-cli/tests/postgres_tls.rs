@@ -72,8 +72,18 @@ fn free_port() -> u16 {
 }
 
 impl PgServer {
-    /// A server whose certificate names `names`, signed by a CA of its own.
+    /// A server whose certificate names `names`, signed by a CA of its own,
+    /// that accepts TCP connections over TLS only.
     fn start(names: &[&str]) -> PgServer {
+        PgServer::launch(names, true)
+    }
+
+    /// A server without TLS (`ssl=off`), that accepts plain connections.
+    fn start_plain() -> PgServer {
+        PgServer::launch(&["127.0.0.1"], false)
+    }
+
+    fn launch(names: &[&str], ssl: bool) -> PgServer {
         let bin = pg_bin();
         let dir = TempDir::new("pg-tls");
         let certs = Certs::make_for(&dir.0, "pg", names);
@@ -110,15 +120,16 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // TLS or nothing over TCP: a plain connection is turned away, so a
-        // run that writes went over TLS.
-        std::fs::write(
-            data.join("pg_hba.conf"),
+        // With TLS, TLS or nothing over TCP: a plain connection is turned
+        // away, so a run that writes went over TLS.
+        let hba = if ssl {
             "local all all trust\n\
              hostssl all all 127.0.0.1/32 trust\n\
-             hostnossl all all 127.0.0.1/32 reject\n",
-        )
-        .unwrap();
+             hostnossl all all 127.0.0.1/32 reject\n"
+        } else {
+            "local all all trust\nhost all all 127.0.0.1/32 trust\n"
+        };
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
 
         let port = free_port();
         let log = dir.path("server.log");
@@ -129,7 +140,8 @@ impl PgServer {
             .args(["-p", &port.to_string()])
             .arg("-k")
             .arg(&dir.0)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c"])
+            .arg(if ssl { "ssl=on" } else { "ssl=off" })
             .arg("-c")
             .arg(format!("ssl_cert_file={}", certs.cert.display()))
             .arg("-c")
@@ -324,4 +336,28 @@ fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
     assert_eq!(out.code(), 2, "{}", out.stderr);
     assert!(out.stderr.contains("sslmode verify-ca"), "{}", out.stderr);
     assert!(out.stderr.contains("UnknownIssuer"), "{}", out.stderr);
+}
+
+#[test]
+fn prefer_goes_on_without_tls_where_the_server_has_none_and_require_says_so() {
+    let server = PgServer::start_plain();
+    let dir = TempDir::new("pg-plain");
+
+    let out = ingest(&dir, &server.url("127.0.0.1", "sslmode=prefer"), 500);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.json()["written"], 500);
+
+    let out = ingest(&dir, &server.url("127.0.0.1", "sslmode=require"), 10);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    for part in [
+        "the TLS handshake with postgres 127.0.0.1:",
+        "server does not support TLS",
+        "turn ssl on in its postgresql.conf, or use sslmode=prefer or sslmode=disable",
+    ] {
+        assert!(
+            out.stderr.contains(part),
+            "expected {part:?} in:\n{}",
+            out.stderr
+        );
+    }
 }
