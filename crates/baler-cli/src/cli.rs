@@ -75,7 +75,9 @@ pub struct IngestArgs {
     pub input: Option<PathBuf>,
 
     /// Where to write: a SQLite file (created with its table if missing),
-    /// `sqlite://PATH`, or `postgres://user@host:port/database`.
+    /// `sqlite://PATH`, or `postgres://user@host:port/database`, with
+    /// `?sslmode=require` or `?sslmode=verify-full&sslrootcert=CA.pem` for
+    /// TLS (libpq's modes; the default is prefer).
     #[arg(long, value_name = "PATH|URL", default_value = "baler.db")]
     pub sink: String,
 
