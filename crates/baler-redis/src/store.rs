@@ -268,7 +268,9 @@ fn open(url: &str, name: &str) -> Result<Client, RedisStoreError> {
             url: url.to_owned(),
         });
     }
-    tls::ensure_crypto_provider();
+    if tls {
+        tls::ensure_crypto_provider();
+    }
     Client::open(url).map_err(|source| RedisStoreError::InvalidUrl {
         url: url.to_owned(),
         source,
