@@ -124,6 +124,7 @@ impl PgServer {
         // away, so a run that writes went over TLS.
         let hba = if ssl {
             "local all all trust\n\
+             hostssl all baler_scram 127.0.0.1/32 scram-sha-256\n\
              hostssl all all 127.0.0.1/32 trust\n\
              hostnossl all all 127.0.0.1/32 reject\n"
         } else {
@@ -161,6 +162,25 @@ impl PgServer {
             _dir: dir,
         };
         server.wait_ready(&bin);
+        if ssl {
+            // A role that logs in with a password (SCRAM), over the socket.
+            let out = Command::new(bin.join("psql"))
+                .args(["-q", "-h"])
+                .arg(&server._dir.0)
+                .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+                .args([
+                    "-c",
+                    "CREATE ROLE baler_scram LOGIN PASSWORD 'baler-test'; \
+                     GRANT CREATE ON SCHEMA public TO baler_scram",
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "psql: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         server
     }
 
@@ -186,6 +206,14 @@ impl PgServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The `--sink` URL of a role with a password (SCRAM), with `query`.
+    fn scram_url(&self, query: &str) -> String {
+        format!(
+            "postgres://baler_scram:baler-test@127.0.0.1:{}/postgres?{query}",
+            self.port
+        )
     }
 
     /// The `--sink` URL with `query` after `?`.
@@ -218,6 +246,11 @@ impl Drop for PgServer {
 
 /// `baler ingest` of `records` synthetic records into `sink`.
 fn ingest(dir: &TempDir, sink: &str, records: u64) -> common::Run {
+    ingest_into(dir, sink, records, "tls_records")
+}
+
+/// The same into `table`.
+fn ingest_into(dir: &TempDir, sink: &str, records: u64, table: &str) -> common::Run {
     run(
         &dir.0,
         &[
@@ -229,7 +262,7 @@ fn ingest(dir: &TempDir, sink: &str, records: u64) -> common::Run {
             "--sink",
             sink,
             "--table",
-            "tls_records",
+            table,
             "--json",
         ],
         "",
@@ -273,6 +306,15 @@ fn verify_full_with_the_servers_ca_writes_every_record_and_a_wrong_ca_is_refused
         assert!(out.stderr.contains("sslmode verify-full"), "{}", out.stderr);
         assert_eq!(out.json()["written"], 2000);
     }
+
+    // A password login whose SCRAM exchange is bound to this TLS session.
+    let url = server.scram_url(&format!(
+        "sslmode=verify-full&sslrootcert={ca}&channel_binding=require"
+    ));
+    let out = ingest_into(&dir, &url, 500, "scram_records");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.json()["written"], 500);
+    assert!(!out.stderr.contains("baler-test"), "{}", out.stderr);
 
     let stranger = Certs::stranger(&dir.0).display().to_string();
     let url = server.url(
