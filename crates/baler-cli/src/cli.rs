@@ -75,7 +75,9 @@ pub struct IngestArgs {
     pub input: Option<PathBuf>,
 
     /// Where to write: a SQLite file (created with its table if missing),
-    /// `sqlite://PATH`, or `postgres://user@host:port/database`.
+    /// `sqlite://PATH`, or `postgres://user@host:port/database`, with
+    /// `?sslmode=require` or `?sslmode=verify-full&sslrootcert=CA.pem` for
+    /// TLS (libpq's modes; the default is prefer).
     #[arg(long, value_name = "PATH|URL", default_value = "baler.db")]
     pub sink: String,
 
@@ -91,11 +93,18 @@ pub struct IngestArgs {
     pub capacity: Option<u64>,
 
     /// Share --capacity with other `baler ingest` processes through partition
-    /// leases in this Redis (redis://HOST:PORT). Each process writes at its
-    /// --reserved rate plus the partitions it holds; the partitions go to the
-    /// processes that have records to write, shared fairly.
+    /// leases in this Redis (redis://HOST:PORT, or rediss://HOST:PORT for
+    /// TLS). Each process writes at its --reserved rate plus the partitions
+    /// it holds; the partitions go to the processes that have records to
+    /// write, shared fairly.
     #[arg(long, value_name = "redis://HOST:PORT")]
     pub shared: Option<String>,
+
+    /// With --shared rediss://…: the PEM file of the CA that signed the Redis
+    /// server's certificate, trusted instead of the system's CAs (for a
+    /// private CA).
+    #[arg(long, value_name = "FILE", requires = "shared")]
+    pub shared_ca: Option<PathBuf>,
 
     /// With --shared: what one partition of the shared capacity is worth, in
     /// cost units per second (default: a tenth of --capacity, rounded up,

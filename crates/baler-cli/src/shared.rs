@@ -13,6 +13,10 @@
 //! [`baler::SharedCapacity`]). Redis is asked once before anything is
 //! produced, so a wrong URL or a Redis that is down stops the run at once;
 //! the leases are given back when the run ends, Ctrl-C included.
+//!
+//! `--shared rediss://HOST:PORT` talks to Redis's TLS port; the server's
+//! certificate must be signed by a CA the system trusts, or by the one in
+//! `--shared-ca FILE` (PEM).
 
 use std::time::Duration;
 
@@ -81,11 +85,31 @@ pub enum SharedError {
     #[error("--shared-name is empty; give the shared capacity a name, such as the database's")]
     EmptyName,
     /// `--shared` is not a Redis URL.
-    #[error("--shared {url} is not a Redis URL ({reason}); write it as redis://HOST:PORT")]
+    #[error(
+        "--shared {url} is not a Redis URL ({reason}); write it as redis://HOST:PORT, or \
+         rediss://HOST:PORT for TLS"
+    )]
     BadUrl {
         /// The URL (password hidden).
         url: String,
         /// What the Redis client said.
+        reason: String,
+    },
+    /// `--shared rediss://…#insecure`.
+    #[error(
+        "--shared {url}: baler does not skip the server's certificate check (#insecure); drop \
+         #insecure, and give the CA that signed the server's certificate with --shared-ca FILE"
+    )]
+    Insecure {
+        /// The URL (password hidden).
+        url: String,
+    },
+    /// `--shared-ca` cannot be used.
+    #[error("--shared-ca {path}: {reason}")]
+    BadCa {
+        /// The file given.
+        path: String,
+        /// Why, and what to give instead.
         reason: String,
     },
     /// Redis could not be reached, or did not answer as Redis.
@@ -106,6 +130,8 @@ pub enum SharedError {
 pub struct SharedPlan {
     /// The Redis URL.
     pub url: String,
+    /// The CA to trust for a `rediss://` URL, instead of the system's.
+    pub ca: Option<std::path::PathBuf>,
     /// The name of the shared capacity in Redis.
     pub name: String,
     /// The capacity per second shared by every process.
@@ -178,6 +204,7 @@ impl SharedPlan {
         }
         Ok(Some(SharedPlan {
             url: url.clone(),
+            ca: args.shared_ca.clone(),
             name,
             shared,
             factor,
@@ -206,14 +233,44 @@ impl SharedPlan {
     /// lease is taken.
     pub async fn start(&self) -> Result<(Capacity, Leases), SharedError> {
         let url = redact(&self.url);
-        let store = RedisLeaseStore::new(&self.url, &self.name).map_err(|e| match e {
+        let made = match &self.ca {
+            None => RedisLeaseStore::new(&self.url, &self.name),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| SharedError::BadCa {
+                    path: path.display().to_string(),
+                    reason: format!(
+                        "cannot read it ({e}); give the PEM file of the CA that signed the \
+                         Redis server's certificate"
+                    ),
+                })?;
+                RedisLeaseStore::with_ca(&self.url, &self.name, &pem)
+            }
+        };
+        let bad_ca = |reason: String| SharedError::BadCa {
+            path: self
+                .ca
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            reason,
+        };
+        let store = made.map_err(|e| match e {
             RedisStoreError::EmptyName => SharedError::EmptyName,
+            RedisStoreError::CaWithoutTls { .. } => bad_ca(format!(
+                "a CA is only used over TLS, and --shared {url} is not rediss://; write \
+                 --shared rediss://HOST:PORT (Redis's tls-port), or leave --shared-ca out"
+            )),
+            RedisStoreError::InvalidCa { reason, .. } => bad_ca(format!(
+                "{reason}; give the PEM file (-----BEGIN CERTIFICATE-----) of the CA that \
+                 signed the Redis server's certificate"
+            )),
             // The Redis client's own words, without the URL (and any
             // password in it).
             RedisStoreError::InvalidUrl { source, .. } => SharedError::BadUrl {
                 url: url.clone(),
                 reason: error_chain(&source),
             },
+            RedisStoreError::Insecure { .. } => SharedError::Insecure { url: url.clone() },
             other => SharedError::BadUrl {
                 url: url.clone(),
                 reason: other.to_string(),

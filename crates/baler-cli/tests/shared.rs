@@ -2,6 +2,8 @@
 //! through a real `redis-server`, started by each test on a free loopback
 //! port.
 
+#[path = "../../baler-redis/tests/common/certs.rs"]
+mod certs;
 mod common;
 #[path = "../../baler-redis/tests/common/mod.rs"]
 mod redis_server;
@@ -12,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{baler, count, ids, run, wait_output, Running, TempDir};
-use redis_server::{free_port, RedisServer};
+use redis_server::{free_port, RedisServer, TlsFiles};
 
 /// The shared capacity of the two-process tests, its factor, and what each
 /// process writes (cost 1 per record).
@@ -295,5 +297,142 @@ fn shared_flags_that_do_not_work_together_are_refused_naming_the_flag() {
         );
         assert!(!dir.path("f.db").exists(), "{flags:?}: nothing was written");
         assert!(!out.stderr.contains("secret"), "{}", out.stderr);
+    }
+}
+
+/// A TLS-only server with a certificate for 127.0.0.1 and localhost.
+fn tls_server() -> RedisServer {
+    RedisServer::start_tls(|dir| {
+        let made = certs::Certs::make(dir, "redis");
+        TlsFiles {
+            ca: made.ca,
+            cert: made.cert,
+            key: made.key,
+        }
+    })
+}
+
+/// How many of the first `partitions` partitions of the shared capacity
+/// `name` someone holds, asked over TLS.
+fn held_over_tls(server: &RedisServer, name: &str, partitions: u32) -> usize {
+    let store = baler_redis::RedisLeaseStore::with_ca(&server.url(), name, &server.ca_pem())
+        .expect("a store for the test's TLS server");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut held = 0;
+        for partition in 0..partitions {
+            if store.holder(partition).await.unwrap().is_some() {
+                held += 1;
+            }
+        }
+        held
+    })
+}
+
+#[test]
+fn a_shared_capacity_through_a_tls_only_redis_trusting_its_ca_writes_every_record() {
+    let server = tls_server();
+    let url = server.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let ca = server.tls.as_ref().unwrap().ca.display().to_string();
+    let dir = TempDir::new("shared-tls");
+    let mut args = shared_args("t.db", &url, "1000000");
+    args.extend(["--shared-ca", &ca]);
+    let mut baler = Running::start(&dir.0, &args);
+    // --reserved 0: all of this capacity comes from leases taken over TLS.
+    let line = baler.wait_for_line("capacity 2000 allocated");
+    assert!(line.contains("| produced"), "{line}");
+    assert!(
+        held_over_tls(&server, "pair", 4) > 0,
+        "it holds partitions in the TLS Redis"
+    );
+    baler.signal("INT");
+    let out = baler.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("2000/s shared through rediss://127.0.0.1:"),
+        "{}",
+        out.stderr
+    );
+    let s = out.json();
+    assert_eq!(s["written"], s["produced"], "{s}");
+    assert_eq!(
+        count(&dir.path("t.db"), "records"),
+        s["written"].as_u64().unwrap()
+    );
+    assert_eq!(
+        held_over_tls(&server, "pair", 4),
+        0,
+        "the leases were given back over TLS at the end"
+    );
+}
+
+#[test]
+fn a_tls_redis_whose_ca_is_not_trusted_is_refused_naming_the_server_and_the_flag() {
+    let server = tls_server();
+    let url = server.url();
+    let dir = TempDir::new("shared-tls-untrusted");
+    let stranger = certs::Certs::stranger(&dir.0).display().to_string();
+    let at = format!(
+        "the TLS handshake with the Redis server at 127.0.0.1:{}",
+        server.port
+    );
+    for ca in [None, Some(stranger.as_str())] {
+        let mut args = shared_args("x.db", &url, "100");
+        if let Some(ca) = ca {
+            args.extend(["--shared-ca", ca]);
+        }
+        let out = run(&dir.0, &args, "");
+        assert_eq!(out.code(), 2, "{ca:?}:\n{}", out.stderr);
+        for part in [at.as_str(), "failed", "UnknownIssuer", "--shared-ca FILE"] {
+            assert!(
+                out.stderr.contains(part),
+                "{ca:?}: expected {part:?} in:\n{}",
+                out.stderr
+            );
+        }
+        assert!(!out.stderr.contains("| produced"), "{}", out.stderr);
+        assert!(!dir.path("x.db").exists(), "the database was not touched");
+    }
+}
+
+#[test]
+fn a_shared_ca_that_cannot_be_used_is_refused_before_redis_is_asked() {
+    let dir = TempDir::new("shared-tls-ca");
+    std::fs::write(dir.path("junk.pem"), "not a certificate").unwrap();
+    let tls = format!("rediss://127.0.0.1:{}", free_port());
+    let plain = format!("redis://127.0.0.1:{}", free_port());
+    let insecure = format!("{tls}/#insecure");
+    let cases = [
+        (
+            &tls,
+            Some("missing.pem"),
+            "--shared-ca missing.pem: cannot read it",
+        ),
+        (&tls, Some("junk.pem"), "--shared-ca junk.pem:"),
+        (&plain, Some("junk.pem"), "a CA is only used over TLS"),
+        (
+            &insecure,
+            None,
+            "does not skip the server's certificate check",
+        ),
+    ];
+    for (url, ca, message) in cases {
+        let mut args = shared_args("c.db", url, "10");
+        if let Some(ca) = ca {
+            args.extend(["--shared-ca", ca]);
+        }
+        let out = run(&dir.0, &args, "");
+        assert_eq!(out.code(), 2, "{url} {ca:?}:\n{}", out.stderr);
+        assert!(
+            out.stderr.contains(message),
+            "{url} {ca:?}: expected {message:?} in:\n{}",
+            out.stderr
+        );
+        assert!(!dir.path("c.db").exists(), "nothing was written");
     }
 }

@@ -17,6 +17,27 @@
 //! The connection is made on first use and made again after an error, so a
 //! process can start while Redis is down, and recovers when Redis returns.
 //!
+//! ## TLS
+//!
+//! With the `tls` feature (on by default), a `rediss://host:port` URL
+//! connects to Redis's `tls-port` over TLS (rustls, with the ring crypto
+//! provider: no OpenSSL needed). The server's certificate must name the
+//! URL's host and be signed by a CA that the system trusts (its trust store,
+//! as `/etc/ssl/certs` on Debian), or by the CA whose PEM certificate is
+//! given to [`RedisLeaseStore::with_ca`], for a private CA. Certificate
+//! checks cannot be turned off: a `rediss://…#insecure` URL is refused.
+//! Clients present no certificate, so the server must not require one
+//! (`tls-auth-clients no`, or `optional`).
+//!
+//! A handshake that fails is a [`LeaseStoreError::Unreachable`] whose source
+//! is a [`RedisStoreError::TlsHandshake`] (which server, what the TLS library
+//! said, what to check) or [`RedisStoreError::TlsNoAnswer`] (most often a
+//! plain port given as `rediss://`).
+//!
+//! If no rustls crypto provider is installed for the process when a store is
+//! made, ring's is installed as the process's default: the Redis client
+//! needs one.
+//!
 //! ```no_run
 //! use baler::SharedCapacity;
 //! use baler_redis::RedisLeaseStore;
@@ -37,6 +58,7 @@
 
 mod scripts;
 mod store;
+mod tls;
 
 pub use store::{RedisLeaseStore, RedisStoreError};
 

@@ -8,16 +8,18 @@ use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use tokio::sync::Mutex;
 
 use crate::scripts::{ACQUIRE, ANNOUNCE, RELEASE, RENEW};
+use crate::tls;
 
 /// How long connecting and each answer may take by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Why a [`RedisLeaseStore`] could not be made.
+/// Why a [`RedisLeaseStore`] could not be made, or (as the source of a
+/// [`LeaseStoreError::Unreachable`]) why its TLS connection failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisStoreError {
     /// The URL is not a Redis URL.
-    #[error("{url:?} is not a Redis URL ({source}); write it as redis://host:port or redis://host:port/db")]
+    #[error("{url:?} is not a Redis URL ({source}); write it as redis://host:port, or rediss://host:port for TLS, with /db after it if needed")]
     InvalidUrl {
         /// The URL given (with any password in it).
         url: String,
@@ -27,6 +29,48 @@ pub enum RedisStoreError {
     /// The name of the shared capacity was empty.
     #[error("the shared capacity's name is empty; give every capacity shared through one Redis its own name, such as the datastore's")]
     EmptyName,
+    /// A `rediss://` URL, but this build has no TLS.
+    #[error("{url:?} asks for TLS, but baler-redis was built without its `tls` feature; enable it (it is on by default), or use a redis:// URL")]
+    TlsNotEnabled {
+        /// The URL given.
+        url: String,
+    },
+    /// A `rediss://…#insecure` URL: certificate checks off.
+    #[error("{url:?} asks to skip the server's certificate check (#insecure), which baler does not do; drop #insecure and trust the CA that signed the server's certificate instead (RedisLeaseStore::with_ca)")]
+    Insecure {
+        /// The URL given.
+        url: String,
+    },
+    /// A CA certificate was given for a URL that is not `rediss://`.
+    #[error("a CA certificate was given for {url:?}, which does not use TLS; write it as rediss://host:port (Redis's tls-port), or give no CA")]
+    CaWithoutTls {
+        /// The URL given.
+        url: String,
+    },
+    /// The CA certificate given is not a PEM certificate.
+    #[error("the CA certificate given for {url:?} is not usable: {reason}; give the PEM file (-----BEGIN CERTIFICATE-----) of the CA that signed the Redis server's certificate")]
+    InvalidCa {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS handshake with the server failed.
+    #[error("the TLS handshake with the Redis server at {server} failed: {reason}; {hint}")]
+    TlsHandshake {
+        /// The server, as host:port.
+        server: String,
+        /// What the TLS library said.
+        reason: String,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// A TLS connection was not answered: most often a plain (non-TLS) port.
+    #[error("the Redis server at {server} did not complete a TLS handshake in time; check that the port is Redis's tls-port (rediss:// is for a TLS port, redis:// for a plain one)")]
+    TlsNoAnswer {
+        /// The server, as host:port.
+        server: String,
+    },
 }
 
 /// A [`LeaseStore`] in Redis: partition `n` of the capacity named `name` is
@@ -47,15 +91,72 @@ pub struct RedisLeaseStore {
 impl RedisLeaseStore {
     /// A store for the shared capacity `name` in the Redis at `url`. Nothing
     /// is connected until the first call.
+    ///
+    /// `url` is `redis://host:port` or, for TLS, `rediss://host:port` (the
+    /// server's `tls-port`), either with `/db` after it. Over TLS the
+    /// server's certificate must be signed by a CA in the system's trust
+    /// store and name the host of the URL; for a private CA, use
+    /// [`with_ca`](RedisLeaseStore::with_ca).
     pub fn new(url: &str, name: &str) -> Result<Self, RedisStoreError> {
-        if name.is_empty() {
-            return Err(RedisStoreError::EmptyName);
+        let client = open(url, name)?;
+        Ok(Self::with_client(client, name))
+    }
+
+    /// A store like [`new`](RedisLeaseStore::new) over TLS, that trusts the
+    /// CA certificate(s) in `ca_pem` (PEM) instead of the system's: for a
+    /// Redis whose certificate a private CA signed. `url` must be
+    /// `rediss://`.
+    ///
+    /// ```no_run
+    /// use baler_redis::RedisLeaseStore;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let store = RedisLeaseStore::with_ca("rediss://redis.internal:6380", "orders-db", &ca)?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn with_ca(url: &str, name: &str, ca_pem: &[u8]) -> Result<Self, RedisStoreError> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+
+        let client = open(url, name)?;
+        if !matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        ) {
+            return Err(RedisStoreError::CaWithoutTls {
+                url: url.to_owned(),
+            });
         }
-        let client = Client::open(url).map_err(|source| RedisStoreError::InvalidUrl {
+        let invalid = |reason: String| RedisStoreError::InvalidCa {
             url: url.to_owned(),
-            source,
-        })?;
-        Ok(RedisLeaseStore {
+            reason,
+        };
+        // Checked here, where the error can name the file's problem; the
+        // Redis client would only fail at the first connection.
+        let mut certificates = 0;
+        for certificate in CertificateDer::pem_slice_iter(ca_pem) {
+            certificate.map_err(|e| invalid(e.to_string()))?;
+            certificates += 1;
+        }
+        if certificates == 0 {
+            return Err(invalid("it holds no PEM certificate".into()));
+        }
+        let client = Client::build_with_tls(
+            client.get_connection_info().clone(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca_pem.to_vec()),
+            },
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        Ok(Self::with_client(client, name))
+    }
+
+    fn with_client(client: Client, name: &str) -> Self {
+        RedisLeaseStore {
             client,
             prefix: format!("baler:{name}:partition:"),
             demand_key: format!("baler:{name}:demand"),
@@ -63,7 +164,7 @@ impl RedisLeaseStore {
                 .set_connection_timeout(Some(DEFAULT_TIMEOUT))
                 .set_response_timeout(Some(DEFAULT_TIMEOUT)),
             connection: Mutex::new(None),
-        })
+        }
     }
 
     /// How long connecting, and then each answer, may take before the call
@@ -100,7 +201,10 @@ impl RedisLeaseStore {
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
-            .map_err(|e| LeaseStoreError::Unreachable(Box::new(e)))?;
+            .map_err(|e| match tls::handshake_failure(&self.client, &e) {
+                Some(tls) => LeaseStoreError::Unreachable(Box::new(tls)),
+                None => LeaseStoreError::Unreachable(Box::new(e)),
+            })?;
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -146,6 +250,31 @@ impl RedisLeaseStore {
             .map_err(|e| self.failed(e))?;
         Ok(done)
     }
+}
+
+/// The client for `url`, after the checks that need no connection.
+fn open(url: &str, name: &str) -> Result<Client, RedisStoreError> {
+    if name.is_empty() {
+        return Err(RedisStoreError::EmptyName);
+    }
+    let tls = url.starts_with("rediss://") || url.starts_with("valkeys://");
+    if tls && !cfg!(feature = "tls") {
+        return Err(RedisStoreError::TlsNotEnabled {
+            url: url.to_owned(),
+        });
+    }
+    if tls && url.ends_with("#insecure") {
+        return Err(RedisStoreError::Insecure {
+            url: url.to_owned(),
+        });
+    }
+    if tls {
+        tls::ensure_crypto_provider();
+    }
+    Client::open(url).map_err(|source| RedisStoreError::InvalidUrl {
+        url: url.to_owned(),
+        source,
+    })
 }
 
 impl LeaseStore for RedisLeaseStore {

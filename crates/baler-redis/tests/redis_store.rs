@@ -223,3 +223,14 @@ async fn demands_are_shared_and_expire_by_redis_clock() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[cfg(not(feature = "tls"))]
+#[test]
+fn rediss_without_the_tls_feature_says_which_feature_to_enable() {
+    let err = RedisLeaseStore::new("rediss://127.0.0.1:6380", "n").unwrap_err();
+    assert!(
+        matches!(err, RedisStoreError::TlsNotEnabled { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("`tls` feature"), "{err}");
+}

@@ -7,12 +7,14 @@
 
 mod postgres;
 mod sqlite;
+pub mod tls;
 
 use std::fmt;
 use std::path::PathBuf;
 
 pub use postgres::PostgresSink;
 pub use sqlite::SqliteSink;
+pub use tls::{PostgresTls, TlsMode};
 
 use crate::input::Record;
 
@@ -22,7 +24,16 @@ pub enum SinkSpec {
     /// A SQLite file, created if missing.
     Sqlite(PathBuf),
     /// A PostgreSQL database.
-    Postgres(Box<tokio_postgres::Config>),
+    Postgres(Box<PostgresSpec>),
+}
+
+/// A PostgreSQL database and how to secure the connections to it.
+#[derive(Debug, Clone)]
+pub struct PostgresSpec {
+    /// Where, who, which database.
+    pub config: tokio_postgres::Config,
+    /// TLS: the URL's `sslmode` and `sslrootcert`.
+    pub tls: PostgresTls,
 }
 
 impl fmt::Debug for SinkSpec {
@@ -35,11 +46,19 @@ impl SinkSpec {
     /// Reads `--sink`: `postgres://…` or `postgresql://…` for PostgreSQL,
     /// `sqlite://PATH` or a plain path for SQLite.
     ///
+    /// A PostgreSQL URL may say how to use TLS as libpq's do:
+    /// `?sslmode=require`, or `?sslmode=verify-full&sslrootcert=ca.pem` (see
+    /// [`tls`] for every mode). A root CA file is read here, so a wrong one
+    /// is reported before anything is produced.
+    ///
     /// ```
     /// use baler_cli::sink::SinkSpec;
     ///
     /// assert!(matches!(SinkSpec::parse("out.db"), Ok(SinkSpec::Sqlite(_))));
     /// assert!(matches!(SinkSpec::parse("postgres://me@127.0.0.1/test"), Ok(SinkSpec::Postgres(_))));
+    /// let Ok(SinkSpec::Postgres(pg)) = SinkSpec::parse("postgres://me@db.internal/test?sslmode=require")
+    /// else { panic!() };
+    /// assert_eq!(pg.tls.mode, baler_cli::sink::TlsMode::Require);
     /// assert!(SinkSpec::parse("redis://127.0.0.1").is_err());
     /// ```
     ///
@@ -52,13 +71,15 @@ impl SinkSpec {
             reason,
         };
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            let mut config: tokio_postgres::Config = text
+            let (rest, tls) = tls::split_url(text).map_err(bad)?;
+            let mut config: tokio_postgres::Config = rest
                 .parse()
                 .map_err(|e: tokio_postgres::Error| bad(error_chain(&e)))?;
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(std::time::Duration::from_secs(5));
             }
-            return Ok(SinkSpec::Postgres(Box::new(config)));
+            config.ssl_mode(tls.mode.ssl_mode());
+            return Ok(SinkSpec::Postgres(Box::new(PostgresSpec { config, tls })));
         }
         if let Some(path) = text.strip_prefix("sqlite://") {
             return Ok(SinkSpec::Sqlite(PathBuf::from(path)));
@@ -81,7 +102,8 @@ impl SinkSpec {
     pub fn describe(&self) -> String {
         match self {
             SinkSpec::Sqlite(path) => format!("sqlite {}", path.display()),
-            SinkSpec::Postgres(config) => {
+            SinkSpec::Postgres(spec) => {
+                let config = &spec.config;
                 let hosts: Vec<String> = config
                     .get_hosts()
                     .iter()
@@ -93,7 +115,7 @@ impl SinkSpec {
                     })
                     .collect();
                 format!(
-                    "postgres {} (database {}, user {})",
+                    "postgres {} (database {}, user {}, sslmode {})",
                     if hosts.is_empty() {
                         "localhost:5432".to_owned()
                     } else {
@@ -101,6 +123,7 @@ impl SinkSpec {
                     },
                     config.get_dbname().unwrap_or("(default)"),
                     config.get_user().unwrap_or("(default)"),
+                    spec.tls.mode.name(),
                 )
             }
         }
@@ -125,7 +148,7 @@ impl Sink {
     /// # Errors
     ///
     /// [`SinkError::BadTable`], [`SinkError::Open`], [`SinkError::Connect`],
-    /// [`SinkError::TooFewConnections`] or [`SinkError::Table`], each saying
+    /// [`SinkError::Tls`], [`SinkError::TooFewConnections`] or [`SinkError::Table`], each saying
     /// what to change.
     pub async fn open(spec: &SinkSpec, table: &str, connections: usize) -> Result<Sink, SinkError> {
         check_table_name(table)?;
@@ -141,7 +164,7 @@ impl Sink {
                     })?
                     .map(Sink::Sqlite)
             }
-            SinkSpec::Postgres(config) => PostgresSink::open(config, table, connections)
+            SinkSpec::Postgres(spec) => PostgresSink::open(spec, table, connections)
                 .await
                 .map(Sink::Postgres),
         }
@@ -213,6 +236,17 @@ pub enum SinkError {
         what: String,
         /// Why.
         reason: String,
+    },
+    /// The TLS handshake with the PostgreSQL server failed, or the server
+    /// does not offer TLS where `sslmode` requires it.
+    #[error("the TLS handshake with {what} failed: {reason}; {hint}")]
+    Tls {
+        /// The database.
+        what: String,
+        /// What the TLS library or the server said.
+        reason: String,
+        /// What to check.
+        hint: &'static str,
     },
     /// The PostgreSQL server accepted some of the connections that
     /// `--max-in-flight` asks for (one per batch written at once), then

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
-use super::{error_chain, SinkError};
+use super::{error_chain, PostgresSpec, SinkError};
 use crate::input::Record;
 
 /// An open PostgreSQL database with its table.
@@ -22,7 +22,7 @@ pub struct PostgresSink {
 
 #[derive(Debug)]
 struct Inner {
-    config: Config,
+    spec: PostgresSpec,
     table: String,
     what: String,
     /// One permit per connection, so that a taker always finds one.
@@ -43,12 +43,17 @@ impl PostgresSink {
     /// # Errors
     ///
     /// [`SinkError::Connect`] when the server cannot be reached,
+    /// [`SinkError::Tls`] when TLS fails,
     /// [`SinkError::TooFewConnections`] when it refuses one of the
     /// `connections` after accepting the first, or [`SinkError::Table`].
-    pub async fn open(config: &Config, table: &str, connections: usize) -> Result<Self, SinkError> {
-        let what = super::SinkSpec::Postgres(Box::new(config.clone())).describe();
+    pub async fn open(
+        spec: &PostgresSpec,
+        table: &str,
+        connections: usize,
+    ) -> Result<Self, SinkError> {
+        let what = super::SinkSpec::Postgres(Box::new(spec.clone())).describe();
         let connections = connections.max(1);
-        let first = connect(config, &what).await?;
+        let first = connect(spec, &what).await?;
         first
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS \"{table}\" (seq BIGINT NOT NULL, body TEXT NOT NULL)"
@@ -60,7 +65,7 @@ impl PostgresSink {
                 reason: error_chain(&e),
             })?;
         let inner = Inner {
-            config: config.clone(),
+            spec: spec.clone(),
             table: table.to_owned(),
             what,
             // Not `connections` as given: tokio's semaphore panics above
@@ -71,7 +76,7 @@ impl PostgresSink {
         };
         let mut idle = vec![inner.prepare(first).await?];
         while idle.len() < connections {
-            let client = match connect(config, &inner.what).await {
+            let client = match connect(spec, &inner.what).await {
                 Ok(client) => client,
                 Err(SinkError::Connect { reason, .. }) => {
                     return Err(SinkError::TooFewConnections {
@@ -114,7 +119,7 @@ impl PostgresSink {
         let mut conn = match taken {
             Some(conn) if !conn.client.is_closed() => conn,
             _ => {
-                let client = connect(&inner.config, &inner.what)
+                let client = connect(&inner.spec, &inner.what)
                     .await
                     .map_err(|e| write_err(e.to_string(), true))?;
                 inner
@@ -166,7 +171,7 @@ impl PostgresSink {
             reason: format!("{}: {reason}", inner.what),
             transient: false,
         };
-        let client = connect(&inner.config, &inner.what)
+        let client = connect(&inner.spec, &inner.what)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let row = client
@@ -195,13 +200,21 @@ impl Inner {
 }
 
 /// Opens a connection and drives it on a task of its own.
-async fn connect(config: &Config, what: &str) -> Result<Client, SinkError> {
-    let (client, connection) = config
-        .connect(NoTls)
+async fn connect(spec: &PostgresSpec, what: &str) -> Result<Client, SinkError> {
+    let (client, connection) = spec
+        .config
+        .connect(spec.tls.connector.clone())
         .await
-        .map_err(|e| SinkError::Connect {
-            what: what.to_owned(),
-            reason: error_chain(&e),
+        .map_err(|e| match super::tls::handshake_hint(&e, spec.tls.mode) {
+            Some(hint) => SinkError::Tls {
+                what: what.to_owned(),
+                reason: error_chain(&e),
+                hint,
+            },
+            None => SinkError::Connect {
+                what: what.to_owned(),
+                reason: error_chain(&e),
+            },
         })?;
     tokio::spawn(async move {
         // An error here shows up as a closed client on its next use.
