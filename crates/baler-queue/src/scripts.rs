@@ -1,0 +1,174 @@
+//! The Lua scripts: each step that must be atomic is one script, run once per
+//! batch. Every key a script touches arrives in KEYS (Redis Cluster needs to
+//! know them, and they all share the queue's hash tag).
+//!
+//! The fencing token of a claim is the pair (consumer, delivery count) that
+//! `XPENDING` reports for the entry. A reclaim by another worker changes the
+//! consumer and raises the count, so a worker whose lease lapsed finds a
+//! different token and writes nothing.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Adds a batch of jobs.
+///
+/// KEYS: jobs, then one marker key per job (`{q}:idem:<key>` or
+/// `{q}:sent:<id>`). ARGV: max length (0: none), marker TTL in ms, producer,
+/// then id and body per job.
+///
+/// Per job it answers `ok`, `full` or `dup:<producer>\n<id>`. A job whose
+/// marker exists is not added again, which makes a retry after a lost reply
+/// safe: the retry sees its own id and reports it as added.
+pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local maxlen = tonumber(ARGV[1])
+local ttl = ARGV[2]
+local producer = ARGV[3]
+local len = redis.call('XLEN', KEYS[1])
+local out = {}
+for i = 1, #KEYS - 1 do
+  local id = ARGV[2 + 2 * i]
+  local body = ARGV[3 + 2 * i]
+  local existing = redis.call('GET', KEYS[i + 1])
+  if existing then
+    out[i] = 'dup:' .. existing
+  elseif maxlen > 0 and len >= maxlen then
+    out[i] = 'full'
+  else
+    redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', '0', 'b', body)
+    redis.call('SET', KEYS[i + 1], producer .. '\n' .. id, 'PX', ttl)
+    len = len + 1
+    out[i] = 'ok'
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Takes over entries idle for longer than the lease.
+///
+/// KEYS: jobs. ARGV: group, consumer, min idle ms, count. Answers, per entry
+/// taken, `{entry id, fields, delivery count}`.
+pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
+local out = {}
+for _, e in ipairs(r[2]) do
+  if e[2] then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    local count = 0
+    if p[1] then count = p[1][4] end
+    out[#out + 1] = {e[1], e[2], count}
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Extends leases: per entry, if this worker still holds it with the same
+/// delivery count, resets its idle time (`XCLAIM .. JUSTID` does not count a
+/// delivery).
+///
+/// KEYS: jobs. ARGV: group, consumer, then entry id and delivery count per
+/// entry. Answers 1 (extended) or 0 (lost) per entry.
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+local n = (#ARGV - 2) / 2
+for i = 1, n do
+  local id = ARGV[1 + 2 * i]
+  local count = tonumber(ARGV[2 + 2 * i])
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if p[1] and p[1][2] == ARGV[2] and tonumber(p[1][4]) == count then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"#,
+    )
+});
+
+/// How many ARGV slots one job takes in [`COMPLETE`].
+pub(crate) const COMPLETE_FIELDS: usize = 9;
+
+/// Completes a batch of jobs, each only if its claim is still this worker's.
+///
+/// KEYS: jobs, delayed, parked, dead, then the results stream of each job's
+/// producer. ARGV: group, consumer, then per job: entry id, delivery count,
+/// kind (`ok`, `failed`, `dead`, `retry`, `handback`), job id, producer,
+/// attempts, data (output or message), delay ms, body.
+///
+/// Answers 1 (written) or 0 (stale: written nothing) per job.
+pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+local n = (#ARGV - 2) / 9
+for i = 1, n do
+  local b = 2 + (i - 1) * 9
+  local eid, count, kind = ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
+  local id, producer, attempts = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+  local data, delay, body = ARGV[b + 7], tonumber(ARGV[b + 8]), ARGV[b + 9]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], eid, eid, 1)
+  if p[1] and p[1][2] == ARGV[2] and tonumber(p[1][4]) == count then
+    if kind == 'ok' or kind == 'failed' then
+      redis.call('XADD', KEYS[4 + i], '*', 'id', id, 's', kind, 'a', attempts, 'r', data)
+    elseif kind == 'dead' then
+      redis.call('XADD', KEYS[4], '*', 'id', id, 'p', producer, 'a', attempts, 'reason', data, 'b', body)
+      if producer ~= '' then
+        redis.call('XADD', KEYS[4 + i], '*', 'id', id, 's', 'dead', 'a', attempts, 'r', data)
+      end
+    elseif kind == 'retry' then
+      redis.call('HSET', KEYS[3], id, producer .. '\n' .. attempts .. '\n' .. body)
+      redis.call('ZADD', KEYS[2], now + delay, id)
+    elseif kind == 'handback' then
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'b', body)
+    end
+    redis.call('XACK', KEYS[1], ARGV[1], eid)
+    redis.call('XDEL', KEYS[1], eid)
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Moves delayed jobs whose time has come back to the jobs stream.
+///
+/// KEYS: jobs, delayed, parked. ARGV: how many at most. Answers how many
+/// were moved.
+pub(crate) static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(ids) do
+  local v = redis.call('HGET', KEYS[3], id)
+  if v then
+    local s1 = string.find(v, '\n', 1, true)
+    local s2 = string.find(v, '\n', s1 + 1, true)
+    redis.call('XADD', KEYS[1], '*', 'id', id, 'p', string.sub(v, 1, s1 - 1),
+      'a', string.sub(v, s1 + 1, s2 - 1), 'b', string.sub(v, s2 + 1))
+    redis.call('HDEL', KEYS[3], id)
+  end
+  redis.call('ZREM', KEYS[2], id)
+end
+return #ids
+"#,
+    )
+});
