@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use baler::{Batch, Batcher, Handler, HandlerResult, Outcome};
+use baler::{Batch, Batcher, Dispatch, Handler, HandlerResult, Outcome};
 use redis::{RedisError, Value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -383,6 +383,7 @@ pub struct ProducerBuilder<C = Json> {
     max_outstanding: usize,
     max_batch_size: usize,
     linger: Duration,
+    dispatch: Dispatch,
     max_unclaimed: usize,
     redis_attempts: u32,
     block_time: Duration,
@@ -409,6 +410,7 @@ impl<C: Codec> Queue<C> {
             max_outstanding: 10_000,
             max_batch_size: 100,
             linger: Duration::from_millis(1),
+            dispatch: Dispatch::default(),
             max_unclaimed: 10_000,
             redis_attempts: 20,
             block_time: Duration::from_secs(1),
@@ -435,6 +437,15 @@ impl<C: Codec> ProducerBuilder<C> {
     /// flight (default 1 ms; an idle producer sends at once).
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
+        self
+    }
+
+    /// When a batch of enqueues that has not filled up is sent (default
+    /// [`Dispatch::LoadAware`]: at once when no call is in flight, so that a
+    /// lone job is not held back; [`Dispatch::Linger`] always waits out the
+    /// linger, for the fewest calls).
+    pub fn dispatch(mut self, policy: Dispatch) -> Self {
+        self.dispatch = policy;
         self
     }
 
@@ -492,6 +503,7 @@ impl<C: Codec> ProducerBuilder<C> {
             .max_batch_size(self.max_batch_size)
             .buffer_size(self.max_batch_size.max(self.max_outstanding))
             .linger(self.linger)
+            .dispatch(self.dispatch)
             .max_attempts(self.redis_attempts)
             .backoff(Duration::from_millis(50), Duration::from_secs(2))
             .build(EnqueueHandler {

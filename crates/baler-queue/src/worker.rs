@@ -33,7 +33,7 @@ use crate::error::ConfigError;
 use crate::events::QueueEvent;
 use crate::observe;
 use crate::producer::stream_entries;
-use crate::queue::{as_bytes, as_string, as_u64, pairs, Queue, Shared};
+use crate::queue::{as_bytes, as_string, as_u64, pairs, Queue, Settings, Shared};
 use crate::scripts::{COMPLETE, COMPLETE_FIELDS, EXTEND, PROMOTE, RECLAIM};
 use crate::JobId;
 
@@ -565,32 +565,33 @@ struct Typed<P, O, E, C> {
     done: mpsc::UnboundedSender<Completion>,
 }
 
-impl<P, O, E, C> Typed<P, O, E, C>
-where
-    C: Codec,
-{
-    fn retry_or_fail(&self, held: Held, message: String, room: OwnedSemaphorePermit) -> Completion {
-        let s = &self.shared.settings;
-        let attempts = held.attempts + 1;
-        if attempts >= s.max_attempts {
-            Completion {
-                held,
-                kind: Kind::Failed,
-                data: message.into_bytes(),
-                attempts,
-                delay: Duration::ZERO,
-                _room: Some(room),
-            }
-        } else {
-            let doubling = 1u32 << (attempts - 1).min(20);
-            Completion {
-                held,
-                kind: Kind::Retry,
-                data: message.into_bytes(),
-                attempts,
-                delay: s.backoff_base.saturating_mul(doubling).min(s.backoff_max),
-                _room: Some(room),
-            }
+/// A failed attempt: another one after a backoff if attempts remain, else
+/// the final failure.
+fn retry_or_fail(
+    s: &Settings,
+    held: Held,
+    message: String,
+    room: OwnedSemaphorePermit,
+) -> Completion {
+    let attempts = held.attempts + 1;
+    if attempts >= s.max_attempts {
+        Completion {
+            held,
+            kind: Kind::Failed,
+            data: message.into_bytes(),
+            attempts,
+            delay: Duration::ZERO,
+            _room: Some(room),
+        }
+    } else {
+        let doubling = 1u32 << (attempts - 1).min(20);
+        Completion {
+            held,
+            kind: Kind::Retry,
+            data: message.into_bytes(),
+            attempts,
+            delay: s.backoff_base.saturating_mul(doubling).min(s.backoff_max),
+            _room: Some(room),
         }
     }
 }
@@ -633,52 +634,56 @@ where
                     return;
                 }
             };
-            let shared = &self.shared;
-            // The batcher resolves the ticket whatever happens (output,
-            // error, timeout, panic, shutdown), so this wait always ends.
-            let result = ticket.await;
-            let completion = match result {
-                Ok(output) => match shared.codec.encode(&output) {
-                    Ok(bytes) => Completion {
-                        attempts: held.attempts + 1,
-                        held,
-                        kind: Kind::Ok,
-                        data: bytes,
-                        delay: Duration::ZERO,
-                        _room: Some(room),
+            let shared = self.shared.clone();
+            let done = self.done.clone();
+            // One task per job, so that the claimer goes on claiming while
+            // the job runs. The batcher resolves the ticket whatever happens
+            // (output, error, timeout, panic, shutdown): the task always ends.
+            tokio::spawn(async move {
+                let result = ticket.await;
+                let completion = match result {
+                    Ok(output) => match shared.codec.encode(&output) {
+                        Ok(bytes) => Completion {
+                            attempts: held.attempts + 1,
+                            held,
+                            kind: Kind::Ok,
+                            data: bytes,
+                            delay: Duration::ZERO,
+                            _room: Some(room),
+                        },
+                        Err(m) => Completion {
+                            attempts: held.attempts + 1,
+                            held,
+                            kind: Kind::Failed,
+                            data: format!("the handler's output could not be encoded: {m}")
+                                .into_bytes(),
+                            delay: Duration::ZERO,
+                            _room: Some(room),
+                        },
                     },
-                    Err(m) => Completion {
+                    Err(baler::Error::Handler(e)) => Completion {
                         attempts: held.attempts + 1,
                         held,
                         kind: Kind::Failed,
-                        data: format!("the handler's output could not be encoded: {m}")
-                            .into_bytes(),
+                        data: e.to_string().into_bytes(),
                         delay: Duration::ZERO,
                         _room: Some(room),
                     },
-                },
-                Err(baler::Error::Handler(e)) => Completion {
-                    attempts: held.attempts + 1,
-                    held,
-                    kind: Kind::Failed,
-                    data: e.to_string().into_bytes(),
-                    delay: Duration::ZERO,
-                    _room: Some(room),
-                },
-                Err(baler::Error::Abandoned) => Completion {
-                    attempts: held.attempts,
-                    held,
-                    kind: Kind::HandBack,
-                    data: Vec::new(),
-                    delay: Duration::ZERO,
-                    _room: Some(room),
-                },
-                Err(baler::Error::Exhausted { last, .. }) => {
-                    self.retry_or_fail(held, last.to_string(), room)
-                }
-                Err(other) => self.retry_or_fail(held, other.to_string(), room),
-            };
-            let _ = self.done.send(completion);
+                    Err(baler::Error::Abandoned) => Completion {
+                        attempts: held.attempts,
+                        held,
+                        kind: Kind::HandBack,
+                        data: Vec::new(),
+                        delay: Duration::ZERO,
+                        _room: Some(room),
+                    },
+                    Err(baler::Error::Exhausted { last, .. }) => {
+                        retry_or_fail(&shared.settings, held, last.to_string(), room)
+                    }
+                    Err(other) => retry_or_fail(&shared.settings, held, other.to_string(), room),
+                };
+                let _ = done.send(completion);
+            });
         })
     }
 

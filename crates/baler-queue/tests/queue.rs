@@ -1,0 +1,813 @@
+//! The durable queue against real `redis-server`s, each started by its test
+//! on a free loopback port and killed by its handle when the test ends.
+//!
+//! Leases here are short real durations (a few hundred ms), because Redis
+//! measures them on its own clock; the tests wait for conditions with a
+//! bounded patience and never assert how long anything took.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baler::{handler_fn, Batch, HandlerResult, Outcome};
+use baler_queue::{
+    ConnectError, EnqueueError, Job, JobError, Queue, QueueCode, QueueEvent, Worker,
+};
+use common::{calls, connection, eventually, within, RedisServer};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn doubler() -> impl baler::Handler<u64, Output = u64, Error = String> {
+    handler_fn(|batch: Batch<u64>| async move {
+        let out: HandlerResult<u64, String> =
+            Ok(batch.iter().map(|n| Outcome::Done(n * 2)).collect());
+        out
+    })
+}
+
+async fn quick_queue(server: &RedisServer, name: &str) -> Queue {
+    Queue::builder(&server.url(), name)
+        .lease(Duration::from_millis(400))
+        .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .build()
+        .await
+        .expect("queue")
+}
+
+fn start_doubler(queue: &Queue) -> Worker {
+    queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .start(doubler())
+        .expect("worker")
+}
+
+async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("XLEN")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_goes_to_a_worker_and_its_result_comes_back_and_nothing_is_left_behind() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "roundtrip").await;
+    let worker = start_doubler(&queue);
+    let producer = queue.producer("p1").build::<u64, u64>().unwrap();
+
+    let ticket = producer.enqueue(21).await.unwrap();
+    assert_eq!(within(PATIENCE, "the result", ticket).await, Ok(42));
+    assert_eq!(producer.outstanding(), 0);
+
+    let conn = connection(&server.url()).await;
+    let keys = queue.keys().clone();
+    eventually(PATIENCE, "jobs and results streams emptied", || {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        async move {
+            xlen(&mut conn, &keys.jobs()).await == 0
+                && xlen(&mut conn, &keys.results("p1")).await == 0
+        }
+    })
+    .await;
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.length, stats.pending, stats.delayed, stats.dead),
+        (0, 0, 0, 0)
+    );
+    let report = worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.stats.completed, 1);
+    assert_eq!(report.stats.held, 0);
+    assert!(producer
+        .shutdown(Duration::from_secs(1))
+        .await
+        .outstanding
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_reach_redis_as_one_script_call_per_batch() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "batched").await;
+    // Every batch waits out its linger, so the 50 jobs gather into one.
+    let producer = queue
+        .producer("p1")
+        .dispatch(baler::Dispatch::Linger)
+        .linger(Duration::from_millis(300))
+        .max_batch_size(100)
+        .build::<u64, u64>()
+        .unwrap();
+    // Loads the script, so that what follows is counted as plain calls.
+    let _warm = producer.enqueue(0).await.unwrap();
+    let mut conn = connection(&server.url()).await;
+    let before = calls(&mut conn, "evalsha").await + calls(&mut conn, "eval").await;
+
+    let tickets = producer.enqueue_many(1..=50u64).await;
+    assert!(tickets.iter().all(|t| t.is_ok()));
+
+    let after = calls(&mut conn, "evalsha").await + calls(&mut conn, "eval").await;
+    assert_eq!(
+        after - before,
+        1,
+        "50 enqueues took {} script calls",
+        after - before
+    );
+    assert_eq!(xlen(&mut conn, &queue.keys().jobs()).await, 51);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_producers_and_workers_resolve_every_ticket_exactly_once_with_its_own_result() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "many").await;
+    let workers: Vec<Worker> = (0..3).map(|_| start_doubler(&queue)).collect();
+    let mut tasks = Vec::new();
+    for p in 0..3u64 {
+        let producer = queue
+            .producer(&format!("p{p}"))
+            .build::<u64, u64>()
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let base = p * 1_000;
+            let tickets = producer.enqueue_many(base..base + 300).await;
+            let mut seen = Vec::new();
+            for (n, ticket) in (base..).zip(tickets) {
+                let ticket = ticket.expect("enqueued");
+                let id = ticket.id().clone();
+                assert_eq!(ticket.await, Ok(n * 2), "job {id}");
+                seen.push(id);
+            }
+            assert_eq!(producer.outstanding(), 0);
+            seen
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        for id in within(PATIENCE, "every producer's results", task)
+            .await
+            .unwrap()
+        {
+            assert!(ids.insert(id), "a job id was handed out twice");
+        }
+    }
+    assert_eq!(ids.len(), 900);
+    let mut completed = 0;
+    for worker in workers {
+        let report = worker.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(report.stats.stale_discarded, 0);
+        completed += report.stats.completed;
+    }
+    // No crash, no lapsed lease: every job ran exactly once.
+    assert_eq!(completed, 900);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_finished_at_once_by_waiting_workers_still_reach_their_tickets() {
+    // bee-queue lost the `succeeded` event of a job a worker finished before
+    // the client had registered it. Here workers wait on the stream and
+    // answer at once, and each ticket exists before its job is sent.
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "race").await;
+    let _workers: Vec<Worker> = (0..3).map(|_| start_doubler(&queue)).collect();
+    let producer = queue.producer("client").build::<u64, u64>().unwrap();
+    for n in 0..300u64 {
+        let ticket = producer.enqueue(n).await.unwrap();
+        assert_eq!(
+            within(PATIENCE, "a fast job's result", ticket).await,
+            Ok(n * 2)
+        );
+    }
+    assert_eq!(producer.outstanding(), 0);
+    assert!(producer.take_unclaimed().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_job_runs_again_after_its_backoff_and_succeeds() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "retry").await;
+    let runs = Arc::new(Mutex::new(0u32));
+    let counted = runs.clone();
+    let worker = queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(move |batch: Batch<u64>| {
+            let runs = counted.clone();
+            async move {
+                let mut runs = runs.lock().unwrap();
+                let out: HandlerResult<u64, String> = Ok(batch
+                    .iter()
+                    .map(|n| {
+                        *runs += 1;
+                        if *runs < 3 {
+                            Outcome::Retry(format!("not yet ({runs})"))
+                        } else {
+                            Outcome::Done(*n + 1)
+                        }
+                    })
+                    .collect());
+                out
+            }
+        }))
+        .unwrap();
+    let mut events = queue.events();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let ticket = producer.enqueue(9).await.unwrap();
+    assert_eq!(within(PATIENCE, "the retried job", ticket).await, Ok(10));
+    assert_eq!(*runs.lock().unwrap(), 3);
+    let report = worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.stats.retried, report.stats.completed), (2, 1));
+    let mut retried = Vec::new();
+    while let Ok(Some(event)) = events.try_recv() {
+        if let QueueEvent::Retried { attempts, .. } = event {
+            retried.push(attempts);
+        }
+    }
+    assert_eq!(retried, [1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_failing_resolves_with_its_attempts_and_last_message() {
+    let server = RedisServer::start();
+    let queue = Queue::builder(&server.url(), "exhaust")
+        .lease(Duration::from_millis(400))
+        .max_attempts(3)
+        .backoff(Duration::from_millis(20), Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let runs = Arc::new(Mutex::new(0u32));
+    let counted = runs.clone();
+    let _worker = queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(move |batch: Batch<u64>| {
+            let runs = counted.clone();
+            async move {
+                let mut runs = runs.lock().unwrap();
+                let out: HandlerResult<u64, String> = Ok(batch
+                    .iter()
+                    .map(|_| {
+                        *runs += 1;
+                        Outcome::Retry(format!("flaky upstream, run {runs}"))
+                    })
+                    .collect());
+                out
+            }
+        }))
+        .unwrap();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let ticket = producer.enqueue(1).await.unwrap();
+    let id = ticket.id().clone();
+    let result = within(PATIENCE, "the exhausted job", ticket).await;
+    assert_eq!(
+        result,
+        Err(JobError::Failed {
+            job_id: id,
+            attempts: 3,
+            message: "flaky upstream, run 3".into()
+        })
+    );
+    assert_eq!(*runs.lock().unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_not_retried() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "permanent").await;
+    let _worker = queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(|batch: Batch<u64>| async move {
+            let out: HandlerResult<u64, String> = Ok(batch
+                .iter()
+                .map(|n| {
+                    if *n == 13 {
+                        Outcome::Failed("13 is not accepted".to_owned())
+                    } else {
+                        Outcome::Done(*n)
+                    }
+                })
+                .collect());
+            out
+        }))
+        .unwrap();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let tickets = producer.enqueue_many([12u64, 13, 14]).await;
+    let mut results = Vec::new();
+    for t in tickets {
+        results.push(within(PATIENCE, "results", t.unwrap()).await);
+    }
+    // One bad job never fails its batch-mates.
+    assert_eq!(results[0], Ok(12));
+    assert!(
+        matches!(&results[1], Err(JobError::Failed { attempts: 1, message, .. }) if message == "13 is not accepted")
+    );
+    assert_eq!(results[2], Ok(14));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_payload_is_dead_lettered_with_its_reason_and_the_worker_goes_on() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "undecodable").await;
+    let worker = start_doubler(&queue);
+    // A producer whose payload type the workers do not expect.
+    let wrong = queue.producer("wrong").build::<String, u64>().unwrap();
+    let right = queue.producer("right").build::<u64, u64>().unwrap();
+
+    let bad = wrong.enqueue("not a number".to_owned()).await.unwrap();
+    let result = within(PATIENCE, "the dead letter", bad).await;
+    match result {
+        Err(JobError::DeadLettered { reason, .. }) => {
+            assert!(reason.contains("undecodable payload"), "{reason}")
+        }
+        other => panic!("expected a dead letter, got {other:?}"),
+    }
+    let good = right.enqueue(4).await.unwrap();
+    assert_eq!(within(PATIENCE, "the next job", good).await, Ok(8));
+
+    let mut conn = connection(&server.url()).await;
+    assert_eq!(xlen(&mut conn, &queue.keys().dead()).await, 1);
+    let diagnosis = queue.diagnose().await.unwrap();
+    assert!(
+        diagnosis.find(QueueCode::DeadLetters).is_some(),
+        "{diagnosis:?}"
+    );
+    assert_eq!(worker.stats().dead_lettered, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_stopping_its_workers_is_dead_lettered_on_reclaim() {
+    let server = RedisServer::start();
+    let queue = Queue::builder(&server.url(), "poison")
+        .lease(Duration::from_millis(300))
+        .max_deliveries(1)
+        .build()
+        .await
+        .unwrap();
+    // A worker whose handler never returns, dropped without shutdown: as if
+    // the job had killed its process.
+    let hangs = queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(|_batch: Batch<u64>| async move {
+            std::future::pending::<HandlerResult<u64, String>>().await
+        }))
+        .unwrap();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let ticket = producer.enqueue(7).await.unwrap();
+    eventually(PATIENCE, "the first worker holds the job", || {
+        let held = hangs.stats().held;
+        async move { held == 1 }
+    })
+    .await;
+    drop(hangs);
+
+    let ran = Arc::new(Mutex::new(0u32));
+    let counted = ran.clone();
+    let second = queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(move |batch: Batch<u64>| {
+            *counted.lock().unwrap() += batch.len() as u32;
+            async move { Ok::<_, String>(batch.done_all(0u64)) }
+        }))
+        .unwrap();
+    match within(PATIENCE, "the poison job's dead letter", ticket).await {
+        Err(JobError::DeadLettered { reason, .. }) => {
+            assert!(reason.contains("max_deliveries"), "{reason}")
+        }
+        other => panic!("expected a dead letter, got {other:?}"),
+    }
+    assert_eq!(*ran.lock().unwrap(), 0, "the poison job ran again");
+    assert_eq!(second.stats().reclaimed, 1);
+    let mut conn = connection(&server.url()).await;
+    assert_eq!(xlen(&mut conn, &queue.keys().dead()).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_claim_passed_on_cannot_complete_the_job() {
+    let server = RedisServer::start();
+    let queue = Queue::builder(&server.url(), "fencing")
+        .lease(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let released = gate.clone();
+    // Room for one job: the stale worker cannot reclaim the job itself
+    // while its first run still holds the room.
+    let stale = queue
+        .worker()
+        .max_held(1)
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(move |batch: Batch<u64>| {
+            let gate = released.clone();
+            let entered = entered_tx.clone();
+            async move {
+                let _ = entered.send(());
+                gate.notified().await;
+                Ok::<_, String>(batch.done_all(1u64))
+            }
+        }))
+        .unwrap();
+    let mut events = queue.events();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let ticket = producer.enqueue(5).await.unwrap();
+    within(PATIENCE, "the handler to start", entered.recv()).await;
+
+    // Another consumer takes the claim over, as a reclaim after a lapsed
+    // lease would (the stale worker's renewals now fail: it is fenced off).
+    let mut conn = connection(&server.url()).await;
+    let keys = queue.keys().clone();
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(keys.jobs())
+        .arg(keys.group())
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let entry = match pending {
+        redis::Value::Array(items) => match &items[0] {
+            redis::Value::Array(fields) => match &fields[0] {
+                redis::Value::BulkString(id) => String::from_utf8(id.clone()).unwrap(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(keys.jobs())
+        .arg(keys.group())
+        .arg("thief")
+        .arg(0)
+        .arg(&entry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The thief never renews: a live worker reclaims the job after the lease.
+    let fresh = queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(|batch: Batch<u64>| async move {
+            Ok::<_, String>(batch.done_all(2u64))
+        }))
+        .unwrap();
+    assert_eq!(
+        within(PATIENCE, "the new owner's result", ticket).await,
+        Ok(2)
+    );
+
+    gate.notify_waiters();
+    eventually(PATIENCE, "the stale completion to be discarded", || {
+        let n = stale.stats().stale_discarded;
+        async move { n == 1 }
+    })
+    .await;
+    assert_eq!(stale.stats().completed, 0);
+    assert_eq!(fresh.stats().completed, 1);
+    let mut discarded = false;
+    while let Ok(Some(event)) = events.try_recv() {
+        discarded |= matches!(event, QueueEvent::StaleCompletionDiscarded { ref consumer, .. } if consumer == stale.consumer());
+    }
+    assert!(discarded);
+    // Nothing of the stale run reached the producer's stream.
+    assert_eq!(xlen(&mut conn, &keys.results("p")).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_enqueues_once_and_both_tickets_get_the_result() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "idem").await;
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let first = producer
+        .enqueue(Job::new(3).idempotency_key("order-77"))
+        .await
+        .unwrap();
+    let again = producer
+        .enqueue(Job::new(3).idempotency_key("order-77"))
+        .await
+        .unwrap();
+    assert_eq!(first.id(), again.id());
+    let mut conn = connection(&server.url()).await;
+    assert_eq!(xlen(&mut conn, &queue.keys().jobs()).await, 1);
+
+    let worker = start_doubler(&queue);
+    assert_eq!(within(PATIENCE, "first", first).await, Ok(6));
+    assert_eq!(within(PATIENCE, "again", again).await, Ok(6));
+    assert_eq!(producer.outstanding(), 0);
+    assert_eq!(
+        worker
+            .shutdown(Duration::from_secs(5))
+            .await
+            .stats
+            .completed,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_at_its_outstanding_bound_waits_or_hands_the_payload_back() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "outstanding").await;
+    let producer = queue
+        .producer("p")
+        .max_outstanding(2)
+        .build::<u64, u64>()
+        .unwrap();
+    let a = producer.enqueue(1).await.unwrap();
+    let b = producer.enqueue(2).await.unwrap();
+    match producer.try_enqueue(3).await {
+        Err(EnqueueError::Busy { max: 2, payload: 3 }) => {}
+        other => panic!("expected Busy with the payload, got {other:?}"),
+    }
+    let waiting = {
+        let producer = producer.clone();
+        tokio::spawn(async move { producer.enqueue(4).await })
+    };
+    let _worker = start_doubler(&queue);
+    assert_eq!(within(PATIENCE, "a", a).await, Ok(2));
+    assert_eq!(within(PATIENCE, "b", b).await, Ok(4));
+    let c = within(PATIENCE, "room for the waiting enqueue", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(within(PATIENCE, "c", c).await, Ok(8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_try_enqueue_and_makes_enqueue_wait_for_room() {
+    let server = RedisServer::start();
+    let queue = Queue::builder(&server.url(), "bounded")
+        .lease(Duration::from_millis(400))
+        .max_length(2)
+        .build()
+        .await
+        .unwrap();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let a = producer.enqueue(1).await.unwrap();
+    let b = producer.enqueue(2).await.unwrap();
+    match producer.try_enqueue(3).await {
+        Err(EnqueueError::QueueFull { payload: 3 }) => {}
+        other => panic!("expected QueueFull with the payload, got {other:?}"),
+    }
+    assert_eq!(
+        producer.outstanding(),
+        2,
+        "a refused job leaves no ticket behind"
+    );
+    let waiting = {
+        let producer = producer.clone();
+        tokio::spawn(async move { producer.enqueue(4).await })
+    };
+    let _worker = start_doubler(&queue);
+    let c = within(PATIENCE, "room in the queue", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(within(PATIENCE, "a", a).await, Ok(2));
+    assert_eq!(within(PATIENCE, "b", b).await, Ok(4));
+    assert_eq!(within(PATIENCE, "c", c).await, Ok(8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_payload_is_refused_before_it_reaches_redis() {
+    let server = RedisServer::start();
+    let queue = Queue::builder(&server.url(), "size")
+        .max_payload_bytes(16)
+        .build()
+        .await
+        .unwrap();
+    let producer = queue.producer("p").build::<String, u64>().unwrap();
+    let mut conn = connection(&server.url()).await;
+    let before = calls(&mut conn, "evalsha").await + calls(&mut conn, "eval").await;
+    let big = "x".repeat(100);
+    match producer.enqueue(big.clone()).await {
+        Err(
+            e @ EnqueueError::TooLarge {
+                size: 102, max: 16, ..
+            },
+        ) => {
+            assert!(e.to_string().contains("max_payload_bytes"));
+            assert_eq!(e.into_payload(), Some(big));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let after = calls(&mut conn, "evalsha").await + calls(&mut conn, "eval").await;
+    assert_eq!(before, after);
+    assert_eq!(xlen(&mut conn, &queue.keys().jobs()).await, 0);
+    assert_eq!(producer.outstanding(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_is_a_typed_error_that_names_the_url() {
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let err = Queue::builder(&url, "nowhere")
+        .timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .expect_err("nothing listens there");
+    assert!(matches!(err, ConnectError::Unreachable { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&url) && message.contains("redis-server is running"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_are_config_errors() {
+    let server = RedisServer::start();
+    let err = Queue::builder(&server.url(), "a{b}")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ConnectError::Config(baler_queue::ConfigError::BadName { .. })
+    ));
+    let err = Queue::builder(&server.url(), "q")
+        .max_attempts(0)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ConnectError::Config(baler_queue::ConfigError::Zero {
+            setting: "max_attempts"
+        })
+    ));
+    let queue = Queue::builder(&server.url(), "q")
+        .lease(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let err = queue
+        .worker()
+        .block_time(Duration::from_secs(1))
+        .start(doubler())
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        baler_queue::ConfigError::LeaseTooShort { .. }
+    ));
+    let err = queue.producer("").build::<u64, u64>().unwrap_err();
+    assert!(matches!(err, baler_queue::ConfigError::BadName { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_restarted_under_its_name_gets_the_results_of_its_earlier_jobs() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "restart").await;
+    let before = queue.producer("api").build::<u64, u64>().unwrap();
+    let mut ids = Vec::new();
+    for t in before.enqueue_many(1..=5u64).await {
+        let t = t.unwrap();
+        ids.push(t.id().clone());
+        drop(t);
+    }
+    drop(before); // no shutdown: as if the process had died
+
+    let _worker = start_doubler(&queue);
+    let conn = connection(&server.url()).await;
+    let key = queue.keys().results("api");
+    eventually(PATIENCE, "the five results stored", || {
+        let mut conn = conn.clone();
+        let key = key.clone();
+        async move { xlen(&mut conn, &key).await == 5 }
+    })
+    .await;
+
+    let after = queue.producer("api").build::<u64, u64>().unwrap();
+    for (n, id) in (1..=3u64).zip(&ids) {
+        let t = after.reattach(id.clone());
+        assert_eq!(within(PATIENCE, "a reattached result", t).await, Ok(n * 2));
+    }
+    // The two results nobody reattached are held for the taking.
+    let mut rest = HashMap::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while rest.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unclaimed results did not arrive"
+        );
+        for (id, r) in after.take_unclaimed().await {
+            rest.insert(id, r);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rest[&ids[3]], Ok(8));
+    assert_eq!(rest[&ids[4]], Ok(10));
+    assert_eq!(after.outstanding(), 0);
+    eventually(PATIENCE, "the results stream emptied", || {
+        let mut conn = conn.clone();
+        let key = key.clone();
+        async move { xlen(&mut conn, &key).await == 0 }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_shutting_down_hands_back_what_it_could_not_finish() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "handback").await;
+    let stuck = queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(|_batch: Batch<u64>| async move {
+            std::future::pending::<HandlerResult<u64, String>>().await
+        }))
+        .unwrap();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let tickets: Vec<_> = producer
+        .enqueue_many([1u64, 2, 3])
+        .await
+        .into_iter()
+        .map(|t| t.unwrap())
+        .collect();
+    eventually(PATIENCE, "the worker holds the three jobs", || {
+        let held = stuck.stats().held;
+        async move { held == 3 }
+    })
+    .await;
+    let report = within(
+        PATIENCE,
+        "the shutdown",
+        stuck.shutdown(Duration::from_millis(200)),
+    )
+    .await;
+    assert_eq!(report.stats.handed_back, 3);
+    assert_eq!(report.unwritten, 0);
+    // Handed back means waiting again, claimed by nobody: no lease to wait out.
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.length, stats.pending), (3, 0));
+
+    let _next = start_doubler(&queue);
+    for (n, t) in (1u64..).zip(tickets) {
+        assert_eq!(within(PATIENCE, "a handed-back job", t).await, Ok(n * 2));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_shutting_down_reports_the_jobs_still_outstanding() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "pshutdown").await;
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let a = producer.enqueue(1).await.unwrap();
+    let b = producer.enqueue(2).await.unwrap();
+    let mut expected = vec![a.id().clone(), b.id().clone()];
+    expected.sort();
+    let report = producer.shutdown(Duration::from_millis(100)).await;
+    assert_eq!(report.outstanding, expected);
+    assert!(matches!(a.await, Err(JobError::Shutdown { .. })));
+    assert!(matches!(b.await, Err(JobError::Shutdown { .. })));
+    assert!(matches!(
+        producer.enqueue(3).await,
+        Err(EnqueueError::Shutdown { payload: 3 })
+    ));
+    assert_eq!(producer.outstanding(), 0);
+
+    // No worker has read the queue: diagnose says so.
+    let diagnosis = queue.diagnose().await.unwrap();
+    let finding = diagnosis
+        .find(QueueCode::NoLiveConsumer)
+        .expect("no consumer finding");
+    assert!(finding.message.contains("start a worker"), "{finding}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_run_loses_nothing_acknowledged_and_workers_reconnect() {
+    let mut server = RedisServer::start_durable();
+    let queue = quick_queue(&server, "restarts").await;
+    let _workers: Vec<Worker> = (0..2).map(|_| start_doubler(&queue)).collect();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+
+    let first: Vec<_> = producer
+        .enqueue_many(0..200u64)
+        .await
+        .into_iter()
+        .map(|t| t.expect("enqueued before the restart"))
+        .collect();
+    server.restart();
+    // Enqueues during and after the restart wait for Redis to come back.
+    let second: Vec<_> = producer
+        .enqueue_many(200..400u64)
+        .await
+        .into_iter()
+        .map(|t| t.expect("enqueued across the restart"))
+        .collect();
+    for (n, t) in (0u64..).zip(first.into_iter().chain(second)) {
+        assert_eq!(
+            within(PATIENCE, "a result across the restart", t).await,
+            Ok(n * 2)
+        );
+    }
+    assert_eq!(producer.outstanding(), 0);
+}
