@@ -172,3 +172,21 @@ return #ids
 "#,
     )
 });
+
+/// Removes a consumer from the group if it holds nothing (removing one that
+/// holds entries would drop them from the pending list: they would never be
+/// reclaimed).
+///
+/// KEYS: jobs. ARGV: group, consumer. Answers 1 if removed.
+pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});

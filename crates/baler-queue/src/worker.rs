@@ -34,7 +34,7 @@ use crate::events::QueueEvent;
 use crate::observe;
 use crate::producer::stream_entries;
 use crate::queue::{as_bytes, as_string, as_u64, pairs, Queue, Settings, Shared};
-use crate::scripts::{COMPLETE, COMPLETE_FIELDS, EXTEND, PROMOTE, RECLAIM};
+use crate::scripts::{COMPLETE, COMPLETE_FIELDS, EXTEND, LEAVE, PROMOTE, RECLAIM};
 use crate::JobId;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -973,6 +973,15 @@ impl<C: Codec> Worker<C> {
         let _ = core.room.acquire_many(max).await;
         self.keeper.abort();
         self.completer.abort();
+        // A clean exit leaves no consumer behind in the group's list.
+        let keys = &core.shared.keys;
+        let mut conn = core.shared.conn.clone();
+        let _: Result<i64, RedisError> = LEAVE
+            .key(keys.jobs())
+            .arg(keys.group())
+            .arg(&core.consumer)
+            .invoke_async(&mut conn)
+            .await;
         WorkerReport {
             consumer: core.consumer.clone(),
             stats: core.stats(),

@@ -364,6 +364,18 @@ async fn a_job_that_keeps_stopping_its_workers_is_dead_lettered_on_reclaim() {
     })
     .await;
     drop(hangs);
+    eventually(
+        PATIENCE,
+        "diagnose to see the dead worker's lease run out",
+        || {
+            let queue = queue.clone();
+            async move {
+                let d = queue.diagnose().await.unwrap();
+                d.find(QueueCode::LeasesExpiring).is_some()
+            }
+        },
+    )
+    .await;
 
     let ran = Arc::new(Mutex::new(0u32));
     let counted = ran.clone();
@@ -786,28 +798,160 @@ async fn a_producer_shutting_down_reports_the_jobs_still_outstanding() {
 async fn a_redis_restart_mid_run_loses_nothing_acknowledged_and_workers_reconnect() {
     let mut server = RedisServer::start_durable();
     let queue = quick_queue(&server, "restarts").await;
-    let _workers: Vec<Worker> = (0..2).map(|_| start_doubler(&queue)).collect();
     let producer = queue.producer("p").build::<u64, u64>().unwrap();
 
-    let first: Vec<_> = producer
+    // Acknowledged while no worker runs: these live only in Redis.
+    let waiting: Vec<_> = producer
         .enqueue_many(0..200u64)
         .await
         .into_iter()
-        .map(|t| t.expect("enqueued before the restart"))
+        .map(|t| t.expect("enqueued"))
         .collect();
     server.restart();
-    // Enqueues during and after the restart wait for Redis to come back.
-    let second: Vec<_> = producer
+
+    // Workers started after the first restart run them; a second restart
+    // while they run tests that they reconnect and that claims, completions
+    // and results in flight survive.
+    let workers: Vec<Worker> = (0..2).map(|_| start_doubler(&queue)).collect();
+    let more: Vec<_> = producer
         .enqueue_many(200..400u64)
+        .await
+        .into_iter()
+        .map(|t| t.expect("enqueued"))
+        .collect();
+    eventually(PATIENCE, "the workers to be under way", || {
+        let done: u64 = workers.iter().map(|w| w.stats().completed).sum();
+        async move { done > 0 }
+    })
+    .await;
+    server.restart();
+    // Enqueues right after the restart wait for Redis to come back.
+    let last: Vec<_> = producer
+        .enqueue_many(400..500u64)
         .await
         .into_iter()
         .map(|t| t.expect("enqueued across the restart"))
         .collect();
-    for (n, t) in (0u64..).zip(first.into_iter().chain(second)) {
+
+    for (n, t) in (0u64..).zip(waiting.into_iter().chain(more).chain(last)) {
         assert_eq!(
-            within(PATIENCE, "a result across the restart", t).await,
+            within(PATIENCE, "a result across restarts", t).await,
             Ok(n * 2)
         );
     }
     assert_eq!(producer.outstanding(), 0);
+    // A completion whose reply the restart cut off is retried and found
+    // already written (the claim is gone): it counts as discarded then.
+    let mut written = 0;
+    for w in workers {
+        let stats = w.shutdown(Duration::from_secs(5)).await.stats;
+        written += stats.completed + stats.stale_discarded;
+    }
+    assert!(written >= 500, "{written} completions for 500 jobs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_told_to_give_up_on_a_missing_redis_reports_the_job_unconfirmed() {
+    let mut server = RedisServer::start();
+    let queue = Queue::builder(&server.url(), "gone")
+        .timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let producer = queue
+        .producer("p")
+        .redis_attempts(2)
+        .build::<u64, u64>()
+        .unwrap();
+    server.kill();
+    match within(PATIENCE, "the enqueue to give up", producer.enqueue(1)).await {
+        Err(e @ EnqueueError::Unconfirmed { attempts: 2, .. }) => {
+            assert!(e.to_string().contains("reattach"), "{e}");
+        }
+        other => panic!("expected Unconfirmed, got {other:?}"),
+    }
+    assert_eq!(producer.outstanding(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_or_overdue_handler_counts_a_failed_attempt_and_the_job_is_retried() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "panics").await;
+    let runs = Arc::new(Mutex::new(0u32));
+    let counted = runs.clone();
+    let worker = queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .max_operation_time(Duration::from_millis(100))
+        .start(handler_fn(move |batch: Batch<u64>| {
+            let run = {
+                let mut runs = counted.lock().unwrap();
+                *runs += 1;
+                *runs
+            };
+            async move {
+                match run {
+                    1 => panic!("the handler fell over"),
+                    2 => std::future::pending::<()>().await,
+                    _ => {}
+                }
+                Ok::<_, String>(batch.iter().map(|n| Outcome::Done(n + 100)).collect())
+            }
+        }))
+        .unwrap();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let ticket = producer.enqueue(1).await.unwrap();
+    assert_eq!(within(PATIENCE, "the third run", ticket).await, Ok(101));
+    let report = worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.stats.retried, report.stats.completed), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_worker_keeps_a_job_that_runs_longer_than_its_lease() {
+    let server = RedisServer::start();
+    let queue = Queue::builder(&server.url(), "renewal")
+        .lease(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let slow = queue
+        .worker()
+        .block_time(Duration::from_millis(50))
+        .start(handler_fn(|batch: Batch<u64>| async move {
+            // Several leases long: only renewals keep the claim.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            Ok::<_, String>(batch.done_all(1u64))
+        }))
+        .unwrap();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let ticket = producer.enqueue(1).await.unwrap();
+    eventually(PATIENCE, "the slow worker holds the job", || {
+        let held = slow.stats().held;
+        async move { held == 1 }
+    })
+    .await;
+    // A second worker, ready to reclaim anything whose lease ran out.
+    let other = queue
+        .worker()
+        .block_time(Duration::from_millis(50))
+        .start(handler_fn(|batch: Batch<u64>| async move {
+            Ok::<_, String>(batch.done_all(2u64))
+        }))
+        .unwrap();
+    assert_eq!(within(PATIENCE, "the slow result", ticket).await, Ok(1));
+    let (slow, other) = (
+        slow.shutdown(Duration::from_secs(5)).await,
+        other.shutdown(Duration::from_secs(5)).await,
+    );
+    assert_eq!(
+        (
+            slow.stats.completed,
+            slow.stats.stale_discarded,
+            slow.stats.leases_lost
+        ),
+        (1, 0, 0)
+    );
+    assert_eq!((other.stats.reclaimed, other.stats.completed), (0, 0));
+    // Both left the group cleanly.
+    assert!(queue.stats().await.unwrap().consumers.is_empty());
 }
