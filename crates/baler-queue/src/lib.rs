@@ -92,6 +92,11 @@ mod queue;
 mod scripts;
 mod worker;
 
+/// The integration tests' Redis harness, for the unit tests that need a server.
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod test_common;
+
 pub use codec::{Codec, Json};
 pub use error::{ConfigError, ConnectError, EnqueueError, JobError};
 pub use events::{QueueEvent, QueueEvents, RecvError};

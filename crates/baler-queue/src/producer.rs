@@ -320,55 +320,76 @@ struct EnqueueHandler<C> {
     producer: String,
 }
 
+/// Why an enqueue call did not give one answer per job.
+enum SendError {
+    /// Redis did not answer (or failed): the outcome is unknown.
+    Redis(RedisError),
+    /// The script answered, but not one ack per job.
+    Answer(String),
+}
+
+/// Sends one batch of jobs in one script call: one ack per job, in order.
+async fn send<C>(
+    shared: &Shared<C>,
+    producer: &str,
+    items: &[Item],
+) -> Result<Vec<Ack>, SendError> {
+    let keys = &shared.keys;
+    let s = &shared.settings;
+    let mut invocation = ENQUEUE.key(keys.jobs());
+    for item in items {
+        invocation.key(match &item.key {
+            Some(k) => keys.idem(k),
+            None => keys.sent(item.id.as_str()),
+        });
+    }
+    invocation
+        .arg(s.max_length.unwrap_or(0))
+        .arg(s.idempotency_ttl.as_millis() as u64)
+        .arg(producer);
+    for item in items {
+        invocation.arg(item.id.as_str()).arg(&item.body[..]);
+    }
+    let mut conn = shared.conn.clone();
+    let acks: Vec<String> = invocation
+        .invoke_async(&mut conn)
+        .await
+        .map_err(SendError::Redis)?;
+    if acks.len() != items.len() {
+        return Err(SendError::Answer(format!(
+            "the enqueue script answered {} acks for {} jobs",
+            acks.len(),
+            items.len()
+        )));
+    }
+    Ok(acks
+        .into_iter()
+        .map(|a| match a.as_str() {
+            "ok" => Ack::Added,
+            "full" => Ack::Full,
+            other => {
+                let rest = other.strip_prefix("dup:").unwrap_or(other);
+                let (producer, id) = rest.split_once('\n').unwrap_or(("", rest));
+                Ack::Duplicate {
+                    producer: producer.to_owned(),
+                    job_id: JobId(id.to_owned()),
+                }
+            }
+        })
+        .collect())
+}
+
 impl<C: Codec> Handler<Item> for EnqueueHandler<C> {
     type Output = Ack;
     type Error = String;
 
     async fn handle(&self, batch: Batch<Item>) -> HandlerResult<Ack, String> {
-        let keys = &self.shared.keys;
-        let s = &self.shared.settings;
-        let mut invocation = ENQUEUE.key(keys.jobs());
-        for item in batch.iter() {
-            invocation.key(match &item.key {
-                Some(k) => keys.idem(k),
-                None => keys.sent(item.id.as_str()),
-            });
-        }
-        invocation
-            .arg(s.max_length.unwrap_or(0))
-            .arg(s.idempotency_ttl.as_millis() as u64)
-            .arg(&self.producer);
-        for item in batch.iter() {
-            invocation.arg(item.id.as_str()).arg(&item.body[..]);
-        }
-        let mut conn = self.shared.conn.clone();
-        let answer: Result<Vec<String>, RedisError> = invocation.invoke_async(&mut conn).await;
-        match answer {
-            Ok(acks) if acks.len() == batch.len() => Ok(acks
-                .into_iter()
-                .map(|a| {
-                    Outcome::Done(match a.as_str() {
-                        "ok" => Ack::Added,
-                        "full" => Ack::Full,
-                        other => {
-                            let rest = other.strip_prefix("dup:").unwrap_or(other);
-                            let (producer, id) = rest.split_once('\n').unwrap_or(("", rest));
-                            Ack::Duplicate {
-                                producer: producer.to_owned(),
-                                job_id: JobId(id.to_owned()),
-                            }
-                        }
-                    })
-                })
-                .collect()),
-            Ok(acks) => Err(format!(
-                "the enqueue script answered {} acks for {} jobs",
-                acks.len(),
-                batch.len()
-            )),
+        match send(&self.shared, &self.producer, batch.items()).await {
+            Ok(acks) => Ok(acks.into_iter().map(Outcome::Done).collect()),
+            Err(SendError::Answer(message)) => Err(message),
             // Retrying is safe whatever happened: the script adds nothing
             // for a job id it has already added.
-            Err(e) => Ok(batch
+            Err(SendError::Redis(e)) => Ok(batch
                 .iter()
                 .map(|_| Outcome::Retry(e.to_string()))
                 .collect()),
@@ -583,7 +604,8 @@ impl<O, C> Drop for Inner<O, C> {
 /// let queue = Queue::connect("redis://127.0.0.1:6379", "resize").await?;
 /// let producer = queue.producer("web-1").build::<String, u64>()?;
 /// let ticket = producer.enqueue("cat.png".to_owned()).await?;
-/// println!("job {} made {} bytes", ticket.id(), ticket.await?);
+/// let id = ticket.id().clone();
+/// println!("job {id} made {} bytes", ticket.await?);
 /// let report = producer.shutdown(std::time::Duration::from_secs(5)).await;
 /// assert!(report.outstanding.is_empty());
 /// # Ok(())
@@ -973,5 +995,63 @@ where
         self.inner
             .shared
             .emit(QueueEvent::Enqueued { job_id: id.clone() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_common as common;
+
+    fn item(id: &str, key: Option<&str>) -> Item {
+        Item {
+            id: JobId(id.to_owned()),
+            body: b"1".to_vec(),
+            key: key.map(str::to_owned),
+        }
+    }
+
+    async fn jobs(server: &common::RedisServer, queue: &Queue) -> u64 {
+        let mut conn = common::connection(&server.url()).await;
+        redis::cmd("XLEN")
+            .arg(queue.keys().jobs())
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_sent_again_after_a_lost_reply_adds_nothing_twice() {
+        let server = common::RedisServer::start();
+        let queue = Queue::connect(&server.url(), "lost").await.unwrap();
+        let items = [item("p-1", None), item("p-2", Some("order-9"))];
+        let first = send(&queue.shared, "p", &items).await.ok().unwrap();
+        assert!(matches!(first[..], [Ack::Added, Ack::Added]));
+        // The same call again, as a retry after its reply was lost: every
+        // job is recognised as its own, nothing is added.
+        let again = send(&queue.shared, "p", &items).await.ok().unwrap();
+        for (ack, it) in again.iter().zip(&items) {
+            match ack {
+                Ack::Duplicate { producer, job_id } => {
+                    assert_eq!((producer.as_str(), job_id), ("p", &it.id));
+                }
+                other => panic!("expected a duplicate, got {other:?}"),
+            }
+        }
+        assert_eq!(jobs(&server, &queue).await, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_per_job_within_one_call() {
+        let server = common::RedisServer::start();
+        let queue = Queue::builder(&server.url(), "full")
+            .max_length(2)
+            .build()
+            .await
+            .unwrap();
+        let items = [item("a", None), item("b", None), item("c", None)];
+        let acks = send(&queue.shared, "p", &items).await.ok().unwrap();
+        assert!(matches!(acks[..], [Ack::Added, Ack::Added, Ack::Full]));
+        assert_eq!(jobs(&server, &queue).await, 2);
     }
 }
