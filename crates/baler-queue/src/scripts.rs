@@ -50,13 +50,16 @@ return out
 
 /// Takes over entries idle for longer than the lease.
 ///
-/// KEYS: jobs. ARGV: group, consumer, min idle ms, count. Answers, per entry
-/// taken, `{entry id, fields, delivery count}`.
+/// KEYS: jobs. ARGV: group, consumer, min idle ms, count, start cursor.
+/// Answers the cursor to start from next time, then per entry taken
+/// `{entry id, fields, delivery count}`. `XAUTOCLAIM` scans a bounded part
+/// of the pending list per call, so the cursor must carry over between
+/// calls, or entries past the first part would never be looked at.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
-local out = {}
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[5], 'COUNT', ARGV[4])
+local out = {r[1]}
 for _, e in ipairs(r[2]) do
   if e[2] then
     local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)

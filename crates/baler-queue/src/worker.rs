@@ -156,6 +156,10 @@ struct Core<C> {
     claim_count: usize,
     block_time: Duration,
     stopping: AtomicBool,
+    /// Set once, when shutdown begins: wakes the claimer if it waits for room.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Where the next reclaim's scan of the pending list starts.
+    reclaim_cursor: Mutex<String>,
     counters: Counters,
     done: mpsc::UnboundedSender<Completion>,
 }
@@ -163,6 +167,12 @@ struct Core<C> {
 impl<C: Codec> Core<C> {
     fn held(&self) -> MutexGuard<'_, HashMap<String, u64>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reclaim_cursor(&self) -> MutexGuard<'_, String> {
+        self.reclaim_cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn stats(&self) -> WorkerStats {
@@ -243,8 +253,15 @@ impl<C: Codec> Core<C> {
         let keys = &self.shared.keys;
         let mut conn = None;
         let mut pause = Duration::from_millis(50);
+        let mut stop = self.stop.subscribe();
         while !self.stopping.load(Ordering::SeqCst) {
-            let Ok(first) = self.room.clone().acquire_owned().await else {
+            // A worker whose room is all taken by jobs that will not finish
+            // must still hear the shutdown.
+            let first = tokio::select! {
+                room = self.room.clone().acquire_owned() => room,
+                _ = stop.wait_for(|stopping| *stopping) => return,
+            };
+            let Ok(first) = first else {
                 return;
             };
             let mut rooms = vec![first];
@@ -383,21 +400,27 @@ impl<C: Codec> Core<C> {
         }
         let keys = &self.shared.keys;
         let mut conn = self.shared.conn.clone();
+        let cursor = self.reclaim_cursor().clone();
         let answer: Result<Value, RedisError> = RECLAIM
             .key(keys.jobs())
             .arg(keys.group())
             .arg(&self.consumer)
             .arg(self.shared.settings.lease.as_millis() as u64)
             .arg(rooms.len())
+            .arg(cursor)
             .invoke_async(&mut conn)
             .await;
-        let Ok(Value::Array(taken)) = answer else {
+        let Ok(Value::Array(answer)) = answer else {
             if let Err(e) = answer {
                 tracing::warn!(error = %e, "reclaim failed; retrying next round");
             }
             return;
         };
-        for item in taken {
+        let mut answer = answer.into_iter();
+        if let Some(next) = answer.next().as_ref().and_then(as_string) {
+            *self.reclaim_cursor() = next;
+        }
+        for item in answer {
             let Value::Array(parts) = item else { continue };
             let (Some(id), Some(fields), Some(deliveries)) = (
                 parts.first().and_then(as_string),
@@ -869,6 +892,8 @@ impl<C: Codec> WorkerBuilder<C> {
             claim_count: self.claim_count.min(max_held),
             block_time: self.block_time,
             stopping: AtomicBool::new(false),
+            stop: tokio::sync::watch::channel(false).0,
+            reclaim_cursor: Mutex::new("0-0".to_owned()),
             counters: Counters::default(),
             done: tx.clone(),
         });
@@ -962,6 +987,7 @@ impl<C: Codec> Worker<C> {
     pub async fn shutdown(mut self, deadline: Duration) -> WorkerReport {
         let core = self.core.clone();
         core.stopping.store(true, Ordering::SeqCst);
+        core.stop.send_replace(true);
         if let Some(claimer) = self.claimer.take() {
             // The claim in progress ends within the block time; what it
             // brings is run or handed back like the rest.

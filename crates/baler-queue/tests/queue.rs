@@ -730,8 +730,11 @@ async fn a_producer_restarted_under_its_name_gets_the_results_of_its_earlier_job
 async fn a_worker_shutting_down_hands_back_what_it_could_not_finish() {
     let server = RedisServer::start();
     let queue = quick_queue(&server, "handback").await;
+    // Room for three: the fourth job waits in the stream, and the worker
+    // waits for room it will never get until it is told to stop.
     let stuck = queue
         .worker()
+        .max_held(3)
         .block_time(Duration::from_millis(100))
         .start(handler_fn(|_batch: Batch<u64>| async move {
             std::future::pending::<HandlerResult<u64, String>>().await
@@ -739,7 +742,7 @@ async fn a_worker_shutting_down_hands_back_what_it_could_not_finish() {
         .unwrap();
     let producer = queue.producer("p").build::<u64, u64>().unwrap();
     let tickets: Vec<_> = producer
-        .enqueue_many([1u64, 2, 3])
+        .enqueue_many([1u64, 2, 3, 4])
         .await
         .into_iter()
         .map(|t| t.unwrap())
@@ -759,7 +762,7 @@ async fn a_worker_shutting_down_hands_back_what_it_could_not_finish() {
     assert_eq!(report.unwritten, 0);
     // Handed back means waiting again, claimed by nobody: no lease to wait out.
     let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.length, stats.pending), (3, 0));
+    assert_eq!((stats.length, stats.pending), (4, 0));
 
     let _next = start_doubler(&queue);
     for (n, t) in (1u64..).zip(tickets) {
@@ -954,4 +957,39 @@ async fn a_live_worker_keeps_a_job_that_runs_longer_than_its_lease() {
     assert_eq!((other.stats.reclaimed, other.stats.completed), (0, 0));
     // Both left the group cleanly.
     assert!(queue.stats().await.unwrap().consumers.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_not_written_by_a_producer_is_dead_lettered_and_the_worker_goes_on() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "foreign").await;
+    let worker = start_doubler(&queue);
+    let mut conn = connection(&server.url()).await;
+    let _: String = redis::cmd("XADD")
+        .arg(queue.keys().jobs())
+        .arg("*")
+        .arg("hello")
+        .arg("world")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let dead_key = queue.keys().dead();
+    eventually(PATIENCE, "the foreign entry dead-lettered", || {
+        let mut conn = conn.clone();
+        let key = dead_key.clone();
+        async move { xlen(&mut conn, &key).await == 1 }
+    })
+    .await;
+    let reason: redis::Value = redis::cmd("XRANGE")
+        .arg(&dead_key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(format!("{reason:?}").contains("not written by a baler-queue producer"));
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let t = producer.enqueue(5).await.unwrap();
+    assert_eq!(within(PATIENCE, "the next job", t).await, Ok(10));
+    assert_eq!(worker.stats().dead_lettered, 1);
 }
