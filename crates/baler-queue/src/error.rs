@@ -88,8 +88,7 @@ pub enum ConnectError {
     Config(#[from] ConfigError),
 }
 
-/// Why a job was not enqueued. Errors that refuse a job before it reached
-/// Redis hand its payload back.
+/// Why a job was not enqueued. Every variant hands the payload back.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnqueueError<P> {
@@ -157,19 +156,21 @@ pub enum EnqueueError<P> {
         attempts: u32,
         /// The last error.
         message: String,
+        /// The payload, handed back for a retry under an idempotency key.
+        payload: P,
     },
 }
 
 impl<P> EnqueueError<P> {
-    /// The payload, for the errors that refused it before it could reach Redis.
-    pub fn into_payload(self) -> Option<P> {
+    /// The payload, handed back.
+    pub fn into_payload(self) -> P {
         match self {
             EnqueueError::TooLarge { payload, .. }
             | EnqueueError::Encode { payload, .. }
             | EnqueueError::Busy { payload, .. }
             | EnqueueError::QueueFull { payload }
-            | EnqueueError::Shutdown { payload } => Some(payload),
-            EnqueueError::Unconfirmed { .. } => None,
+            | EnqueueError::Shutdown { payload }
+            | EnqueueError::Unconfirmed { payload, .. } => payload,
         }
     }
 }

@@ -935,9 +935,8 @@ where
                         self.added(&id);
                         answers[i] = Some(Ok(JobTicket { id, rx }));
                     }
-                    Ok(Ack::Duplicate { producer, job_id }) if job_id == id => {
+                    Ok(Ack::Duplicate { job_id, .. }) if job_id == id => {
                         // Our own earlier attempt went through; its reply was lost.
-                        let _ = producer;
                         self.added(&id);
                         answers[i] = Some(Ok(JobTicket { id, rx }));
                     }
@@ -973,8 +972,8 @@ where
                                 Some(m) => m.clone(),
                                 None => e.to_string(),
                             },
+                            payload,
                         }));
-                        let _ = payload;
                     }
                 }
             }

@@ -100,9 +100,6 @@ return out
     )
 });
 
-/// How many ARGV slots one job takes in [`COMPLETE`].
-pub(crate) const COMPLETE_FIELDS: usize = 9;
-
 /// Completes a batch of jobs, each only if its claim is still this worker's.
 ///
 /// KEYS: jobs, delayed, parked, dead, then the results stream of each job's

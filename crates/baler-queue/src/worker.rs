@@ -34,7 +34,7 @@ use crate::events::QueueEvent;
 use crate::observe;
 use crate::producer::stream_entries;
 use crate::queue::{as_bytes, as_string, as_u64, pairs, Queue, Settings, Shared};
-use crate::scripts::{COMPLETE, COMPLETE_FIELDS, EXTEND, LEAVE, PROMOTE, RECLAIM};
+use crate::scripts::{COMPLETE, EXTEND, LEAVE, PROMOTE, RECLAIM};
 use crate::JobId;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -498,7 +498,6 @@ impl<C: Codec> Core<C> {
                     .arg(c.delay.as_millis() as u64)
                     .arg(&c.held.body[..]);
             }
-            debug_assert_eq!(COMPLETE_FIELDS, 9);
             let mut conn = self.shared.conn.clone();
             let answer: Result<Vec<i64>, RedisError> = call.invoke_async(&mut conn).await;
             match answer {

@@ -607,7 +607,7 @@ async fn an_oversized_payload_is_refused_before_it_reaches_redis() {
             },
         ) => {
             assert!(e.to_string().contains("max_payload_bytes"));
-            assert_eq!(e.into_payload(), Some(big));
+            assert_eq!(e.into_payload(), big);
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
@@ -870,6 +870,7 @@ async fn a_producer_told_to_give_up_on_a_missing_redis_reports_the_job_unconfirm
     match within(PATIENCE, "the enqueue to give up", producer.enqueue(1)).await {
         Err(e @ EnqueueError::Unconfirmed { attempts: 2, .. }) => {
             assert!(e.to_string().contains("reattach"), "{e}");
+            assert_eq!(e.into_payload(), 1);
         }
         other => panic!("expected Unconfirmed, got {other:?}"),
     }
