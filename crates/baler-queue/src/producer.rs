@@ -343,12 +343,19 @@ async fn send<C>(
             None => keys.sent(item.id.as_str()),
         });
     }
-    invocation
-        .arg(s.max_length.unwrap_or(0))
-        .arg(s.idempotency_ttl.as_millis() as u64)
-        .arg(producer);
+    invocation.arg(s.max_length.unwrap_or(0)).arg(producer);
     for item in items {
-        invocation.arg(item.id.as_str()).arg(&item.body[..]);
+        // A marker that only guards against a resend lives only as long
+        // as a resend can come: one per job for a day would be most of
+        // Redis's memory on a busy queue.
+        let ttl = match item.key {
+            Some(_) => s.idempotency_ttl,
+            None => s.resend_window,
+        };
+        invocation
+            .arg(item.id.as_str())
+            .arg(ttl.as_millis() as u64)
+            .arg(&item.body[..]);
     }
     let mut conn = shared.conn.clone();
     let acks: Vec<String> = invocation
@@ -424,6 +431,11 @@ impl<C: Codec> Queue<C> {
     /// stream results go to: give each live producer its own, and give a
     /// restarted producer its old one to receive the results of the jobs it
     /// enqueued before (see [`Producer::reattach`]).
+    ///
+    /// Two live producers must never share a name: each would take results
+    /// meant for the other. A name that is never used again leaves the
+    /// results of its last jobs in `{q}:res:<name>`; prefer names that come
+    /// back (a host name, a pod's stable name) to names made per start.
     pub fn producer(&self, name: &str) -> ProducerBuilder<C> {
         ProducerBuilder {
             queue: self.clone(),
@@ -1038,6 +1050,32 @@ mod tests {
             }
         }
         assert_eq!(jobs(&server, &queue).await, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resend_marker_lives_for_the_resend_window_and_a_key_for_its_ttl() {
+        let server = common::RedisServer::start();
+        let queue = Queue::builder(&server.url(), "ttl")
+            .resend_window(Duration::from_secs(60))
+            .idempotency_ttl(Duration::from_secs(3600))
+            .build()
+            .await
+            .unwrap();
+        let items = [item("p-1", None), item("p-2", Some("order-9"))];
+        send(&queue.shared, "p", &items).await.ok().unwrap();
+        let mut conn = common::connection(&server.url()).await;
+        let keys = queue.keys();
+        for (key, max) in [
+            (keys.sent("p-1"), 60_000),
+            (keys.idem("order-9"), 3_600_000),
+        ] {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(ttl > max - 10_000 && ttl <= max, "{key}: {ttl} ms");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,7 @@ pub(crate) struct Settings {
     pub(crate) max_payload_bytes: usize,
     pub(crate) max_length: Option<u64>,
     pub(crate) idempotency_ttl: Duration,
+    pub(crate) resend_window: Duration,
     pub(crate) timeout: Duration,
 }
 
@@ -123,6 +124,7 @@ impl QueueBuilder<Json> {
                 max_payload_bytes: 1 << 20,
                 max_length: None,
                 idempotency_ttl: Duration::from_secs(24 * 3600),
+                resend_window: Duration::from_secs(600),
                 timeout: Duration::from_secs(2),
             },
             codec: Json,
@@ -176,10 +178,19 @@ impl<C: Codec> QueueBuilder<C> {
         self
     }
 
-    /// How long an idempotency key, and the marker that makes a retried
-    /// enqueue safe, are remembered (default 24 h).
+    /// How long an idempotency key is remembered (default 24 h).
     pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
         self.settings.idempotency_ttl = ttl;
+        self
+    }
+
+    /// How long a job id without an idempotency key is remembered as added
+    /// (default 10 min), so that an enqueue sent again after its reply was
+    /// lost adds nothing twice. Keep it above the longest a producer retries
+    /// ([`ProducerBuilder::redis_attempts`](crate::ProducerBuilder::redis_attempts)
+    /// × up to 2 s each); it costs one small key per job for its length.
+    pub fn resend_window(mut self, window: Duration) -> Self {
+        self.settings.resend_window = window;
         self
     }
 
@@ -214,6 +225,7 @@ impl<C: Codec> QueueBuilder<C> {
             ("lease", s.lease),
             ("backoff", s.backoff_base),
             ("idempotency_ttl", s.idempotency_ttl),
+            ("resend_window", s.resend_window),
             ("timeout", s.timeout),
         ] {
             if d.is_zero() {

@@ -14,8 +14,8 @@ use redis::Script;
 /// Adds a batch of jobs.
 ///
 /// KEYS: jobs, then one marker key per job (`{q}:idem:<key>` or
-/// `{q}:sent:<id>`). ARGV: max length (0: none), marker TTL in ms, producer,
-/// then id and body per job.
+/// `{q}:sent:<id>`). ARGV: max length (0: none), producer, then id, marker
+/// TTL in ms and body per job.
 ///
 /// Per job it answers `ok`, `full` or `dup:<producer>\n<id>`. A job whose
 /// marker exists is not added again, which makes a retry after a lost reply
@@ -24,13 +24,13 @@ pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local maxlen = tonumber(ARGV[1])
-local ttl = ARGV[2]
-local producer = ARGV[3]
+local producer = ARGV[2]
 local len = redis.call('XLEN', KEYS[1])
 local out = {}
 for i = 1, #KEYS - 1 do
-  local id = ARGV[2 + 2 * i]
-  local body = ARGV[3 + 2 * i]
+  local id = ARGV[3 * i]
+  local ttl = ARGV[3 * i + 1]
+  local body = ARGV[3 * i + 2]
   local existing = redis.call('GET', KEYS[i + 1])
   if existing then
     out[i] = 'dup:' .. existing
