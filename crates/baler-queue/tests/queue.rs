@@ -400,42 +400,52 @@ async fn a_job_that_keeps_stopping_its_workers_is_dead_lettered_on_reclaim() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_whose_claim_passed_on_cannot_complete_the_job() {
+async fn a_worker_whose_claim_passed_on_cannot_complete_the_job_and_its_batch_mate_still_completes()
+{
     let server = RedisServer::start();
     let queue = Queue::builder(&server.url(), "fencing")
         .lease(Duration::from_millis(300))
         .build()
         .await
         .unwrap();
-    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let gate = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let released = gate.clone();
-    // Room for one job: the stale worker cannot reclaim the job itself
-    // while its first run still holds the room.
+    // Room for two jobs: the stale worker cannot reclaim a job itself while
+    // its first runs still hold the room.
     let stale = queue
         .worker()
-        .max_held(1)
+        .max_held(2)
         .block_time(Duration::from_millis(100))
         .start(handler_fn(move |batch: Batch<u64>| {
             let gate = released.clone();
-            let entered = entered_tx.clone();
             async move {
-                let _ = entered.send(());
-                gate.notified().await;
+                let _pass = gate.acquire().await;
                 Ok::<_, String>(batch.done_all(1u64))
             }
         }))
         .unwrap();
     let mut events = queue.events();
     let producer = queue.producer("p").build::<u64, u64>().unwrap();
-    let ticket = producer.enqueue(5).await.unwrap();
-    within(PATIENCE, "the handler to start", entered.recv()).await;
+    let mut tickets: HashMap<_, _> = producer
+        .enqueue_many([5u64, 6])
+        .await
+        .into_iter()
+        .map(|t| {
+            let t = t.unwrap();
+            (t.id().to_string(), t)
+        })
+        .collect();
+    eventually(PATIENCE, "the stale worker holds both jobs", || {
+        let held = stale.stats().held;
+        async move { held == 2 }
+    })
+    .await;
 
-    // Another consumer takes the claim over, as a reclaim after a lapsed
-    // lease would (the stale worker's renewals now fail: it is fenced off).
+    // Another consumer takes one claim over, as a reclaim after a lapsed
+    // lease would: the stale worker is fenced off that job only.
     let mut conn = connection(&server.url()).await;
     let keys = queue.keys().clone();
-    let pending: redis::Value = redis::cmd("XPENDING")
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg(keys.jobs())
         .arg(keys.group())
         .arg("-")
@@ -444,16 +454,15 @@ async fn a_worker_whose_claim_passed_on_cannot_complete_the_job() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let entry = match pending {
-        redis::Value::Array(items) => match &items[0] {
-            redis::Value::Array(fields) => match &fields[0] {
-                redis::Value::BulkString(id) => String::from_utf8(id.clone()).unwrap(),
-                other => panic!("{other:?}"),
-            },
-            other => panic!("{other:?}"),
-        },
-        other => panic!("{other:?}"),
-    };
+    let entry = pending[0].0.clone();
+    let fields: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(keys.jobs())
+        .arg(&entry)
+        .arg(&entry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let stolen_id = fields[0].1["id"].clone();
     let _: redis::Value = redis::cmd("XCLAIM")
         .arg(keys.jobs())
         .arg(keys.group())
@@ -463,6 +472,9 @@ async fn a_worker_whose_claim_passed_on_cannot_complete_the_job() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    let stolen = tickets.remove(&stolen_id).unwrap();
+    let (_, kept) = tickets.into_iter().next().unwrap();
+
     // The thief never renews: a live worker reclaims the job after the lease.
     let fresh = queue
         .worker()
@@ -472,25 +484,38 @@ async fn a_worker_whose_claim_passed_on_cannot_complete_the_job() {
         }))
         .unwrap();
     assert_eq!(
-        within(PATIENCE, "the new owner's result", ticket).await,
+        within(PATIENCE, "the new owner's result", stolen).await,
         Ok(2)
     );
 
-    gate.notify_waiters();
+    gate.add_permits(10);
+    assert_eq!(
+        within(PATIENCE, "the batch-mate's result", kept).await,
+        Ok(1)
+    );
     eventually(PATIENCE, "the stale completion to be discarded", || {
         let n = stale.stats().stale_discarded;
         async move { n == 1 }
     })
     .await;
-    assert_eq!(stale.stats().completed, 0);
+    assert_eq!(stale.stats().completed, 1);
     assert_eq!(fresh.stats().completed, 1);
-    let mut discarded = false;
+    let mut discarded = Vec::new();
     while let Ok(Some(event)) = events.try_recv() {
-        discarded |= matches!(event, QueueEvent::StaleCompletionDiscarded { ref consumer, .. } if consumer == stale.consumer());
+        if let QueueEvent::StaleCompletionDiscarded { job_id, consumer } = event {
+            assert_eq!(consumer, stale.consumer());
+            discarded.push(job_id.to_string());
+        }
     }
-    assert!(discarded);
+    assert_eq!(discarded, [stolen_id]);
     // Nothing of the stale run reached the producer's stream.
-    assert_eq!(xlen(&mut conn, &keys.results("p")).await, 0);
+    assert!(producer.take_unclaimed().await.is_empty());
+    eventually(PATIENCE, "the results stream emptied", || {
+        let mut conn = conn.clone();
+        let key = keys.results("p");
+        async move { xlen(&mut conn, &key).await == 0 }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
