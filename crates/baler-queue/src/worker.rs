@@ -81,7 +81,27 @@ struct Completion {
     /// Attempts made, this one included (unchanged for a hand-back).
     attempts: u32,
     delay: Duration,
-    _room: Option<OwnedSemaphorePermit>,
+    /// Given back (dropped) once the completion is written or given up.
+    _room: OwnedSemaphorePermit,
+}
+
+impl Completion {
+    fn new(
+        held: Held,
+        kind: Kind,
+        attempts: u32,
+        data: Vec<u8>,
+        room: OwnedSemaphorePermit,
+    ) -> Self {
+        Completion {
+            held,
+            kind,
+            data,
+            attempts,
+            delay: Duration::ZERO,
+            _room: room,
+        }
+    }
 }
 
 /// Counts of what a worker did; see [`Worker::stats`].
@@ -192,19 +212,17 @@ impl<C: Codec> Core<C> {
         }
     }
 
-    fn complete(&self, held: Held, kind: Kind, data: Vec<u8>, room: Option<OwnedSemaphorePermit>) {
-        let attempts = match kind {
-            Kind::HandBack => held.attempts,
-            _ => held.attempts + 1,
-        };
-        let _ = self.done.send(Completion {
+    /// Dead-letters a job before it runs. The delivery counts as an
+    /// attempt: the job may have run (and stopped its worker) before.
+    fn dead(&self, held: Held, reason: String, room: OwnedSemaphorePermit) {
+        let attempts = held.attempts + 1;
+        let _ = self.done.send(Completion::new(
             held,
-            kind,
-            data,
+            Kind::Dead,
             attempts,
-            delay: Duration::ZERO,
-            _room: room,
-        });
+            reason.into_bytes(),
+            room,
+        ));
     }
 
     /// Takes one entry read from the jobs stream: checks it, then hands it
@@ -237,13 +255,13 @@ impl<C: Codec> Core<C> {
         if job_id.is_none() || body.is_none() {
             let reason =
                 "the entry has no job id or body; it was not written by a baler-queue producer";
-            self.complete(held, Kind::Dead, reason.into(), Some(room));
+            self.dead(held, reason.to_owned(), room);
         } else if deliveries > u64::from(max) {
             let reason = format!(
                 "delivered {deliveries} times, more than max_deliveries ({max}): it keeps \
                  stopping its workers before they complete it (crash, kill or stall)"
             );
-            self.complete(held, Kind::Dead, reason.into_bytes(), Some(room));
+            self.dead(held, reason, room);
         } else {
             runner.run(held, room).await;
         }
@@ -597,25 +615,12 @@ fn retry_or_fail(
 ) -> Completion {
     let attempts = held.attempts + 1;
     if attempts >= s.max_attempts {
-        Completion {
-            held,
-            kind: Kind::Failed,
-            data: message.into_bytes(),
-            attempts,
-            delay: Duration::ZERO,
-            _room: Some(room),
-        }
-    } else {
-        let doubling = 1u32 << (attempts - 1).min(20);
-        Completion {
-            held,
-            kind: Kind::Retry,
-            data: message.into_bytes(),
-            attempts,
-            delay: s.backoff_base.saturating_mul(doubling).min(s.backoff_max),
-            _room: Some(room),
-        }
+        return Completion::new(held, Kind::Failed, attempts, message.into_bytes(), room);
     }
+    let doubling = 1u32 << (attempts - 1).min(20);
+    let mut retry = Completion::new(held, Kind::Retry, attempts, message.into_bytes(), room);
+    retry.delay = s.backoff_base.saturating_mul(doubling).min(s.backoff_max);
+    retry
 }
 
 impl<P, O, E, C> Runner for Typed<P, O, E, C>
@@ -630,29 +635,31 @@ where
             let payload: P = match self.shared.codec.decode(&held.body) {
                 Ok(p) => p,
                 Err(message) => {
+                    // Never run: it could only fail the same way every time.
                     let reason = format!("undecodable payload: {message}");
-                    let _ = self.done.send(Completion {
-                        attempts: held.attempts,
+                    let attempts = held.attempts;
+                    let _ = self.done.send(Completion::new(
                         held,
-                        kind: Kind::Dead,
-                        data: reason.into_bytes(),
-                        delay: Duration::ZERO,
-                        _room: Some(room),
-                    });
+                        Kind::Dead,
+                        attempts,
+                        reason.into_bytes(),
+                        room,
+                    ));
                     return;
                 }
             };
             let ticket = match self.batcher.submit(payload).await {
                 Ok(t) => t,
                 Err(_) => {
-                    let _ = self.done.send(Completion {
-                        attempts: held.attempts,
+                    // The batcher is shutting down: another worker takes it.
+                    let attempts = held.attempts;
+                    let _ = self.done.send(Completion::new(
                         held,
-                        kind: Kind::HandBack,
-                        data: Vec::new(),
-                        delay: Duration::ZERO,
-                        _room: Some(room),
-                    });
+                        Kind::HandBack,
+                        attempts,
+                        Vec::new(),
+                        room,
+                    ));
                     return;
                 }
             };
@@ -662,46 +669,30 @@ where
             // the job runs. The batcher resolves the ticket whatever happens
             // (output, error, timeout, panic, shutdown): the task always ends.
             tokio::spawn(async move {
-                let result = ticket.await;
-                let completion = match result {
+                let ran = held.attempts + 1;
+                let completion = match ticket.await {
                     Ok(output) => match shared.codec.encode(&output) {
-                        Ok(bytes) => Completion {
-                            attempts: held.attempts + 1,
+                        Ok(bytes) => Completion::new(held, Kind::Ok, ran, bytes, room),
+                        Err(m) => Completion::new(
                             held,
-                            kind: Kind::Ok,
-                            data: bytes,
-                            delay: Duration::ZERO,
-                            _room: Some(room),
-                        },
-                        Err(m) => Completion {
-                            attempts: held.attempts + 1,
-                            held,
-                            kind: Kind::Failed,
-                            data: format!("the handler's output could not be encoded: {m}")
-                                .into_bytes(),
-                            delay: Duration::ZERO,
-                            _room: Some(room),
-                        },
+                            Kind::Failed,
+                            ran,
+                            format!("the handler's output could not be encoded: {m}").into_bytes(),
+                            room,
+                        ),
                     },
-                    Err(baler::Error::Handler(e)) => Completion {
-                        attempts: held.attempts + 1,
-                        held,
-                        kind: Kind::Failed,
-                        data: e.to_string().into_bytes(),
-                        delay: Duration::ZERO,
-                        _room: Some(room),
-                    },
-                    Err(baler::Error::Abandoned) => Completion {
-                        attempts: held.attempts,
-                        held,
-                        kind: Kind::HandBack,
-                        data: Vec::new(),
-                        delay: Duration::ZERO,
-                        _room: Some(room),
-                    },
+                    Err(baler::Error::Handler(e)) => {
+                        Completion::new(held, Kind::Failed, ran, e.to_string().into_bytes(), room)
+                    }
+                    // Cut off by the shutdown deadline: not an attempt.
+                    Err(baler::Error::Abandoned) => {
+                        let attempts = held.attempts;
+                        Completion::new(held, Kind::HandBack, attempts, Vec::new(), room)
+                    }
                     Err(baler::Error::Exhausted { last, .. }) => {
                         retry_or_fail(&shared.settings, held, last.to_string(), room)
                     }
+                    // Timed out, panicked, wrong outcome count, engine stopped.
                     Err(other) => retry_or_fail(&shared.settings, held, other.to_string(), room),
                 };
                 let _ = done.send(completion);
