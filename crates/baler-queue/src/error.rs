@@ -113,6 +113,15 @@ pub enum EnqueueError<P> {
         /// The payload, handed back.
         payload: P,
     },
+    /// The idempotency key is empty or has a newline (which the queue uses
+    /// as a separator in Redis).
+    #[error("the idempotency key {key:?} is empty or contains a newline; use a non-empty key without newlines")]
+    InvalidKey {
+        /// The key given.
+        key: String,
+        /// The payload, handed back.
+        payload: P,
+    },
     /// `try_enqueue` only: the producer already has its maximum of jobs
     /// outstanding.
     #[error(
@@ -168,6 +177,7 @@ impl<P> EnqueueError<P> {
             EnqueueError::TooLarge { payload, .. }
             | EnqueueError::Encode { payload, .. }
             | EnqueueError::Busy { payload, .. }
+            | EnqueueError::InvalidKey { payload, .. }
             | EnqueueError::QueueFull { payload }
             | EnqueueError::Shutdown { payload }
             | EnqueueError::Unconfirmed { payload, .. } => payload,

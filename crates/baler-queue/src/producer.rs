@@ -55,7 +55,12 @@ impl<P> Job<P> {
     /// While `key` is remembered (see
     /// [`QueueBuilder::idempotency_ttl`](crate::QueueBuilder::idempotency_ttl)),
     /// enqueuing another job with the same key adds nothing and hands back a
-    /// ticket for the first job.
+    /// ticket for the first job: one that resolves with the first job's
+    /// result, which is kept with the key once the job has finished. While
+    /// the first job still runs, only a producer of the same name can wait
+    /// for it; another one gets [`JobError::OtherProducer`].
+    ///
+    /// The key must be non-empty and free of newlines.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
@@ -71,7 +76,9 @@ impl<P> From<P> for Job<P> {
 /// A job's result as stored in the results stream, before decoding.
 #[derive(Debug, Clone)]
 struct RawResult {
-    entry: String,
+    /// Its entry in the results stream; none for a result read from an
+    /// idempotency key's marker.
+    entry: Option<String>,
     status: String,
     attempts: u32,
     data: Vec<u8>,
@@ -105,6 +112,9 @@ fn decode<O: DeserializeOwned, C: Codec>(
 
 struct Waiter<O> {
     tx: oneshot::Sender<Result<O, JobError>>,
+    /// The id it was registered under (it moves when an idempotency key
+    /// turns out to name an earlier job), to find it again.
+    origin: JobId,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -158,7 +168,7 @@ impl<O: DeserializeOwned + Send + 'static, C: Codec> Results<O, C> {
                         status,
                         1,
                     );
-                    done.push(raw.entry);
+                    done.extend(raw.entry);
                 }
                 None => {
                     // Kept in Redis: if it falls out of memory here, the
@@ -247,7 +257,7 @@ async fn read_results<O: DeserializeOwned + Send + 'static, C: Codec>(
                 Some((
                     id,
                     RawResult {
-                        entry,
+                        entry: Some(entry),
                         status: get("s").and_then(as_string).unwrap_or_default(),
                         attempts: get("a")
                             .and_then(as_u64)
@@ -306,7 +316,31 @@ type Outgoing<P, O> = (
 enum Ack {
     Added,
     Full,
-    Duplicate { producer: String, job_id: JobId },
+    /// The marker already existed: the job it names, and its result if it
+    /// has finished.
+    Duplicate {
+        producer: String,
+        job_id: JobId,
+        result: Option<RawResult>,
+    },
+}
+
+/// Reads a marker's value: `<producer>\n<id>`, then
+/// `\n<status>\n<attempts>\n<data>` once the job has finished.
+fn parse_marker(value: &[u8]) -> (String, JobId, Option<RawResult>) {
+    let mut parts = value.splitn(5, |b| *b == b'\n');
+    let mut text = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let (producer, id) = (text(), JobId(text()));
+    let status = text();
+    let attempts = text();
+    let data = parts.next().map(<[u8]>::to_vec);
+    let result = data.map(|data| RawResult {
+        entry: None,
+        status,
+        attempts: attempts.parse().unwrap_or(0),
+        data,
+    });
+    (producer, id, result)
 }
 
 struct Item {
@@ -355,10 +389,11 @@ async fn send<C>(
         invocation
             .arg(item.id.as_str())
             .arg(ttl.as_millis() as u64)
+            .arg(item.key.as_deref().unwrap_or(""))
             .arg(&item.body[..]);
     }
     let mut conn = shared.conn.clone();
-    let acks: Vec<String> = invocation
+    let acks: Vec<Vec<u8>> = invocation
         .invoke_async(&mut conn)
         .await
         .map_err(SendError::Redis)?;
@@ -371,15 +406,16 @@ async fn send<C>(
     }
     Ok(acks
         .into_iter()
-        .map(|a| match a.as_str() {
-            "ok" => Ack::Added,
-            "full" => Ack::Full,
+        .map(|a| match &a[..] {
+            b"ok" => Ack::Added,
+            b"full" => Ack::Full,
             other => {
-                let rest = other.strip_prefix("dup:").unwrap_or(other);
-                let (producer, id) = rest.split_once('\n').unwrap_or(("", rest));
+                let (producer, job_id, result) =
+                    parse_marker(other.strip_prefix(b"dup:").unwrap_or(other));
                 Ack::Duplicate {
-                    producer: producer.to_owned(),
-                    job_id: JobId(id.to_owned()),
+                    producer,
+                    job_id,
+                    result,
                 }
             }
         })
@@ -769,14 +805,16 @@ where
                 drop(book);
                 let _ = tx.send(decode(&self.inner.shared.codec, &id, &raw));
                 let results = results.clone();
-                tokio::spawn(async move { results.delete(vec![raw.entry]).await });
+                let entries = raw.entry.into_iter().collect();
+                tokio::spawn(async move { results.delete(entries).await });
                 return JobTicket { id, rx };
             }
         }
-        book.waiting
-            .entry(id.clone())
-            .or_default()
-            .push(Waiter { tx, _permit: None });
+        book.waiting.entry(id.clone()).or_default().push(Waiter {
+            tx,
+            origin: id.clone(),
+            _permit: None,
+        });
         JobTicket { id, rx }
     }
 
@@ -788,7 +826,7 @@ where
     pub async fn take_unclaimed(&self) -> Vec<(JobId, Result<O, JobError>)> {
         let taken: Vec<(JobId, RawResult)> =
             self.inner.results.book().unclaimed.drain(..).collect();
-        let entries = taken.iter().map(|(_, r)| r.entry.clone()).collect();
+        let entries = taken.iter().filter_map(|(_, r)| r.entry.clone()).collect();
         let out = taken
             .iter()
             .map(|(id, raw)| (id.clone(), decode(&self.inner.shared.codec, id, raw)))
@@ -849,6 +887,7 @@ where
             .or_default()
             .push(Waiter {
                 tx,
+                origin: id.clone(),
                 _permit: Some(permit),
             });
         observe::gauge(
@@ -872,6 +911,40 @@ where
         }
     }
 
+    /// Takes the waiter registered under `origin` out of those of `id`.
+    fn take_waiter(&self, id: &JobId, origin: &JobId) -> Option<Waiter<O>> {
+        let mut book = self.inner.results.book();
+        let waiters = book.waiting.get_mut(id)?;
+        let at = waiters.iter().position(|w| w.origin == *origin)?;
+        let waiter = waiters.remove(at);
+        if waiters.is_empty() {
+            book.waiting.remove(id);
+        }
+        Some(waiter)
+    }
+
+    /// Waits for an earlier job of this producer that an idempotency key
+    /// named: moves the new ticket's waiter to it, then looks at the key's
+    /// marker once more, because the job may have finished (and its result
+    /// been delivered to the earlier ticket) since the enqueue script
+    /// answered. Whoever takes the waiter out resolves it: exactly once.
+    async fn join_earlier(&self, id: &JobId, earlier: &JobId, key: Option<&str>) {
+        self.rebind(id, earlier);
+        let Some(key) = key else { return };
+        let mut conn = self.inner.shared.conn.clone();
+        let marker: Result<Option<Vec<u8>>, RedisError> = redis::cmd("GET")
+            .arg(self.inner.shared.keys.idem(key))
+            .query_async(&mut conn)
+            .await;
+        if let Ok(Some(value)) = marker {
+            if let (_, _, Some(raw)) = parse_marker(&value) {
+                if let Some(w) = self.take_waiter(earlier, id) {
+                    let _ = w.tx.send(decode(&self.inner.shared.codec, earlier, &raw));
+                }
+            }
+        }
+    }
+
     async fn enqueue_all(
         &self,
         jobs: Vec<Job<P>>,
@@ -888,6 +961,15 @@ where
                     payload: job.payload,
                 }));
                 continue;
+            }
+            if let Some(key) = &job.key {
+                if key.is_empty() || key.contains('\n') {
+                    answers[i] = Some(Err(EnqueueError::InvalidKey {
+                        key: key.clone(),
+                        payload: job.payload,
+                    }));
+                    continue;
+                }
             }
             let body = match self.inner.shared.codec.encode(&job.payload) {
                 Ok(b) => b,
@@ -952,9 +1034,22 @@ where
                         self.added(&id);
                         answers[i] = Some(Ok(JobTicket { id, rx }));
                     }
-                    Ok(Ack::Duplicate { producer, job_id }) => {
+                    Ok(Ack::Duplicate {
+                        job_id,
+                        result: Some(raw),
+                        ..
+                    }) => {
+                        // The job finished: its result was kept with the key.
+                        self.unregister(&id);
+                        let (tx, rx) = oneshot::channel();
+                        let _ = tx.send(decode(&self.inner.shared.codec, &job_id, &raw));
+                        answers[i] = Some(Ok(JobTicket { id: job_id, rx }));
+                    }
+                    Ok(Ack::Duplicate {
+                        producer, job_id, ..
+                    }) => {
                         if producer == self.inner.name {
-                            self.rebind(&id, &job_id);
+                            self.join_earlier(&id, &job_id, key.as_deref()).await;
                             answers[i] = Some(Ok(JobTicket { id: job_id, rx }));
                         } else {
                             self.unregister(&id);
@@ -1043,7 +1138,9 @@ mod tests {
         let again = send(&queue.shared, "p", &items).await.ok().unwrap();
         for (ack, it) in again.iter().zip(&items) {
             match ack {
-                Ack::Duplicate { producer, job_id } => {
+                Ack::Duplicate {
+                    producer, job_id, ..
+                } => {
                     assert_eq!((producer.as_str(), job_id), ("p", &it.id));
                 }
                 other => panic!("expected a duplicate, got {other:?}"),

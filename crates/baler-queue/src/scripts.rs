@@ -15,11 +15,14 @@ use redis::Script;
 ///
 /// KEYS: jobs, then one marker key per job (`{q}:idem:<key>` or
 /// `{q}:sent:<id>`). ARGV: max length (0: none), producer, then id, marker
-/// TTL in ms and body per job.
+/// TTL in ms, idempotency key (empty: none) and body per job.
 ///
-/// Per job it answers `ok`, `full` or `dup:<producer>\n<id>`. A job whose
-/// marker exists is not added again, which makes a retry after a lost reply
-/// safe: the retry sees its own id and reports it as added.
+/// Per job it answers `ok`, `full` or `dup:` and the marker's value:
+/// `<producer>\n<id>`, followed by `\n<status>\n<attempts>\n<data>` once
+/// the job has finished (the completion writes its result into an
+/// idempotency key's marker). A job whose marker exists is not added again,
+/// which makes a retry after a lost reply safe: the retry sees its own id
+/// and reports it as added.
 pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -28,16 +31,19 @@ local producer = ARGV[2]
 local len = redis.call('XLEN', KEYS[1])
 local out = {}
 for i = 1, #KEYS - 1 do
-  local id = ARGV[3 * i]
-  local ttl = ARGV[3 * i + 1]
-  local body = ARGV[3 * i + 2]
+  local b = 2 + (i - 1) * 4
+  local id, ttl, key, body = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local existing = redis.call('GET', KEYS[i + 1])
   if existing then
     out[i] = 'dup:' .. existing
   elseif maxlen > 0 and len >= maxlen then
     out[i] = 'full'
   else
-    redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', '0', 'b', body)
+    if key ~= '' then
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', '0', 'k', key, 'b', body)
+    else
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', '0', 'b', body)
+    end
     redis.call('SET', KEYS[i + 1], producer .. '\n' .. id, 'PX', ttl)
     len = len + 1
     out[i] = 'ok'
@@ -102,11 +108,15 @@ return out
 
 /// Completes a batch of jobs, each only if its claim is still this worker's.
 ///
-/// KEYS: jobs, delayed, parked, dead, then the results stream of each job's
-/// producer. ARGV: group, consumer, then per job: entry id, delivery count,
-/// kind (`ok`, `failed`, `dead`, `retry`, `handback`), job id, producer,
-/// attempts, data (output or message), delay ms, body.
+/// KEYS: jobs, delayed, parked, dead, then per job the results stream of its
+/// producer and its idempotency key's marker (the results stream again when
+/// it has none; then it is not touched). ARGV: group, consumer, then per
+/// job: entry id, delivery count, kind (`ok`, `failed`, `dead`, `retry`,
+/// `handback`), job id, producer, attempts, data (output or message), delay
+/// ms, idempotency key (empty: none), body.
 ///
+/// A final result is also written into the idempotency key's marker, if it
+/// still exists, so that enqueuing the key again later gets the result.
 /// Answers 1 (written) or 0 (stale: written nothing) per job.
 pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -114,26 +124,34 @@ pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-local n = (#ARGV - 2) / 9
+local n = (#ARGV - 2) / 10
 for i = 1, n do
-  local b = 2 + (i - 1) * 9
+  local b = 2 + (i - 1) * 10
   local eid, count, kind = ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
   local id, producer, attempts = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
-  local data, delay, body = ARGV[b + 7], tonumber(ARGV[b + 8]), ARGV[b + 9]
+  local data, delay, key, body = ARGV[b + 7], tonumber(ARGV[b + 8]), ARGV[b + 9], ARGV[b + 10]
+  local results, marker = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], eid, eid, 1)
   if p[1] and p[1][2] == ARGV[2] and tonumber(p[1][4]) == count then
-    if kind == 'ok' or kind == 'failed' then
-      redis.call('XADD', KEYS[4 + i], '*', 'id', id, 's', kind, 'a', attempts, 'r', data)
-    elseif kind == 'dead' then
-      redis.call('XADD', KEYS[4], '*', 'id', id, 'p', producer, 'a', attempts, 'reason', data, 'b', body)
+    if kind == 'ok' or kind == 'failed' or kind == 'dead' then
+      if kind == 'dead' then
+        redis.call('XADD', KEYS[4], '*', 'id', id, 'p', producer, 'a', attempts, 'reason', data, 'b', body)
+      end
       if producer ~= '' then
-        redis.call('XADD', KEYS[4 + i], '*', 'id', id, 's', 'dead', 'a', attempts, 'r', data)
+        redis.call('XADD', results, '*', 'id', id, 's', kind, 'a', attempts, 'r', data)
+      end
+      if key ~= '' and redis.call('EXISTS', marker) == 1 then
+        redis.call('SET', marker, producer .. '\n' .. id .. '\n' .. kind .. '\n' .. attempts .. '\n' .. data, 'KEEPTTL')
       end
     elseif kind == 'retry' then
-      redis.call('HSET', KEYS[3], id, producer .. '\n' .. attempts .. '\n' .. body)
+      redis.call('HSET', KEYS[3], id, producer .. '\n' .. attempts .. '\n' .. key .. '\n' .. body)
       redis.call('ZADD', KEYS[2], now + delay, id)
     elseif kind == 'handback' then
-      redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'b', body)
+      if key ~= '' then
+        redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'k', key, 'b', body)
+      else
+        redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'b', body)
+      end
     end
     redis.call('XACK', KEYS[1], ARGV[1], eid)
     redis.call('XDEL', KEYS[1], eid)
@@ -162,8 +180,14 @@ for _, id in ipairs(ids) do
   if v then
     local s1 = string.find(v, '\n', 1, true)
     local s2 = string.find(v, '\n', s1 + 1, true)
-    redis.call('XADD', KEYS[1], '*', 'id', id, 'p', string.sub(v, 1, s1 - 1),
-      'a', string.sub(v, s1 + 1, s2 - 1), 'b', string.sub(v, s2 + 1))
+    local s3 = string.find(v, '\n', s2 + 1, true)
+    local producer, attempts = string.sub(v, 1, s1 - 1), string.sub(v, s1 + 1, s2 - 1)
+    local key, body = string.sub(v, s2 + 1, s3 - 1), string.sub(v, s3 + 1)
+    if key ~= '' then
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'k', key, 'b', body)
+    else
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'b', body)
+    end
     redis.call('HDEL', KEYS[3], id)
   end
   redis.call('ZREM', KEYS[2], id)

@@ -49,6 +49,8 @@ struct Held {
     attempts: u32,
     /// The delivery count at claim: with the consumer name, the fencing token.
     deliveries: u64,
+    /// The idempotency key it was enqueued with, empty if none.
+    key: String,
     body: Vec<u8>,
 }
 
@@ -248,6 +250,7 @@ impl<C: Codec> Core<C> {
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
             deliveries,
+            key: get("k").and_then(as_string).unwrap_or_default(),
             body: body.clone().unwrap_or_default(),
         };
         self.held().insert(id, deliveries);
@@ -502,7 +505,12 @@ impl<C: Codec> Core<C> {
             let mut call = COMPLETE.key(keys.jobs());
             call.key(keys.delayed()).key(keys.parked()).key(keys.dead());
             for c in &batch {
-                call.key(keys.results(&c.held.producer));
+                let results = keys.results(&c.held.producer);
+                let marker = match c.held.key.as_str() {
+                    "" => results.clone(),
+                    key => keys.idem(key),
+                };
+                call.key(results).key(marker);
             }
             call.arg(keys.group()).arg(&self.consumer);
             for c in &batch {
@@ -514,6 +522,7 @@ impl<C: Codec> Core<C> {
                     .arg(c.attempts)
                     .arg(&c.data[..])
                     .arg(c.delay.as_millis() as u64)
+                    .arg(&c.held.key)
                     .arg(&c.held.body[..]);
             }
             let mut conn = self.shared.conn.clone();

@@ -1019,3 +1019,61 @@ async fn an_entry_not_written_by_a_producer_is_dead_lettered_and_the_worker_goes
     assert_eq!(within(PATIENCE, "the next job", t).await, Ok(10));
     assert_eq!(worker.stats().dead_lettered, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_enqueued_again_after_its_job_finished_gets_the_kept_result() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "idem-done").await;
+    let runs = Arc::new(Mutex::new(0u32));
+    let counted = runs.clone();
+    // The first run asks for a retry: the key must survive the trip through
+    // the delayed set.
+    let worker = queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(move |batch: Batch<u64>| {
+            let runs = counted.clone();
+            async move {
+                let mut runs = runs.lock().unwrap();
+                *runs += 1;
+                let out: HandlerResult<u64, String> = Ok(batch
+                    .iter()
+                    .map(|n| match *runs {
+                        1 => Outcome::Retry("once more".to_owned()),
+                        _ => Outcome::Done(n * 10),
+                    })
+                    .collect());
+                out
+            }
+        }))
+        .unwrap();
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let first = producer
+        .enqueue(Job::new(4).idempotency_key("invoice-1"))
+        .await
+        .unwrap();
+    let id = first.id().clone();
+    assert_eq!(within(PATIENCE, "the first result", first).await, Ok(40));
+
+    // Long after, from another producer even: the same job and its result,
+    // and nothing runs again.
+    let later = queue.producer("q").build::<u64, u64>().unwrap();
+    let again = later
+        .enqueue(Job::new(4).idempotency_key("invoice-1"))
+        .await
+        .unwrap();
+    assert_eq!(again.id(), &id);
+    assert_eq!(within(PATIENCE, "the kept result", again).await, Ok(40));
+    assert_eq!(later.outstanding(), 0);
+    assert_eq!(*runs.lock().unwrap(), 2);
+    let report = worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.stats.retried, report.stats.completed), (1, 1));
+
+    match producer
+        .enqueue(Job::new(5).idempotency_key("two\nlines"))
+        .await
+    {
+        Err(EnqueueError::InvalidKey { payload: 5, .. }) => {}
+        other => panic!("expected InvalidKey, got {other:?}"),
+    }
+}
