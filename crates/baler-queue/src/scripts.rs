@@ -214,3 +214,25 @@ return 0
 "#,
     )
 });
+
+/// Removes consumers that hold nothing and have been silent for long:
+/// processes that died (their claims were reclaimed already). A live but
+/// stalled one is recreated by its next read, holding nothing lost.
+///
+/// KEYS: jobs. ARGV: group, min idle ms. Answers how many were removed.
+pub(crate) static PRUNE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for j = 1, #c, 2 do f[c[j]] = c[j + 1] end
+  if tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"#,
+    )
+});

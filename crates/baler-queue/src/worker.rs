@@ -34,8 +34,12 @@ use crate::events::QueueEvent;
 use crate::observe;
 use crate::producer::stream_entries;
 use crate::queue::{as_bytes, as_string, as_u64, pairs, Queue, Settings, Shared};
-use crate::scripts::{COMPLETE, EXTEND, LEAVE, PROMOTE, RECLAIM};
+use crate::scripts::{COMPLETE, EXTEND, LEAVE, PROMOTE, PRUNE, RECLAIM};
 use crate::JobId;
+
+/// A consumer holding nothing and silent for this many leases is taken for
+/// dead and removed from the group.
+const PRUNE_AFTER_LEASES: u32 = 10;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -362,8 +366,13 @@ impl<C: Codec> Core<C> {
             .min(Duration::from_secs(1))
             .max(Duration::from_millis(10));
         let tick = renew_every.min(promote_every);
-        let (mut renewed, mut reclaimed, mut promoted) =
-            (Instant::now(), Instant::now(), Instant::now());
+        let prune_every = s.lease.saturating_mul(PRUNE_AFTER_LEASES);
+        let (mut renewed, mut reclaimed, mut promoted, mut pruned) = (
+            Instant::now(),
+            Instant::now(),
+            Instant::now(),
+            Instant::now(),
+        );
         loop {
             tokio::time::sleep(tick).await;
             if renewed.elapsed() >= renew_every {
@@ -380,6 +389,10 @@ impl<C: Codec> Core<C> {
             if promoted.elapsed() >= promote_every {
                 promoted = Instant::now();
                 self.promote().await;
+            }
+            if pruned.elapsed() >= prune_every {
+                pruned = Instant::now();
+                self.prune().await;
             }
         }
     }
@@ -463,6 +476,27 @@ impl<C: Codec> Core<C> {
                 deliveries,
             });
             self.take(runner, id, fields, deliveries, room).await;
+        }
+    }
+
+    /// Keeps the group's consumer list from growing with every crashed
+    /// process start.
+    async fn prune(&self) {
+        let keys = &self.shared.keys;
+        let mut conn = self.shared.conn.clone();
+        let idle = self
+            .shared
+            .settings
+            .lease
+            .saturating_mul(PRUNE_AFTER_LEASES);
+        let removed: Result<i64, RedisError> = PRUNE
+            .key(keys.jobs())
+            .arg(keys.group())
+            .arg(idle.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "pruning dead consumers failed; retrying later");
         }
     }
 

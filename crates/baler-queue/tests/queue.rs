@@ -363,6 +363,7 @@ async fn a_job_that_keeps_stopping_its_workers_is_dead_lettered_on_reclaim() {
         async move { held == 1 }
     })
     .await;
+    let dead_consumer = hangs.consumer().to_owned();
     drop(hangs);
     eventually(
         PATIENCE,
@@ -395,6 +396,16 @@ async fn a_job_that_keeps_stopping_its_workers_is_dead_lettered_on_reclaim() {
     }
     assert_eq!(*ran.lock().unwrap(), 0, "the poison job ran again");
     assert_eq!(second.stats().reclaimed, 1);
+    // The dead worker, holding nothing now, is pruned from the group.
+    eventually(PATIENCE, "the dead consumer pruned", || {
+        let queue = queue.clone();
+        let dead = dead_consumer.clone();
+        async move {
+            let consumers = queue.stats().await.unwrap().consumers;
+            !consumers.iter().any(|c| c.name == dead)
+        }
+    })
+    .await;
     let mut conn = connection(&server.url()).await;
     assert_eq!(xlen(&mut conn, &queue.keys().dead()).await, 1);
 }
