@@ -1,0 +1,502 @@
+//! The queue handle: settings shared by producers and workers, the Redis
+//! connection, stats and diagnosis.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError, Value};
+use tokio::sync::broadcast;
+
+use crate::codec::{Codec, Json};
+use crate::error::{ConfigError, ConnectError};
+use crate::events::{QueueEvent, QueueEvents};
+use crate::keys::Keys;
+use crate::observe::{ConsumerStats, QueueStats};
+
+/// A job's id: made by the producer before the job is sent, unique across
+/// producers and restarts (producer name, a random start nonce, a counter).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub(crate) String);
+
+impl JobId {
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for JobId {
+    fn from(id: String) -> Self {
+        JobId(id)
+    }
+}
+
+impl From<&str> for JobId {
+    fn from(id: &str) -> Self {
+        JobId(id.to_owned())
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The settings every producer and worker of a queue share.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) lease: Duration,
+    pub(crate) max_deliveries: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) max_payload_bytes: usize,
+    pub(crate) max_length: Option<u64>,
+    pub(crate) idempotency_ttl: Duration,
+    pub(crate) resend_window: Duration,
+    pub(crate) timeout: Duration,
+}
+
+pub(crate) struct Shared<C> {
+    pub(crate) url: String,
+    pub(crate) name: String,
+    pub(crate) keys: Keys,
+    pub(crate) settings: Settings,
+    pub(crate) client: Client,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) codec: C,
+    pub(crate) events: broadcast::Sender<QueueEvent>,
+}
+
+impl<C> Shared<C> {
+    pub(crate) fn emit(&self, event: QueueEvent) {
+        // No listener is not an error: events are for whoever cares.
+        let _ = self.events.send(event);
+    }
+
+    /// A connection of its own, for a blocking read that must not hold up
+    /// the shared connection's other commands. `block` is added to the
+    /// answer timeout.
+    pub(crate) async fn blocking_connection(
+        &self,
+        block: Duration,
+    ) -> Result<ConnectionManager, RedisError> {
+        ConnectionManager::new_with_config(
+            self.client.clone(),
+            manager_config(self.settings.timeout, self.settings.timeout + block),
+        )
+        .await
+    }
+}
+
+fn manager_config(connect: Duration, answer: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect))
+        .set_response_timeout(Some(answer))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1))
+}
+
+/// Settings for a [`Queue`]; see [`Queue::builder`].
+#[derive(Debug, Clone)]
+pub struct QueueBuilder<C = Json> {
+    url: String,
+    name: String,
+    settings: Settings,
+    codec: C,
+    event_capacity: usize,
+}
+
+impl QueueBuilder<Json> {
+    fn new(url: &str, name: &str) -> Self {
+        QueueBuilder {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            settings: Settings {
+                lease: Duration::from_secs(30),
+                max_deliveries: 5,
+                max_attempts: 3,
+                backoff_base: Duration::from_secs(1),
+                backoff_max: Duration::from_secs(60),
+                max_payload_bytes: 1 << 20,
+                max_length: None,
+                idempotency_ttl: Duration::from_secs(24 * 3600),
+                resend_window: Duration::from_secs(600),
+                timeout: Duration::from_secs(2),
+            },
+            codec: Json,
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl<C: Codec> QueueBuilder<C> {
+    /// How long a worker's claim on a job lasts without renewal (default
+    /// 30 s). Live workers renew their claims every third of it; a job whose
+    /// worker died is taken over by another once its lease has run out.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = lease;
+        self
+    }
+
+    /// How many times a job may be handed to a worker (default 5). A job
+    /// reclaimed past this (it keeps killing its workers) is dead-lettered.
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.settings.max_deliveries = n;
+        self
+    }
+
+    /// How many times a job may run before a retryable failure is final
+    /// (default 3).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.settings.max_attempts = n;
+        self
+    }
+
+    /// The retry backoff: `base` doubled per attempt, at most `max`
+    /// (default 1 s and 60 s).
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.settings.backoff_base = base;
+        self.settings.backoff_max = max;
+        self
+    }
+
+    /// The largest encoded payload accepted (default 1 MiB). Larger ones are
+    /// refused before they reach Redis.
+    pub fn max_payload_bytes(mut self, n: usize) -> Self {
+        self.settings.max_payload_bytes = n;
+        self
+    }
+
+    /// The most jobs the jobs stream may hold, waiting or running (default:
+    /// no bound). Enqueues past it wait (`enqueue`) or fail (`try_enqueue`).
+    pub fn max_length(mut self, n: u64) -> Self {
+        self.settings.max_length = Some(n);
+        self
+    }
+
+    /// How long an idempotency key is remembered (default 24 h).
+    pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.idempotency_ttl = ttl;
+        self
+    }
+
+    /// How long a job id without an idempotency key is remembered as added
+    /// (default 10 min), so that an enqueue sent again after its reply was
+    /// lost adds nothing twice. Keep it above the longest a producer retries
+    /// ([`ProducerBuilder::redis_attempts`](crate::ProducerBuilder::redis_attempts)
+    /// × up to 2 s each); it costs one small key per job for its length.
+    pub fn resend_window(mut self, window: Duration) -> Self {
+        self.settings.resend_window = window;
+        self
+    }
+
+    /// How long connecting and each Redis answer may take (default 2 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = timeout;
+        self
+    }
+
+    /// How many events a slow listener may fall behind before it misses some
+    /// (default 1024).
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n;
+        self
+    }
+
+    /// Uses `codec` for payloads and results instead of JSON.
+    pub fn codec<D: Codec>(self, codec: D) -> QueueBuilder<D> {
+        QueueBuilder {
+            url: self.url,
+            name: self.name,
+            settings: self.settings,
+            codec,
+            event_capacity: self.event_capacity,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_name("queue", &self.name)?;
+        let s = &self.settings;
+        for (setting, d) in [
+            ("lease", s.lease),
+            ("backoff", s.backoff_base),
+            ("idempotency_ttl", s.idempotency_ttl),
+            ("resend_window", s.resend_window),
+            ("timeout", s.timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration { setting });
+            }
+        }
+        for (setting, n) in [
+            ("max_deliveries", u64::from(s.max_deliveries)),
+            ("max_attempts", u64::from(s.max_attempts)),
+            ("max_payload_bytes", s.max_payload_bytes as u64),
+            ("max_length", s.max_length.unwrap_or(1)),
+            ("event_capacity", self.event_capacity as u64),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Zero { setting });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the settings, connects, and makes sure the jobs stream and its
+    /// consumer group exist.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError::Unreachable`] (with the URL) when Redis does not
+    /// answer, [`ConnectError::Config`] for a setting that cannot work.
+    pub async fn build(self) -> Result<Queue<C>, ConnectError> {
+        self.validate()?;
+        let url = self.url.clone();
+        let client = Client::open(url.as_str()).map_err(|source| ConnectError::InvalidUrl {
+            url: url.clone(),
+            source,
+        })?;
+        let timeout = self.settings.timeout;
+        let mut conn =
+            ConnectionManager::new_with_config(client.clone(), manager_config(timeout, timeout))
+                .await
+                .map_err(|source| ConnectError::Unreachable {
+                    url: url.clone(),
+                    source,
+                })?;
+        let keys = Keys::new(&self.name);
+        let created: Result<Value, RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(keys.jobs())
+            .arg(keys.group())
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        if let Err(source) = created {
+            if source.code() != Some("BUSYGROUP") {
+                return Err(ConnectError::Refused { url, source });
+            }
+        }
+        let (events, _) = broadcast::channel(self.event_capacity);
+        Ok(Queue {
+            shared: Arc::new(Shared {
+                url,
+                name: self.name,
+                keys,
+                settings: self.settings,
+                client,
+                conn,
+                codec: self.codec,
+                events,
+            }),
+        })
+    }
+}
+
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), ConfigError> {
+    let bad = name.is_empty()
+        || name
+            .chars()
+            .any(|c| matches!(c, '{' | '}' | '\n' | '\r' | ' ' | '\t'));
+    if bad {
+        return Err(ConfigError::BadName {
+            what,
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A durable queue on Redis Streams: the handle producers and workers are
+/// made from. Cheap to clone.
+///
+/// ```no_run
+/// use baler_queue::Queue;
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let queue = Queue::connect("redis://127.0.0.1:6379", "mail").await?;
+/// println!("{:?}", queue.stats().await?);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Queue<C = Json> {
+    pub(crate) shared: Arc<Shared<C>>,
+}
+
+impl<C> Clone for Queue<C> {
+    fn clone(&self) -> Self {
+        Queue {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for Queue<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.shared.name)
+            .field("url", &self.shared.url)
+            .finish()
+    }
+}
+
+impl Queue<Json> {
+    /// Settings for the queue `name` in the Redis at `url`.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use baler_queue::Queue;
+    ///
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let queue = Queue::builder("redis://127.0.0.1:6379", "mail")
+    ///     .lease(Duration::from_secs(10))
+    ///     .max_attempts(5)
+    ///     .build()
+    ///     .await?;
+    /// # let _ = queue;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(url: &str, name: &str) -> QueueBuilder<Json> {
+        QueueBuilder::new(url, name)
+    }
+
+    /// The queue `name` in the Redis at `url`, with default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`QueueBuilder::build`].
+    pub async fn connect(url: &str, name: &str) -> Result<Queue<Json>, ConnectError> {
+        Self::builder(url, name).build().await
+    }
+}
+
+impl<C: Codec> Queue<C> {
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The queue's key names.
+    pub fn keys(&self) -> &Keys {
+        &self.shared.keys
+    }
+
+    /// A listener for the queue's events (of the producers and workers made
+    /// from this handle, in this process).
+    pub fn events(&self) -> QueueEvents {
+        QueueEvents::new(self.shared.events.subscribe())
+    }
+
+    /// The queue as Redis sees it now: lengths, pending claims, delayed and
+    /// dead jobs, and every consumer with its idle time.
+    ///
+    /// # Errors
+    ///
+    /// The Redis error when it cannot be asked.
+    pub async fn stats(&self) -> Result<QueueStats, RedisError> {
+        let keys = &self.shared.keys;
+        let mut conn = self.shared.conn.clone();
+        let (length, pending, delayed, dead, consumers): (u64, Value, u64, u64, Value) =
+            redis::pipe()
+                .cmd("XLEN")
+                .arg(keys.jobs())
+                .cmd("XPENDING")
+                .arg(keys.jobs())
+                .arg(keys.group())
+                .cmd("ZCARD")
+                .arg(keys.delayed())
+                .cmd("XLEN")
+                .arg(keys.dead())
+                .cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(keys.jobs())
+                .arg(keys.group())
+                .query_async(&mut conn)
+                .await?;
+        let pending = match pending {
+            Value::Array(items) => items.first().and_then(as_u64).unwrap_or(0),
+            _ => 0,
+        };
+        let mut list = Vec::new();
+        if let Value::Array(consumers) = consumers {
+            for consumer in consumers {
+                let fields = pairs(&consumer);
+                let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+                list.push(ConsumerStats {
+                    name: get("name").and_then(as_string).unwrap_or_default(),
+                    pending: get("pending").and_then(as_u64).unwrap_or(0),
+                    idle: Duration::from_millis(get("idle").and_then(as_u64).unwrap_or(0)),
+                });
+            }
+        }
+        Ok(QueueStats {
+            length,
+            pending,
+            waiting: length.saturating_sub(pending),
+            delayed,
+            dead,
+            consumers: list,
+        })
+    }
+
+    /// Looks at [`stats`](Self::stats) for the signs of a stuck queue and
+    /// says what they mean; see [`QueueDiagnosis`](crate::QueueDiagnosis).
+    ///
+    /// # Errors
+    ///
+    /// The Redis error when it cannot be asked.
+    pub async fn diagnose(&self) -> Result<crate::QueueDiagnosis, RedisError> {
+        let stats = self.stats().await?;
+        Ok(crate::observe::diagnose(stats, self.shared.settings.lease))
+    }
+}
+
+pub(crate) fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+pub(crate) fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub(crate) fn as_bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+/// A flat array or map of field/value pairs, as field names and values.
+pub(crate) fn pairs(v: &Value) -> Vec<(String, Value)> {
+    match v {
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|c| match c {
+                [k, v] => Some((as_string(k)?, v.clone())),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(items) => items
+            .iter()
+            .filter_map(|(k, v)| Some((as_string(k)?, v.clone())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,238 @@
+//! The Lua scripts: each step that must be atomic is one script, run once per
+//! batch. Every key a script touches arrives in KEYS (Redis Cluster needs to
+//! know them, and they all share the queue's hash tag).
+//!
+//! The fencing token of a claim is the pair (consumer, delivery count) that
+//! `XPENDING` reports for the entry. A reclaim by another worker changes the
+//! consumer and raises the count, so a worker whose lease lapsed finds a
+//! different token and writes nothing.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Adds a batch of jobs.
+///
+/// KEYS: jobs, then one marker key per job (`{q}:idem:<key>` or
+/// `{q}:sent:<id>`). ARGV: max length (0: none), producer, then id, marker
+/// TTL in ms, idempotency key (empty: none) and body per job.
+///
+/// Per job it answers `ok`, `full` or `dup:` and the marker's value:
+/// `<producer>\n<id>`, followed by `\n<status>\n<attempts>\n<data>` once
+/// the job has finished (the completion writes its result into an
+/// idempotency key's marker). A job whose marker exists is not added again,
+/// which makes a retry after a lost reply safe: the retry sees its own id
+/// and reports it as added.
+pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local maxlen = tonumber(ARGV[1])
+local producer = ARGV[2]
+local len = redis.call('XLEN', KEYS[1])
+local out = {}
+for i = 1, #KEYS - 1 do
+  local b = 2 + (i - 1) * 4
+  local id, ttl, key, body = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local existing = redis.call('GET', KEYS[i + 1])
+  if existing then
+    out[i] = 'dup:' .. existing
+  elseif maxlen > 0 and len >= maxlen then
+    out[i] = 'full'
+  else
+    if key ~= '' then
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', '0', 'k', key, 'b', body)
+    else
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', '0', 'b', body)
+    end
+    redis.call('SET', KEYS[i + 1], producer .. '\n' .. id, 'PX', ttl)
+    len = len + 1
+    out[i] = 'ok'
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Takes over entries idle for longer than the lease.
+///
+/// KEYS: jobs. ARGV: group, consumer, min idle ms, count, start cursor.
+/// Answers the cursor to start from next time, then per entry taken
+/// `{entry id, fields, delivery count}`. `XAUTOCLAIM` scans a bounded part
+/// of the pending list per call, so the cursor must carry over between
+/// calls, or entries past the first part would never be looked at.
+pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[5], 'COUNT', ARGV[4])
+local out = {r[1]}
+for _, e in ipairs(r[2]) do
+  if e[2] then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    local count = 0
+    if p[1] then count = p[1][4] end
+    out[#out + 1] = {e[1], e[2], count}
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Extends leases: per entry, if this worker still holds it with the same
+/// delivery count, resets its idle time (`XCLAIM .. JUSTID` does not count a
+/// delivery).
+///
+/// KEYS: jobs. ARGV: group, consumer, then entry id and delivery count per
+/// entry. Answers 1 (extended) or 0 (lost) per entry.
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+local n = (#ARGV - 2) / 2
+for i = 1, n do
+  local id = ARGV[1 + 2 * i]
+  local count = tonumber(ARGV[2 + 2 * i])
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if p[1] and p[1][2] == ARGV[2] and tonumber(p[1][4]) == count then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Completes a batch of jobs, each only if its claim is still this worker's.
+///
+/// KEYS: jobs, delayed, parked, dead, then per job the results stream of its
+/// producer and its idempotency key's marker (the results stream again when
+/// it has none; then it is not touched). ARGV: group, consumer, then per
+/// job: entry id, delivery count, kind (`ok`, `failed`, `dead`, `retry`,
+/// `handback`), job id, producer, attempts, data (output or message), delay
+/// ms, idempotency key (empty: none), body.
+///
+/// A final result is also written into the idempotency key's marker, if it
+/// still exists, so that enqueuing the key again later gets the result.
+/// Answers 1 (written) or 0 (stale: written nothing) per job.
+pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+local n = (#ARGV - 2) / 10
+for i = 1, n do
+  local b = 2 + (i - 1) * 10
+  local eid, count, kind = ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
+  local id, producer, attempts = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+  local data, delay, key, body = ARGV[b + 7], tonumber(ARGV[b + 8]), ARGV[b + 9], ARGV[b + 10]
+  local results, marker = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], eid, eid, 1)
+  if p[1] and p[1][2] == ARGV[2] and tonumber(p[1][4]) == count then
+    if kind == 'ok' or kind == 'failed' or kind == 'dead' then
+      if kind == 'dead' then
+        redis.call('XADD', KEYS[4], '*', 'id', id, 'p', producer, 'a', attempts, 'reason', data, 'b', body)
+      end
+      if producer ~= '' then
+        redis.call('XADD', results, '*', 'id', id, 's', kind, 'a', attempts, 'r', data)
+      end
+      if key ~= '' and redis.call('EXISTS', marker) == 1 then
+        redis.call('SET', marker, producer .. '\n' .. id .. '\n' .. kind .. '\n' .. attempts .. '\n' .. data, 'KEEPTTL')
+      end
+    elseif kind == 'retry' then
+      redis.call('HSET', KEYS[3], id, producer .. '\n' .. attempts .. '\n' .. key .. '\n' .. body)
+      redis.call('ZADD', KEYS[2], now + delay, id)
+    elseif kind == 'handback' then
+      if key ~= '' then
+        redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'k', key, 'b', body)
+      else
+        redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'b', body)
+      end
+    end
+    redis.call('XACK', KEYS[1], ARGV[1], eid)
+    redis.call('XDEL', KEYS[1], eid)
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Moves delayed jobs whose time has come back to the jobs stream.
+///
+/// KEYS: jobs, delayed, parked. ARGV: how many at most. Answers how many
+/// were moved.
+pub(crate) static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(ids) do
+  local v = redis.call('HGET', KEYS[3], id)
+  if v then
+    local s1 = string.find(v, '\n', 1, true)
+    local s2 = string.find(v, '\n', s1 + 1, true)
+    local s3 = string.find(v, '\n', s2 + 1, true)
+    local producer, attempts = string.sub(v, 1, s1 - 1), string.sub(v, s1 + 1, s2 - 1)
+    local key, body = string.sub(v, s2 + 1, s3 - 1), string.sub(v, s3 + 1)
+    if key ~= '' then
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'k', key, 'b', body)
+    else
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'b', body)
+    end
+    redis.call('HDEL', KEYS[3], id)
+  end
+  redis.call('ZREM', KEYS[2], id)
+end
+return #ids
+"#,
+    )
+});
+
+/// Removes a consumer from the group if it holds nothing (removing one that
+/// holds entries would drop them from the pending list: they would never be
+/// reclaimed).
+///
+/// KEYS: jobs. ARGV: group, consumer. Answers 1 if removed.
+pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Removes consumers that hold nothing and have been silent for long:
+/// processes that died (their claims were reclaimed already). A live but
+/// stalled one is recreated by its next read, holding nothing lost.
+///
+/// KEYS: jobs. ARGV: group, min idle ms. Answers how many were removed.
+pub(crate) static PRUNE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for j = 1, #c, 2 do f[c[j]] = c[j + 1] end
+  if tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"#,
+    )
+});

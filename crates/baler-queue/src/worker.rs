@@ -1,0 +1,1060 @@
+//! Workers: claim jobs in batches, run them through the user's handler by
+//! way of a baler [`Batcher`], and complete each batch in one fenced script.
+//!
+//! A worker is three tasks and the batcher:
+//!
+//! - the **claimer** reads new jobs (`XREADGROUP .. COUNT n BLOCK t`) while
+//!   it has room (at most `max_held` jobs held), decodes them and submits
+//!   them to the batcher;
+//! - the **keeper** renews the leases of held jobs (fenced), reclaims jobs
+//!   whose lease ran out (`XAUTOCLAIM`), dead-letters those delivered too
+//!   often, and moves delayed jobs whose time came back to the jobs stream;
+//! - the **completer** takes the outcome of every job as it resolves and
+//!   writes them in batches with one script call each. A job's room is given
+//!   back only once its completion is written (or found stale).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use baler::{Batcher, Capacity, Handler};
+use redis::{RedisError, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::codec::{Codec, Json};
+use crate::error::ConfigError;
+use crate::events::QueueEvent;
+use crate::observe;
+use crate::producer::stream_entries;
+use crate::queue::{as_bytes, as_string, as_u64, pairs, Queue, Settings, Shared};
+use crate::scripts::{COMPLETE, EXTEND, LEAVE, PROMOTE, PRUNE, RECLAIM};
+use crate::JobId;
+
+/// A consumer holding nothing and silent for this many leases is taken for
+/// dead and removed from the group.
+const PRUNE_AFTER_LEASES: u32 = 10;
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A job this worker holds: what it read, and the fencing token of its claim.
+#[derive(Debug, Clone)]
+struct Held {
+    entry: String,
+    job_id: JobId,
+    producer: String,
+    /// Attempts made before this one.
+    attempts: u32,
+    /// The delivery count at claim: with the consumer name, the fencing token.
+    deliveries: u64,
+    /// The idempotency key it was enqueued with, empty if none.
+    key: String,
+    body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ok,
+    Failed,
+    Retry,
+    Dead,
+    HandBack,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ok => "ok",
+            Kind::Failed => "failed",
+            Kind::Retry => "retry",
+            Kind::Dead => "dead",
+            Kind::HandBack => "handback",
+        }
+    }
+}
+
+struct Completion {
+    held: Held,
+    kind: Kind,
+    /// The encoded output, or the error message or dead-letter reason.
+    data: Vec<u8>,
+    /// Attempts made, this one included (unchanged for a hand-back).
+    attempts: u32,
+    delay: Duration,
+    /// Given back (dropped) once the completion is written or given up.
+    _room: OwnedSemaphorePermit,
+}
+
+impl Completion {
+    fn new(
+        held: Held,
+        kind: Kind,
+        attempts: u32,
+        data: Vec<u8>,
+        room: OwnedSemaphorePermit,
+    ) -> Self {
+        Completion {
+            held,
+            kind,
+            data,
+            attempts,
+            delay: Duration::ZERO,
+            _room: room,
+        }
+    }
+}
+
+/// Counts of what a worker did; see [`Worker::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Jobs held now: claimed and not yet completed.
+    pub held: u64,
+    /// Jobs claimed (new or reclaimed).
+    pub claimed: u64,
+    /// Results written with the handler's output.
+    pub completed: u64,
+    /// Results written as failed (for good, or attempts exhausted).
+    pub failed: u64,
+    /// Jobs scheduled for another attempt.
+    pub retried: u64,
+    /// Jobs moved to the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Completions discarded because the claim had passed to another worker.
+    pub stale_discarded: u64,
+    /// Jobs taken over from a worker whose lease ran out.
+    pub reclaimed: u64,
+    /// Jobs handed back to the queue at shutdown.
+    pub handed_back: u64,
+    /// Renewals that found a claim no longer this worker's.
+    pub leases_lost: u64,
+}
+
+/// What [`Worker::shutdown`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// The worker's consumer name.
+    pub consumer: String,
+    /// Its counts at the end.
+    pub stats: WorkerStats,
+    /// Jobs whose completion could not be written before the worker gave up
+    /// (Redis unreachable): they stay claimed, and another worker reclaims
+    /// them once their lease runs out. Nothing is lost.
+    pub unwritten: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    claimed: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    stale: AtomicU64,
+    reclaimed: AtomicU64,
+    handed_back: AtomicU64,
+    leases_lost: AtomicU64,
+    unwritten: AtomicU64,
+}
+
+/// The type-erased half of a worker that knows the payload and handler types.
+trait Runner: Send + Sync + 'static {
+    /// Decodes and submits one job; its completion reaches `done`.
+    fn run(&self, held: Held, room: OwnedSemaphorePermit) -> BoxFuture<'_, ()>;
+    /// Shuts the batcher down: whatever it could not finish by `deadline`
+    /// resolves as abandoned and is handed back.
+    fn stop(&self, deadline: Duration) -> BoxFuture<'_, ()>;
+}
+
+struct Core<C> {
+    shared: Arc<Shared<C>>,
+    consumer: String,
+    held: Mutex<HashMap<String, u64>>,
+    room: Arc<Semaphore>,
+    max_held: usize,
+    claim_count: usize,
+    block_time: Duration,
+    stopping: AtomicBool,
+    /// Set once, when shutdown begins: wakes the claimer if it waits for room.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Where the next reclaim's scan of the pending list starts.
+    reclaim_cursor: Mutex<String>,
+    counters: Counters,
+    done: mpsc::UnboundedSender<Completion>,
+}
+
+impl<C: Codec> Core<C> {
+    fn held(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reclaim_cursor(&self) -> MutexGuard<'_, String> {
+        self.reclaim_cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stats(&self) -> WorkerStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WorkerStats {
+            held: self.held().len() as u64,
+            claimed: get(&c.claimed),
+            completed: get(&c.completed),
+            failed: get(&c.failed),
+            retried: get(&c.retried),
+            dead_lettered: get(&c.dead),
+            stale_discarded: get(&c.stale),
+            reclaimed: get(&c.reclaimed),
+            handed_back: get(&c.handed_back),
+            leases_lost: get(&c.leases_lost),
+        }
+    }
+
+    /// Dead-letters a job before it runs. The delivery counts as an
+    /// attempt: the job may have run (and stopped its worker) before.
+    fn dead(&self, held: Held, reason: String, room: OwnedSemaphorePermit) {
+        let attempts = held.attempts + 1;
+        let _ = self.done.send(Completion::new(
+            held,
+            Kind::Dead,
+            attempts,
+            reason.into_bytes(),
+            room,
+        ));
+    }
+
+    /// Takes one entry read from the jobs stream: checks it, then hands it
+    /// to the runner.
+    async fn take(
+        &self,
+        runner: &dyn Runner,
+        id: String,
+        fields: Vec<(String, Value)>,
+        deliveries: u64,
+        room: OwnedSemaphorePermit,
+    ) {
+        self.counters.claimed.fetch_add(1, Ordering::Relaxed);
+        let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v);
+        let job_id = get("id").and_then(as_string);
+        let body = get("b").and_then(as_bytes);
+        let held = Held {
+            entry: id.clone(),
+            job_id: JobId(job_id.clone().unwrap_or_else(|| id.clone())),
+            producer: get("p").and_then(as_string).unwrap_or_default(),
+            attempts: get("a")
+                .and_then(as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            deliveries,
+            key: get("k").and_then(as_string).unwrap_or_default(),
+            body: body.clone().unwrap_or_default(),
+        };
+        self.held().insert(id, deliveries);
+        let max = self.shared.settings.max_deliveries;
+        if job_id.is_none() || body.is_none() {
+            let reason =
+                "the entry has no job id or body; it was not written by a baler-queue producer";
+            self.dead(held, reason.to_owned(), room);
+        } else if deliveries > u64::from(max) {
+            let reason = format!(
+                "delivered {deliveries} times, more than max_deliveries ({max}): it keeps \
+                 stopping its workers before they complete it (crash, kill or stall)"
+            );
+            self.dead(held, reason, room);
+        } else {
+            runner.run(held, room).await;
+        }
+    }
+
+    async fn claim_loop(self: Arc<Self>, runner: Arc<dyn Runner>) {
+        let keys = &self.shared.keys;
+        let mut conn = None;
+        let mut pause = Duration::from_millis(50);
+        let mut stop = self.stop.subscribe();
+        while !self.stopping.load(Ordering::SeqCst) {
+            // A worker whose room is all taken by jobs that will not finish
+            // must still hear the shutdown.
+            let first = tokio::select! {
+                room = self.room.clone().acquire_owned() => room,
+                _ = stop.wait_for(|stopping| *stopping) => return,
+            };
+            let Ok(first) = first else {
+                return;
+            };
+            let mut rooms = vec![first];
+            while rooms.len() < self.claim_count {
+                match self.room.clone().try_acquire_owned() {
+                    Ok(p) => rooms.push(p),
+                    Err(_) => break,
+                }
+            }
+            if conn.is_none() {
+                match self.shared.blocking_connection(self.block_time).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "worker cannot connect; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let read: Result<Value, RedisError> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(keys.group())
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(rooms.len())
+                .arg("BLOCK")
+                .arg(self.block_time.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(keys.jobs())
+                .arg(">")
+                .query_async(c)
+                .await;
+            match read {
+                Ok(value) => {
+                    pause = Duration::from_millis(50);
+                    for (id, fields) in stream_entries(&value) {
+                        let Some(room) = rooms.pop() else { break };
+                        // A new delivery's count is 1.
+                        self.take(&*runner, id, fields, 1, room).await;
+                    }
+                }
+                Err(e) => {
+                    if e.code() == Some("NOGROUP") {
+                        self.create_group().await;
+                    }
+                    tracing::warn!(error = %e, "worker's claim failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Makes the group again: a Redis that restarted without persistence
+    /// comes back without it.
+    async fn create_group(&self) {
+        let keys = &self.shared.keys;
+        let mut conn = self.shared.conn.clone();
+        let _: Result<Value, RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(keys.jobs())
+            .arg(keys.group())
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+    }
+
+    async fn keep_loop(self: Arc<Self>, runner: Arc<dyn Runner>) {
+        let s = &self.shared.settings;
+        let renew_every = s.lease / 3;
+        let reclaim_every = s.lease / 2;
+        let promote_every = s
+            .backoff_base
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(10));
+        let tick = renew_every.min(promote_every);
+        let prune_every = s.lease.saturating_mul(PRUNE_AFTER_LEASES);
+        let (mut renewed, mut reclaimed, mut promoted, mut pruned) = (
+            Instant::now(),
+            Instant::now(),
+            Instant::now(),
+            Instant::now(),
+        );
+        loop {
+            tokio::time::sleep(tick).await;
+            if renewed.elapsed() >= renew_every {
+                renewed = Instant::now();
+                self.renew().await;
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                continue;
+            }
+            if reclaimed.elapsed() >= reclaim_every {
+                reclaimed = Instant::now();
+                self.reclaim(&*runner).await;
+            }
+            if promoted.elapsed() >= promote_every {
+                promoted = Instant::now();
+                self.promote().await;
+            }
+            if pruned.elapsed() >= prune_every {
+                pruned = Instant::now();
+                self.prune().await;
+            }
+        }
+    }
+
+    async fn renew(&self) {
+        let held: Vec<(String, u64)> = self.held().iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let keys = &self.shared.keys;
+        for chunk in held.chunks(500) {
+            let mut call = EXTEND.key(keys.jobs());
+            call.arg(keys.group()).arg(&self.consumer);
+            for (id, deliveries) in chunk {
+                call.arg(id).arg(*deliveries);
+            }
+            let mut conn = self.shared.conn.clone();
+            let answer: Result<Vec<i64>, RedisError> = call.invoke_async(&mut conn).await;
+            match answer {
+                Ok(kept) => {
+                    let lost = kept.iter().filter(|k| **k == 0).count() as u64;
+                    if lost > 0 {
+                        self.counters.leases_lost.fetch_add(lost, Ordering::Relaxed);
+                        tracing::warn!(lost, consumer = %self.consumer, "leases lost to another worker; their completions will be discarded");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying next round"),
+            }
+        }
+    }
+
+    async fn reclaim(&self, runner: &dyn Runner) {
+        let mut rooms = Vec::new();
+        while rooms.len() < self.claim_count {
+            match self.room.clone().try_acquire_owned() {
+                Ok(p) => rooms.push(p),
+                Err(_) => break,
+            }
+        }
+        if rooms.is_empty() {
+            return;
+        }
+        let keys = &self.shared.keys;
+        let mut conn = self.shared.conn.clone();
+        let cursor = self.reclaim_cursor().clone();
+        let answer: Result<Value, RedisError> = RECLAIM
+            .key(keys.jobs())
+            .arg(keys.group())
+            .arg(&self.consumer)
+            .arg(self.shared.settings.lease.as_millis() as u64)
+            .arg(rooms.len())
+            .arg(cursor)
+            .invoke_async(&mut conn)
+            .await;
+        let Ok(Value::Array(answer)) = answer else {
+            if let Err(e) = answer {
+                tracing::warn!(error = %e, "reclaim failed; retrying next round");
+            }
+            return;
+        };
+        let mut answer = answer.into_iter();
+        if let Some(next) = answer.next().as_ref().and_then(as_string) {
+            *self.reclaim_cursor() = next;
+        }
+        for item in answer {
+            let Value::Array(parts) = item else { continue };
+            let (Some(id), Some(fields), Some(deliveries)) = (
+                parts.first().and_then(as_string),
+                parts.get(1).map(pairs),
+                parts.get(2).and_then(as_u64),
+            ) else {
+                continue;
+            };
+            let Some(room) = rooms.pop() else { break };
+            self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
+            observe::count("baler_queue_reclaimed_total", &self.shared.name, 1);
+            let job_id = fields
+                .iter()
+                .find(|(k, _)| k == "id")
+                .and_then(|(_, v)| as_string(v))
+                .unwrap_or_else(|| id.clone());
+            self.shared.emit(QueueEvent::Reclaimed {
+                job_id: JobId(job_id),
+                deliveries,
+            });
+            self.take(runner, id, fields, deliveries, room).await;
+        }
+    }
+
+    /// Keeps the group's consumer list from growing with every crashed
+    /// process start.
+    async fn prune(&self) {
+        let keys = &self.shared.keys;
+        let mut conn = self.shared.conn.clone();
+        let idle = self
+            .shared
+            .settings
+            .lease
+            .saturating_mul(PRUNE_AFTER_LEASES);
+        let removed: Result<i64, RedisError> = PRUNE
+            .key(keys.jobs())
+            .arg(keys.group())
+            .arg(idle.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "pruning dead consumers failed; retrying later");
+        }
+    }
+
+    async fn promote(&self) {
+        let keys = &self.shared.keys;
+        let mut conn = self.shared.conn.clone();
+        let moved: Result<i64, RedisError> = PROMOTE
+            .key(keys.jobs())
+            .key(keys.delayed())
+            .key(keys.parked())
+            .arg(1000)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = moved {
+            tracing::warn!(error = %e, "moving due retries failed; retrying next round");
+        }
+    }
+
+    async fn complete_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Completion>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 200 {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.write(batch).await;
+        }
+    }
+
+    /// Writes one batch of completions, retrying while Redis is away. A
+    /// stopping worker gives up after a few tries: its claims stay pending
+    /// and are reclaimed by others once their lease runs out.
+    async fn write(&self, batch: Vec<Completion>) {
+        let keys = &self.shared.keys;
+        let mut pause = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            let mut call = COMPLETE.key(keys.jobs());
+            call.key(keys.delayed()).key(keys.parked()).key(keys.dead());
+            for c in &batch {
+                let results = keys.results(&c.held.producer);
+                let marker = match c.held.key.as_str() {
+                    "" => results.clone(),
+                    key => keys.idem(key),
+                };
+                call.key(results).key(marker);
+            }
+            call.arg(keys.group()).arg(&self.consumer);
+            for c in &batch {
+                call.arg(&c.held.entry)
+                    .arg(c.held.deliveries)
+                    .arg(c.kind.as_str())
+                    .arg(c.held.job_id.as_str())
+                    .arg(&c.held.producer)
+                    .arg(c.attempts)
+                    .arg(&c.data[..])
+                    .arg(c.delay.as_millis() as u64)
+                    .arg(&c.held.key)
+                    .arg(&c.held.body[..]);
+            }
+            let mut conn = self.shared.conn.clone();
+            let answer: Result<Vec<i64>, RedisError> = call.invoke_async(&mut conn).await;
+            match answer {
+                Ok(written) => {
+                    self.settle(batch, &written);
+                    return;
+                }
+                Err(e) => {
+                    tries += 1;
+                    tracing::warn!(error = %e, tries, "writing completions failed; retrying");
+                    if self.stopping.load(Ordering::SeqCst) && tries >= 5 {
+                        let mut held = self.held();
+                        for c in &batch {
+                            held.remove(&c.held.entry);
+                        }
+                        self.counters
+                            .unwritten
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn settle(&self, batch: Vec<Completion>, written: &[i64]) {
+        let name = &self.shared.name;
+        let c = &self.counters;
+        let mut held = self.held();
+        for (i, done) in batch.into_iter().enumerate() {
+            held.remove(&done.held.entry);
+            let job_id = done.held.job_id.clone();
+            if written.get(i) != Some(&1) {
+                c.stale.fetch_add(1, Ordering::Relaxed);
+                observe::count("baler_queue_stale_discarded_total", name, 1);
+                self.shared.emit(QueueEvent::StaleCompletionDiscarded {
+                    job_id,
+                    consumer: self.consumer.clone(),
+                });
+                continue;
+            }
+            match done.kind {
+                Kind::Ok | Kind::Failed => {
+                    let ok = done.kind == Kind::Ok;
+                    if ok { &c.completed } else { &c.failed }.fetch_add(1, Ordering::Relaxed);
+                    observe::count_status(
+                        "baler_queue_completed_total",
+                        name,
+                        done.kind.as_str(),
+                        1,
+                    );
+                    self.shared.emit(QueueEvent::Completed { job_id, ok });
+                }
+                Kind::Retry => {
+                    c.retried.fetch_add(1, Ordering::Relaxed);
+                    observe::count("baler_queue_retried_total", name, 1);
+                    self.shared.emit(QueueEvent::Retried {
+                        job_id,
+                        attempts: done.attempts,
+                    });
+                }
+                Kind::Dead => {
+                    c.dead.fetch_add(1, Ordering::Relaxed);
+                    observe::count("baler_queue_dead_lettered_total", name, 1);
+                    self.shared.emit(QueueEvent::DeadLettered {
+                        job_id,
+                        reason: String::from_utf8_lossy(&done.data).into_owned(),
+                    });
+                }
+                Kind::HandBack => {
+                    c.handed_back.fetch_add(1, Ordering::Relaxed);
+                    observe::count("baler_queue_handed_back_total", name, 1);
+                    self.shared.emit(QueueEvent::HandedBack { job_id });
+                }
+            }
+        }
+        observe::gauge("baler_queue_held", name, held.len() as f64);
+    }
+}
+
+/// The half of a worker that knows `P` and the handler.
+struct Typed<P, O, E, C> {
+    shared: Arc<Shared<C>>,
+    batcher: Batcher<P, O, E>,
+    done: mpsc::UnboundedSender<Completion>,
+}
+
+/// A failed attempt: another one after a backoff if attempts remain, else
+/// the final failure.
+fn retry_or_fail(
+    s: &Settings,
+    held: Held,
+    message: String,
+    room: OwnedSemaphorePermit,
+) -> Completion {
+    let attempts = held.attempts + 1;
+    if attempts >= s.max_attempts {
+        return Completion::new(held, Kind::Failed, attempts, message.into_bytes(), room);
+    }
+    let doubling = 1u32 << (attempts - 1).min(20);
+    let mut retry = Completion::new(held, Kind::Retry, attempts, message.into_bytes(), room);
+    retry.delay = s.backoff_base.saturating_mul(doubling).min(s.backoff_max);
+    retry
+}
+
+impl<P, O, E, C> Runner for Typed<P, O, E, C>
+where
+    P: DeserializeOwned + Send + Sync + 'static,
+    O: Serialize + Send + 'static,
+    E: fmt::Display + Send + Sync + 'static,
+    C: Codec,
+{
+    fn run(&self, held: Held, room: OwnedSemaphorePermit) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let payload: P = match self.shared.codec.decode(&held.body) {
+                Ok(p) => p,
+                Err(message) => {
+                    // Never run: it could only fail the same way every time.
+                    let reason = format!("undecodable payload: {message}");
+                    let attempts = held.attempts;
+                    let _ = self.done.send(Completion::new(
+                        held,
+                        Kind::Dead,
+                        attempts,
+                        reason.into_bytes(),
+                        room,
+                    ));
+                    return;
+                }
+            };
+            let ticket = match self.batcher.submit(payload).await {
+                Ok(t) => t,
+                Err(_) => {
+                    // The batcher is shutting down: another worker takes it.
+                    let attempts = held.attempts;
+                    let _ = self.done.send(Completion::new(
+                        held,
+                        Kind::HandBack,
+                        attempts,
+                        Vec::new(),
+                        room,
+                    ));
+                    return;
+                }
+            };
+            let shared = self.shared.clone();
+            let done = self.done.clone();
+            // One task per job, so that the claimer goes on claiming while
+            // the job runs. The batcher resolves the ticket whatever happens
+            // (output, error, timeout, panic, shutdown): the task always ends.
+            tokio::spawn(async move {
+                let ran = held.attempts + 1;
+                let completion = match ticket.await {
+                    Ok(output) => match shared.codec.encode(&output) {
+                        Ok(bytes) => Completion::new(held, Kind::Ok, ran, bytes, room),
+                        Err(m) => Completion::new(
+                            held,
+                            Kind::Failed,
+                            ran,
+                            format!("the handler's output could not be encoded: {m}").into_bytes(),
+                            room,
+                        ),
+                    },
+                    Err(baler::Error::Handler(e)) => {
+                        Completion::new(held, Kind::Failed, ran, e.to_string().into_bytes(), room)
+                    }
+                    // Cut off by the shutdown deadline: not an attempt.
+                    Err(baler::Error::Abandoned) => {
+                        let attempts = held.attempts;
+                        Completion::new(held, Kind::HandBack, attempts, Vec::new(), room)
+                    }
+                    Err(baler::Error::Exhausted { last, .. }) => {
+                        retry_or_fail(&shared.settings, held, last.to_string(), room)
+                    }
+                    // Timed out, panicked, wrong outcome count, engine stopped.
+                    Err(other) => retry_or_fail(&shared.settings, held, other.to_string(), room),
+                };
+                let _ = done.send(completion);
+            });
+        })
+    }
+
+    fn stop(&self, deadline: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.batcher.shutdown(deadline).await;
+        })
+    }
+}
+
+/// Settings for a [`Worker`]; see [`Queue::worker`].
+pub struct WorkerBuilder<C = Json> {
+    queue: Queue<C>,
+    max_batch_size: usize,
+    linger: Duration,
+    max_in_flight: usize,
+    max_operation_time: Option<Duration>,
+    capacity: Option<Capacity>,
+    claim_count: usize,
+    max_held: Option<usize>,
+    block_time: Duration,
+    consumer: Option<String>,
+}
+
+impl<C> fmt::Debug for WorkerBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("max_batch_size", &self.max_batch_size)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+impl<C: Codec> Queue<C> {
+    /// Settings for a worker of this queue.
+    pub fn worker(&self) -> WorkerBuilder<C> {
+        WorkerBuilder {
+            queue: self.clone(),
+            max_batch_size: 100,
+            linger: Duration::from_millis(1),
+            max_in_flight: 4,
+            max_operation_time: None,
+            capacity: None,
+            claim_count: 100,
+            max_held: None,
+            block_time: Duration::from_secs(1),
+            consumer: None,
+        }
+    }
+}
+
+impl<C: Codec> WorkerBuilder<C> {
+    /// The most jobs in one handler call (default 100).
+    pub fn max_batch_size(mut self, n: usize) -> Self {
+        self.max_batch_size = n;
+        self
+    }
+
+    /// How long a batch may wait for more jobs while others run (default 1 ms).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// The most handler calls running at once (default 4).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// A handler call running longer is dropped, and its jobs count a failed
+    /// attempt (retried if attempts remain). Keep it below the lease.
+    pub fn max_operation_time(mut self, limit: Duration) -> Self {
+        self.max_operation_time = Some(limit);
+        self
+    }
+
+    /// The capacity handler calls draw on (one job costs 1), possibly shared
+    /// with other batchers or, through a lease store, other processes.
+    pub fn capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// The most jobs one claim reads (default 100).
+    pub fn claim_count(mut self, n: usize) -> Self {
+        self.claim_count = n;
+        self
+    }
+
+    /// The most jobs held at once, claimed and not yet completed (default
+    /// `max_batch_size × max_in_flight × 2`).
+    pub fn max_held(mut self, n: usize) -> Self {
+        self.max_held = Some(n);
+        self
+    }
+
+    /// How long one claim waits for new jobs (default 1 s); also how long a
+    /// shutdown may wait for the claim in progress.
+    pub fn block_time(mut self, block: Duration) -> Self {
+        self.block_time = block;
+        self
+    }
+
+    /// The consumer name prefix (default `worker`); a unique suffix per
+    /// start is always added, so that a restarted process never inherits
+    /// its predecessor's claims without the lease having run out.
+    pub fn consumer(mut self, prefix: impl Into<String>) -> Self {
+        self.consumer = Some(prefix.into());
+        self
+    }
+
+    /// Starts the worker with `handler`: it claims jobs until
+    /// [`Worker::shutdown`].
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for a zero setting, a lease too short for the block
+    /// time, or batching settings baler refuses.
+    pub fn start<P, H>(self, handler: H) -> Result<Worker<C>, ConfigError>
+    where
+        P: DeserializeOwned + Send + Sync + 'static,
+        H: Handler<P>,
+        H::Output: Serialize,
+        H::Error: fmt::Display,
+    {
+        for (setting, n) in [
+            ("max_batch_size", self.max_batch_size),
+            ("max_in_flight", self.max_in_flight),
+            ("claim_count", self.claim_count),
+            ("max_held", self.max_held.unwrap_or(1)),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Zero { setting });
+            }
+        }
+        let shared = self.queue.shared.clone();
+        if self.block_time.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                setting: "block_time",
+            });
+        }
+        if shared.settings.lease < self.block_time * 3 {
+            return Err(ConfigError::LeaseTooShort {
+                lease: shared.settings.lease,
+                block: self.block_time,
+            });
+        }
+        let max_held = self.max_held.unwrap_or(
+            self.max_batch_size
+                .saturating_mul(self.max_in_flight)
+                .saturating_mul(2),
+        );
+        let mut builder = Batcher::builder()
+            .name(format!("baler-queue:{}:worker", shared.name))
+            .max_batch_size(self.max_batch_size)
+            .linger(self.linger)
+            .max_in_flight(self.max_in_flight)
+            .buffer_size(max_held.max(self.max_batch_size))
+            // Retries go through Redis (delayed, with the queue's backoff),
+            // so that another worker may take them: one attempt here.
+            .max_attempts(1);
+        if let Some(limit) = self.max_operation_time {
+            builder = builder.max_operation_time(limit);
+        }
+        if let Some(capacity) = self.capacity {
+            builder = builder.capacity(capacity);
+        }
+        let batcher = builder.build(handler)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let consumer = format!(
+            "{}-{}-{:x}",
+            self.consumer.as_deref().unwrap_or("worker"),
+            std::process::id(),
+            unique()
+        );
+        let core = Arc::new(Core {
+            shared: shared.clone(),
+            consumer: consumer.clone(),
+            held: Mutex::new(HashMap::new()),
+            room: Arc::new(Semaphore::new(max_held)),
+            max_held,
+            claim_count: self.claim_count.min(max_held),
+            block_time: self.block_time,
+            stopping: AtomicBool::new(false),
+            stop: tokio::sync::watch::channel(false).0,
+            reclaim_cursor: Mutex::new("0-0".to_owned()),
+            counters: Counters::default(),
+            done: tx.clone(),
+        });
+        let runner: Arc<dyn Runner> = Arc::new(Typed {
+            shared,
+            batcher,
+            done: tx,
+        });
+        let claimer = tokio::spawn(core.clone().claim_loop(runner.clone()));
+        let keeper = tokio::spawn(core.clone().keep_loop(runner.clone()));
+        let completer = tokio::spawn(core.clone().complete_loop(rx));
+        Ok(Worker {
+            core,
+            runner,
+            claimer: Some(claimer),
+            keeper,
+            completer,
+        })
+    }
+}
+
+/// A number unique to this worker start.
+fn unique() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() & 0xffff_ffff
+}
+
+/// A running worker. [`shutdown`](Self::shutdown) stops it cleanly; dropping
+/// it stops its tasks at once, as a crash would: the jobs it held are
+/// reclaimed by other workers once their lease runs out.
+///
+/// A worker process in a few lines:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use baler::{handler_fn, Batch, Outcome};
+/// use baler_queue::Queue;
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let queue = Queue::connect("redis://127.0.0.1:6379", "resize").await?;
+///     let worker = queue.worker().start(handler_fn(|batch: Batch<String>| async move {
+///         let sizes = batch.iter().map(|name| Outcome::Done(name.len() as u64)).collect();
+///         Ok::<_, std::io::Error>(sizes)
+///     }))?;
+///     tokio::time::sleep(Duration::from_secs(60)).await; // or wait for a signal
+///     let report = worker.shutdown(Duration::from_secs(10)).await;
+///     println!("{report:?}");
+///     Ok(())
+/// }
+/// ```
+pub struct Worker<C = Json> {
+    core: Arc<Core<C>>,
+    runner: Arc<dyn Runner>,
+    claimer: Option<JoinHandle<()>>,
+    keeper: JoinHandle<()>,
+    completer: JoinHandle<()>,
+}
+
+impl<C> fmt::Debug for Worker<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("consumer", &self.core.consumer)
+            .finish()
+    }
+}
+
+impl<C: Codec> Worker<C> {
+    /// The worker's consumer name in the group (unique per start).
+    pub fn consumer(&self) -> &str {
+        &self.core.consumer
+    }
+
+    /// What the worker has done so far.
+    pub fn stats(&self) -> WorkerStats {
+        self.core.stats()
+    }
+
+    /// Stops claiming, lets the jobs held finish until `deadline`, hands
+    /// back those that did not (at once available to other workers), writes
+    /// every completion and reports.
+    pub async fn shutdown(mut self, deadline: Duration) -> WorkerReport {
+        let core = self.core.clone();
+        core.stopping.store(true, Ordering::SeqCst);
+        core.stop.send_replace(true);
+        if let Some(claimer) = self.claimer.take() {
+            // The claim in progress ends within the block time; what it
+            // brings is run or handed back like the rest.
+            let _ = claimer.await;
+        }
+        self.runner.stop(deadline).await;
+        // Every held job's room comes back once its completion is written.
+        let max = u32::try_from(core.max_held).unwrap_or(u32::MAX);
+        let _ = core.room.acquire_many(max).await;
+        self.keeper.abort();
+        self.completer.abort();
+        // A clean exit leaves no consumer behind in the group's list.
+        let keys = &core.shared.keys;
+        let mut conn = core.shared.conn.clone();
+        let _: Result<i64, RedisError> = LEAVE
+            .key(keys.jobs())
+            .arg(keys.group())
+            .arg(&core.consumer)
+            .invoke_async(&mut conn)
+            .await;
+        WorkerReport {
+            consumer: core.consumer.clone(),
+            stats: core.stats(),
+            unwritten: core.counters.unwritten.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl<C> Drop for Worker<C> {
+    fn drop(&mut self) {
+        if let Some(claimer) = &self.claimer {
+            claimer.abort();
+        }
+        self.keeper.abort();
+        self.completer.abort();
+    }
+}
