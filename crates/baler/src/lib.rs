@@ -169,7 +169,8 @@ pub use shutdown::{Abandoned, ShutdownReport};
 pub use stats::Stats;
 pub use ticket::Ticket;
 
-/// The README's examples, compiled and run as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+/// The README's examples, compiled and run as doc tests (`build.rs` finds the
+/// README in a checkout and in the published crate alike).
+#[cfg(all(doctest, baler_readme))]
+#[doc = include_str!(env!("BALER_README"))]
 pub struct ReadmeDoctests;
