@@ -32,14 +32,23 @@ impl fmt::Debug for SinkSpec {
 }
 
 impl SinkSpec {
-    /// Reads `--sink`: `postgres://…` or `postgresql://…` for PostgreSQL,
-    /// `sqlite://PATH` or a plain path for SQLite.
+    /// Reads `--sink`: `postgres://…`, `postgresql://…` or libpq keywords
+    /// (`host=… port=… user=… dbname=…`, as `psql` takes them) for
+    /// PostgreSQL, `sqlite://PATH` or a plain path for SQLite. Text whose
+    /// first word is `keyword=…` is read as PostgreSQL keywords, never as a
+    /// file name: a mistyped keyword is refused, not made into a SQLite file.
     ///
     /// ```
     /// use baler_cli::sink::SinkSpec;
     ///
     /// assert!(matches!(SinkSpec::parse("out.db"), Ok(SinkSpec::Sqlite(_))));
     /// assert!(matches!(SinkSpec::parse("postgres://me@127.0.0.1/test"), Ok(SinkSpec::Postgres(_))));
+    /// assert!(matches!(
+    ///     SinkSpec::parse("host=127.0.0.1 port=5432 user=me dbname=test"),
+    ///     Ok(SinkSpec::Postgres(_))
+    /// ));
+    /// assert!(SinkSpec::parse("hots=127.0.0.1 dbname=test").is_err());
+    /// assert!(matches!(SinkSpec::parse("sqlite://hots=1.db"), Ok(SinkSpec::Sqlite(_))));
     /// assert!(SinkSpec::parse("redis://127.0.0.1").is_err());
     /// ```
     ///
@@ -51,10 +60,23 @@ impl SinkSpec {
             given: redact(text),
             reason,
         };
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            let mut config: tokio_postgres::Config = text
-                .parse()
-                .map_err(|e: tokio_postgres::Error| bad(error_chain(&e)))?;
+        let keywords = looks_like_keywords(text);
+        if keywords || text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            let mut config: tokio_postgres::Config =
+                text.parse().map_err(|e: tokio_postgres::Error| {
+                    if keywords {
+                        // A file name with `=` in it lands here too; say how
+                        // to mean the file rather than guess.
+                        bad(format!(
+                            "it reads as PostgreSQL keywords (host=… port=… user=… \
+                             dbname=…), but {}; for a SQLite file of that name, write \
+                             sqlite://{text}",
+                            error_chain(&e)
+                        ))
+                    } else {
+                        bad(error_chain(&e))
+                    }
+                })?;
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(std::time::Duration::from_secs(5));
             }
@@ -105,6 +127,18 @@ impl SinkSpec {
             }
         }
     }
+}
+
+/// Whether `text` starts like a libpq keyword string: `keyword=` (libpq
+/// allows spaces around the `=`) with a keyword of lowercase letters and
+/// underscores, as every libpq keyword is. A path (`./a=b.db`, `/tmp/x=1`)
+/// does not start so.
+fn looks_like_keywords(text: &str) -> bool {
+    let text = text.trim_start();
+    let key_end = text
+        .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+        .unwrap_or(text.len());
+    key_end > 0 && text[key_end..].trim_start().starts_with('=')
 }
 
 /// An open database with its table ready.
