@@ -33,10 +33,10 @@
 //! gives `poll_ready` no request, so it cannot know an operation's cost, and a
 //! reservation taken there would hold buffer room for a call that may never
 //! come; waiting in the call keeps the buffer's one queue fair and exact. The
-//! buffer still bounds what is held: a full buffer makes calls slower, never
-//! lets them pile into memory.
+//! buffer still bounds what the batcher holds: with the buffer full, a call
+//! waits, holding only its own payload in its future.
 //!
-//! To bound the calls waiting, put a `concurrency_limit` in front; to fail
+//! To bound how many calls wait, put a `concurrency_limit` in front; to fail
 //! at once instead of waiting when the buffer is full (and let a caller shed
 //! load), use [`BatcherService::fail_when_full`], which submits with
 //! [`Batcher::try_submit`] and answers [`SubmitError::Full`].
