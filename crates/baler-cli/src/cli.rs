@@ -93,8 +93,9 @@ pub struct IngestArgs {
     /// Where to write: a SQLite file (created with its table if missing),
     /// `sqlite://PATH`, `postgres://user@host:port/database`, or libpq
     /// keywords (`host=… port=… user=… dbname=…`). Without the flag:
-    /// $BALER_SINK, else $DATABASE_URL, else baler.db. Keep a password out of
-    /// the command line with $PGPASSWORD (or the variables).
+    /// $BALER_SINK, else $DATABASE_URL, else baler.db. Keep a PostgreSQL
+    /// password out of the command line with $PGPASSWORD (used when the sink
+    /// has none) or in one of the variables.
     #[arg(
         long,
         value_name = "PATH|URL",

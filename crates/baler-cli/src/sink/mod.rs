@@ -99,6 +99,35 @@ impl SinkSpec {
         Ok(SinkSpec::Sqlite(PathBuf::from(text)))
     }
 
+    /// Gives a PostgreSQL sink without a password the one `var("PGPASSWORD")`
+    /// returns, as libpq does, so that the password can stay out of the
+    /// command line. A password in `--sink` wins; SQLite is left alone.
+    ///
+    /// ```
+    /// use baler_cli::sink::SinkSpec;
+    ///
+    /// let env = |name: &str| (name == "PGPASSWORD").then(|| "s3cret".to_owned());
+    /// let spec = SinkSpec::parse("host=127.0.0.1 user=me dbname=test")?.password_from(env);
+    /// let SinkSpec::Postgres(config) = spec else { unreachable!("keywords are postgres") };
+    /// assert_eq!(config.get_password(), Some(&b"s3cret"[..]));
+    ///
+    /// let spec = SinkSpec::parse("postgres://me:given@127.0.0.1/test")?.password_from(env);
+    /// let SinkSpec::Postgres(config) = spec else { unreachable!("a postgres URL") };
+    /// assert_eq!(config.get_password(), Some(&b"given"[..]));
+    /// # Ok::<(), baler_cli::sink::SinkError>(())
+    /// ```
+    pub fn password_from(self, var: impl Fn(&str) -> Option<String>) -> Self {
+        match self {
+            SinkSpec::Postgres(mut config) if config.get_password().is_none() => {
+                if let Some(password) = var("PGPASSWORD").filter(|p| !p.is_empty()) {
+                    config.password(password);
+                }
+                SinkSpec::Postgres(config)
+            }
+            other => other,
+        }
+    }
+
     /// Says which database this is, without a password.
     pub fn describe(&self) -> String {
         match self {
