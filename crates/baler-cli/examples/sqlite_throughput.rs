@@ -67,7 +67,9 @@ async fn baler_ingest(path: &Path, records: u64, capacity: Option<u64>) -> Resul
         argv.extend(["--capacity".to_owned(), c.to_string()]);
     }
     let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-    let Command::Ingest(args) = cli.command;
+    let Command::Ingest(args) = cli.command else {
+        return Err("parsed as another subcommand than ingest".to_owned());
+    };
     let summary = baler_cli::ingest::run(args)
         .await
         .map_err(|e| e.to_string())?;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::shared::SharedError;
+
 /// The `baler` command.
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +21,9 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process and moved once: boxing the large variant would buy
+// nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write records (synthetic, or JSON lines from a file or stdin) into
@@ -34,6 +39,17 @@ pub enum Command {
     /// 3 every record was written but input lines were rejected (malformed
     /// or too large).
     Ingest(IngestArgs),
+
+    /// Print a shell completion script for baler on stdout.
+    ///
+    /// bash: `baler completions bash > ~/.local/share/bash-completion/completions/baler`;
+    /// zsh: `baler completions zsh > ~/.zfunc/_baler` (with ~/.zfunc in $fpath);
+    /// fish: `baler completions fish > ~/.config/fish/completions/baler.fish`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// What to do with an input line that is not valid JSON or is too large.
@@ -75,11 +91,20 @@ pub struct IngestArgs {
     pub input: Option<PathBuf>,
 
     /// Where to write: a SQLite file (created with its table if missing),
-    /// `sqlite://PATH`, or `postgres://user@host:port/database`, with
-    /// `?sslmode=require` or `?sslmode=verify-full&sslrootcert=CA.pem` for
-    /// TLS (libpq's modes; the default is prefer).
-    #[arg(long, value_name = "PATH|URL", default_value = "baler.db")]
-    pub sink: String,
+    /// `sqlite://PATH`, `postgres://user@host:port/database`, or libpq
+    /// keywords (`host=… port=… user=… dbname=…`); a PostgreSQL URL
+    /// takes `?sslmode=require` or `?sslmode=verify-full&sslrootcert=CA.pem`
+    /// for TLS (libpq's modes; the default is prefer). Without the flag:
+    /// $BALER_SINK, else $DATABASE_URL, else baler.db. Keep a PostgreSQL
+    /// password out of the command line with $PGPASSWORD (used when the sink
+    /// has none) or in one of the variables.
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        env = "BALER_SINK",
+        hide_env_values = true
+    )]
+    pub sink: Option<String>,
 
     /// The table to write into (created if missing, with columns
     /// `seq` and `body`).
@@ -94,11 +119,13 @@ pub struct IngestArgs {
 
     /// Share --capacity with other `baler ingest` processes through partition
     /// leases in this Redis (redis://HOST:PORT, or rediss://HOST:PORT for
-    /// TLS). Each process writes at its --reserved rate plus the partitions
-    /// it holds; the partitions go to the processes that have records to
-    /// write, shared fairly.
-    #[arg(long, value_name = "redis://HOST:PORT")]
-    pub shared: Option<String>,
+    /// TLS). Each process writes at its
+    /// --reserved rate plus the partitions it holds; the partitions go to the
+    /// processes that have records to write, shared fairly. `--shared` without
+    /// a URL takes it from $BALER_REDIS, else $REDIS_URL (the variables only
+    /// name the Redis: sharing is on only with the flag).
+    #[arg(long, value_name = "redis://HOST:PORT", num_args = 0..=1)]
+    pub shared: Option<Option<String>>,
 
     /// With --shared rediss://…: the PEM file of the CA that signed the Redis
     /// server's certificate, trusted instead of the system's CAs (for a
@@ -170,6 +197,78 @@ pub struct IngestArgs {
     /// How to show progress.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+}
+
+/// The variables that `--sink` falls back to, in order, before `baler.db`.
+pub const SINK_VARIABLES: [&str; 2] = ["BALER_SINK", "DATABASE_URL"];
+
+/// The variables that `--shared` without a URL reads, in order.
+pub const REDIS_VARIABLES: [&str; 2] = ["BALER_REDIS", "REDIS_URL"];
+
+/// The sink when neither `--sink` nor a variable names one.
+pub const DEFAULT_SINK: &str = "baler.db";
+
+impl IngestArgs {
+    /// The database to write to: `--sink` (or $BALER_SINK, which clap reads),
+    /// else $DATABASE_URL, else `baler.db`. A variable that is set but empty
+    /// counts as unset, as shells make unsetting awkward.
+    pub fn sink(&self) -> String {
+        self.sink_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`IngestArgs::sink`] with the environment given, for tests.
+    pub fn sink_with(&self, var: impl Fn(&str) -> Option<String>) -> String {
+        self.sink
+            .clone()
+            .filter(|s| !s.is_empty())
+            .or_else(|| first_set(&SINK_VARIABLES, &var))
+            .unwrap_or_else(|| DEFAULT_SINK.to_owned())
+    }
+
+    /// The Redis of `--shared`: `None` without the flag; the flag's URL, else
+    /// $BALER_REDIS, else $REDIS_URL.
+    ///
+    /// # Errors
+    ///
+    /// [`SharedError::NoUrl`] when `--shared` has no URL and neither variable
+    /// is set.
+    pub fn shared_url(&self) -> Result<Option<String>, SharedError> {
+        self.shared_url_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`IngestArgs::shared_url`] with the environment given, for tests.
+    ///
+    /// ```
+    /// use baler_cli::cli::{Cli, Command};
+    /// use clap::Parser;
+    ///
+    /// let Command::Ingest(args) = Cli::try_parse_from(["baler", "ingest", "--shared"])?.command
+    /// else {
+    ///     unreachable!("parsed as ingest")
+    /// };
+    /// let env = |name: &str| (name == "REDIS_URL").then(|| "redis://127.0.0.1:6390".to_owned());
+    /// assert_eq!(args.shared_url_with(env).unwrap().as_deref(), Some("redis://127.0.0.1:6390"));
+    /// assert!(args.shared_url_with(|_| None).unwrap_err().to_string().contains("REDIS_URL"));
+    /// # Ok::<(), clap::Error>(())
+    /// ```
+    pub fn shared_url_with(
+        &self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<String>, SharedError> {
+        match &self.shared {
+            None => Ok(None),
+            Some(Some(url)) if !url.is_empty() => Ok(Some(url.clone())),
+            Some(_) => first_set(&REDIS_VARIABLES, &var)
+                .map(Some)
+                .ok_or(SharedError::NoUrl),
+        }
+    }
+}
+
+fn first_set(names: &[&str], var: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    names
+        .iter()
+        .find_map(|name| var(name).filter(|v| !v.is_empty()))
 }
 
 /// Reads a duration such as `5ms`, `250us`, `2s`, `1m`, or `0`.

@@ -141,7 +141,7 @@ struct Signals {
 ///
 /// An [`IngestError`] if the run could not start: nothing was produced then.
 pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
-    let spec = SinkSpec::parse(&args.sink)?;
+    let spec = SinkSpec::parse(&args.sink())?.password_from(|name| std::env::var(name).ok());
     let shared = SharedPlan::from_args(&args)?;
     let (capacity, leases) = match (&shared, args.capacity) {
         (Some(plan), _) => {

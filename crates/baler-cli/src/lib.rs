@@ -8,7 +8,15 @@
 //! baler ingest --records 20000 --cost 10 --capacity 10000 --batch-size 10
 //! baler ingest --sink a.db --capacity 10000 --shared redis://127.0.0.1:6379 # one capacity,
 //! baler ingest --sink b.db --capacity 10000 --shared redis://127.0.0.1:6379 # two processes
+//! DATABASE_URL=postgres://me@db/prod PGPASSWORD=… baler ingest --input rows.jsonl
+//! baler ingest --sink 'host=127.0.0.1 user=me dbname=test' --records 1000  # libpq keywords
+//! REDIS_URL=redis://127.0.0.1:6379 baler ingest --capacity 10000 --shared  # Redis from env
+//! baler completions bash > ~/.local/share/bash-completion/completions/baler
 //! ```
+//!
+//! The sink comes from `--sink`, else `$BALER_SINK`, else `$DATABASE_URL`,
+//! else `baler.db`; `--shared` without a URL reads `$BALER_REDIS`, else
+//! `$REDIS_URL`. `--help` names the variables and never prints their values.
 //!
 //! It is built on the [`baler`] engine: the records go through a
 //! [`baler::Batcher`] whose handler ([`writer::Writer`]) writes each batch as

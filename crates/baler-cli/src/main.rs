@@ -5,10 +5,17 @@ use std::time::Duration;
 
 use baler_cli::cli::{Cli, Command};
 use baler_cli::summary::EXIT_SETUP;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let args = match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "baler", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Ingest(args) => args,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -19,29 +26,25 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_SETUP);
         }
     };
-    let code = match cli.command {
-        Command::Ingest(args) => {
-            let json = args.json;
-            match runtime.block_on(baler_cli::ingest::run(args)) {
-                Ok(summary) => {
-                    if json {
-                        println!("{}", summary.to_json());
-                    } else {
-                        print!("{}", summary.to_text());
-                    }
-                    summary.exit_code()
-                }
-                Err(e) => {
-                    eprintln!("baler: error: {e}");
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({ "error": e.to_string(), "exit_code": EXIT_SETUP })
-                        );
-                    }
-                    EXIT_SETUP
-                }
+    let json = args.json;
+    let code = match runtime.block_on(baler_cli::ingest::run(args)) {
+        Ok(summary) => {
+            if json {
+                println!("{}", summary.to_json());
+            } else {
+                print!("{}", summary.to_text());
             }
+            summary.exit_code()
+        }
+        Err(e) => {
+            eprintln!("baler: error: {e}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": e.to_string(), "exit_code": EXIT_SETUP })
+                );
+            }
+            EXIT_SETUP
         }
     };
     // Do not wait for a write that is still running after a forced stop

@@ -84,6 +84,9 @@ pub enum SharedError {
     /// `--shared-name` was empty.
     #[error("--shared-name is empty; give the shared capacity a name, such as the database's")]
     EmptyName,
+    /// `--shared` came without a URL and no variable names a Redis.
+    #[error("--shared has no URL and neither BALER_REDIS nor REDIS_URL is set; give --shared redis://HOST:PORT or set one of them")]
+    NoUrl,
     /// `--shared` is not a Redis URL.
     #[error(
         "--shared {url} is not a Redis URL ({reason}); write it as redis://HOST:PORT, or \
@@ -152,7 +155,9 @@ impl SharedPlan {
     ///
     /// let Command::Ingest(args) = Cli::parse_from([
     ///     "baler", "ingest", "--capacity", "2000", "--shared", "redis://127.0.0.1:6379",
-    /// ]).command;
+    /// ]).command else {
+    ///     unreachable!("parsed as ingest")
+    /// };
     /// let plan = SharedPlan::from_args(&args).unwrap().unwrap();
     /// assert_eq!((plan.shared, plan.factor, plan.reserved), (2000, 200, 0));
     /// assert_eq!(plan.name, "records"); // the table
@@ -162,7 +167,7 @@ impl SharedPlan {
     ///
     /// A [`SharedError`] naming the flag to change.
     pub fn from_args(args: &IngestArgs) -> Result<Option<SharedPlan>, SharedError> {
-        let Some(url) = &args.shared else {
+        let Some(url) = &args.shared_url()? else {
             return Ok(None);
         };
         let shared = args
@@ -327,7 +332,9 @@ mod tests {
     fn plan(flags: &[&str]) -> Result<Option<SharedPlan>, SharedError> {
         let mut argv = vec!["baler", "ingest"];
         argv.extend(flags);
-        let Command::Ingest(args) = Cli::try_parse_from(argv).unwrap().command;
+        let Command::Ingest(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!("parsed as ingest")
+        };
         SharedPlan::from_args(&args)
     }
 

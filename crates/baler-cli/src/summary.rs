@@ -269,9 +269,11 @@ impl Summary {
         out
     }
 
-    /// The summary as one JSON object.
+    /// The summary as one JSON object. Figures are rounded to what they can
+    /// tell: times to the microsecond (`*_ms` to 3 decimals, `elapsed_s` to
+    /// 6), the mean batch size to 2 decimals, the rate to 1.
     pub fn to_json(&self) -> serde_json::Value {
-        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+        let ms = |d: Option<Duration>| d.map(|d| round(d.as_secs_f64() * 1e3, 3));
         json!({
             "source": self.source,
             "sink": self.sink,
@@ -285,10 +287,10 @@ impl Summary {
             "abandoned": self.abandoned,
             "rejected_lines": self.rejected_lines,
             "batches": self.batches,
-            "mean_batch_size": self.mean_batch_size,
+            "mean_batch_size": round(self.mean_batch_size, 2),
             "mean_write_ms": ms(self.mean_write),
-            "elapsed_s": self.elapsed.as_secs_f64(),
-            "records_per_second": self.throughput(),
+            "elapsed_s": round(self.elapsed.as_secs_f64(), 6),
+            "records_per_second": round(self.throughput(), 1),
             "latency_p50_ms": ms(self.p50),
             "latency_p99_ms": ms(self.p99),
             "table_rows": self.table_rows,
@@ -299,5 +301,44 @@ impl Summary {
             "all_written": self.all_written(),
             "exit_code": self.exit_code(),
         })
+    }
+}
+
+/// `value` rounded to `decimals` places, so that JSON shows `0.667`, not
+/// `0.6669999999999999`: the nearest double to the rounded decimal prints as
+/// that decimal.
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    let rounded = (value * scale).round() / scale;
+    // Beyond 2^53 the product has no fraction left to round; keep the value.
+    if rounded.is_finite() {
+        rounded
+    } else {
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round;
+
+    #[test]
+    fn rounded_figures_print_as_short_decimals() {
+        assert_eq!(
+            serde_json::json!(round(0.6669999999999999, 3)).to_string(),
+            "0.667"
+        );
+        assert_eq!(serde_json::json!(round(2.0 / 3.0, 2)).to_string(), "0.67");
+        assert_eq!(
+            serde_json::json!(round(109703.4567, 1)).to_string(),
+            "109703.5"
+        );
+        assert_eq!(serde_json::json!(round(100.0, 2)).to_string(), "100.0");
+    }
+
+    #[test]
+    fn huge_figures_are_kept_not_turned_into_infinity() {
+        assert_eq!(round(f64::MAX, 6), f64::MAX);
+        assert!(round(f64::NAN, 3).is_nan());
     }
 }

@@ -282,7 +282,7 @@ fn shared_flags_that_do_not_work_together_are_refused_naming_the_flag() {
         ),
         (
             vec!["--capacity", "100", "--factor", "10"],
-            "--shared <redis://HOST:PORT>",
+            "--shared [<redis://HOST:PORT>]",
         ),
     ];
     for (flags, message) in cases {

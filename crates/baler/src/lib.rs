@@ -122,6 +122,13 @@
 //! `max_in_flight` means the handler is; `baler_waiting_submitters` above 0
 //! means producers are being pushed back. [`Batcher::diagnose`] says the same
 //! in words.
+//!
+//! # tower
+//!
+//! With the `tower` feature (off by default), `service::BatcherService` makes
+//! a `Batcher` a tower `Service`, one operation per call, so that tower's
+//! middleware composes in front of the batching; see the `service` module
+//! (documented on docs.rs, which builds every feature) and `examples/tower.rs`.
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
@@ -139,6 +146,8 @@ pub mod loader;
 mod operation;
 pub mod processor;
 mod run;
+#[cfg(feature = "tower")]
+pub mod service;
 mod shared;
 mod shutdown;
 mod slot;
@@ -169,7 +178,8 @@ pub use shutdown::{Abandoned, ShutdownReport};
 pub use stats::Stats;
 pub use ticket::Ticket;
 
-/// The README's examples, compiled and run as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+/// The README's examples, compiled and run as doc tests (`build.rs` finds the
+/// README in a checkout and in the published crate alike).
+#[cfg(all(doctest, baler_readme))]
+#[doc = include_str!(env!("BALER_README"))]
 pub struct ReadmeDoctests;

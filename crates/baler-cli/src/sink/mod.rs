@@ -43,8 +43,11 @@ impl fmt::Debug for SinkSpec {
 }
 
 impl SinkSpec {
-    /// Reads `--sink`: `postgres://…` or `postgresql://…` for PostgreSQL,
-    /// `sqlite://PATH` or a plain path for SQLite.
+    /// Reads `--sink`: `postgres://…`, `postgresql://…` or libpq keywords
+    /// (`host=… port=… user=… dbname=…`, as `psql` takes them) for
+    /// PostgreSQL, `sqlite://PATH` or a plain path for SQLite. Text whose
+    /// first word is `keyword=…` is read as PostgreSQL keywords, never as a
+    /// file name: a mistyped keyword is refused, not made into a SQLite file.
     ///
     /// A PostgreSQL URL may say how to use TLS as libpq's do:
     /// `?sslmode=require`, or `?sslmode=verify-full&sslrootcert=ca.pem` (see
@@ -59,6 +62,15 @@ impl SinkSpec {
     /// let Ok(SinkSpec::Postgres(pg)) = SinkSpec::parse("postgres://me@db.internal/test?sslmode=require")
     /// else { panic!() };
     /// assert_eq!(pg.tls.mode, baler_cli::sink::TlsMode::Require);
+    /// assert!(matches!(
+    ///     SinkSpec::parse("host=127.0.0.1 port=5432 user=me dbname=test"),
+    ///     Ok(SinkSpec::Postgres(_))
+    /// ));
+    /// let Ok(SinkSpec::Postgres(pg)) = SinkSpec::parse("host=127.0.0.1 dbname=test sslmode = require")
+    /// else { panic!() };
+    /// assert_eq!(pg.tls.mode, baler_cli::sink::TlsMode::Require);
+    /// assert!(SinkSpec::parse("hots=127.0.0.1 dbname=test").is_err());
+    /// assert!(matches!(SinkSpec::parse("sqlite://hots=1.db"), Ok(SinkSpec::Sqlite(_))));
     /// assert!(SinkSpec::parse("redis://127.0.0.1").is_err());
     /// ```
     ///
@@ -70,11 +82,29 @@ impl SinkSpec {
             given: redact(text),
             reason,
         };
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            let (rest, tls) = tls::split_url(text).map_err(bad)?;
-            let mut config: tokio_postgres::Config = rest
-                .parse()
-                .map_err(|e: tokio_postgres::Error| bad(error_chain(&e)))?;
+        let keywords = looks_like_keywords(text);
+        if keywords || text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            let (rest, tls) = if keywords {
+                tls::split_keywords(text)
+            } else {
+                tls::split_url(text)
+            }
+            .map_err(bad)?;
+            let mut config: tokio_postgres::Config =
+                rest.parse().map_err(|e: tokio_postgres::Error| {
+                    if keywords {
+                        // A file name with `=` in it lands here too; say how
+                        // to mean the file rather than guess.
+                        bad(format!(
+                            "it reads as PostgreSQL keywords (host=… port=… user=… \
+                             dbname=…), but {}; for a SQLite file of that name, write \
+                             sqlite://{text}",
+                            error_chain(&e)
+                        ))
+                    } else {
+                        bad(error_chain(&e))
+                    }
+                })?;
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(std::time::Duration::from_secs(5));
             }
@@ -96,6 +126,35 @@ impl SinkSpec {
             ));
         }
         Ok(SinkSpec::Sqlite(PathBuf::from(text)))
+    }
+
+    /// Gives a PostgreSQL sink without a password the one `var("PGPASSWORD")`
+    /// returns, as libpq does, so that the password can stay out of the
+    /// command line. A password in `--sink` wins; SQLite is left alone.
+    ///
+    /// ```
+    /// use baler_cli::sink::SinkSpec;
+    ///
+    /// let env = |name: &str| (name == "PGPASSWORD").then(|| "s3cret".to_owned());
+    /// let spec = SinkSpec::parse("host=127.0.0.1 user=me dbname=test")?.password_from(env);
+    /// let SinkSpec::Postgres(pg) = spec else { unreachable!("keywords are postgres") };
+    /// assert_eq!(pg.config.get_password(), Some(&b"s3cret"[..]));
+    ///
+    /// let spec = SinkSpec::parse("postgres://me:given@127.0.0.1/test")?.password_from(env);
+    /// let SinkSpec::Postgres(pg) = spec else { unreachable!("a postgres URL") };
+    /// assert_eq!(pg.config.get_password(), Some(&b"given"[..]));
+    /// # Ok::<(), baler_cli::sink::SinkError>(())
+    /// ```
+    pub fn password_from(self, var: impl Fn(&str) -> Option<String>) -> Self {
+        match self {
+            SinkSpec::Postgres(mut spec) if spec.config.get_password().is_none() => {
+                if let Some(password) = var("PGPASSWORD").filter(|p| !p.is_empty()) {
+                    spec.config.password(password);
+                }
+                SinkSpec::Postgres(spec)
+            }
+            other => other,
+        }
     }
 
     /// Says which database this is, without a password.
@@ -128,6 +187,18 @@ impl SinkSpec {
             }
         }
     }
+}
+
+/// Whether `text` starts like a libpq keyword string: `keyword=` (libpq
+/// allows spaces around the `=`) with a keyword of lowercase letters and
+/// underscores, as every libpq keyword is. A path (`./a=b.db`, `/tmp/x=1`)
+/// does not start so.
+fn looks_like_keywords(text: &str) -> bool {
+    let text = text.trim_start();
+    let key_end = text
+        .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+        .unwrap_or(text.len());
+    key_end > 0 && text[key_end..].trim_start().starts_with('=')
 }
 
 /// An open database with its table ready.

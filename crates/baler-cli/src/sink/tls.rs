@@ -100,6 +100,26 @@ enum Roots {
 /// # Errors
 ///
 /// A sentence saying what to change.
+/// [`split_url`] for libpq keywords (`host=… sslmode=require …`): the TLS
+/// keywords are taken out and read as a URL's would be, the rest is kept for
+/// `tokio_postgres` (whose own `sslmode` would otherwise be overridden).
+pub(crate) fn split_keywords(text: &str) -> Result<(String, PostgresTls), String> {
+    // libpq allows spaces around `=`; join them so that each pair is one word.
+    let mut joined = String::with_capacity(text.len());
+    let mut words = text.split_whitespace().peekable();
+    while let Some(word) = words.next() {
+        if !joined.is_empty() && !joined.ends_with('=') && !word.starts_with('=') {
+            joined.push(' ');
+        }
+        joined.push_str(word);
+    }
+    let (tls, kept): (Vec<&str>, Vec<&str>) = joined
+        .split(' ')
+        .partition(|pair| matches!(pair.split_once('='), Some((key, _)) if key.starts_with("ssl")));
+    let (_, tls) = split_url(&format!("?{}", tls.join("&")))?;
+    Ok((kept.join(" "), tls))
+}
+
 pub(crate) fn split_url(url: &str) -> Result<(String, PostgresTls), String> {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, query),

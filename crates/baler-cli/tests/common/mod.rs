@@ -38,10 +38,18 @@ impl Drop for TempDir {
     }
 }
 
-/// `baler` with `args`, run in `dir`.
+/// The variables `baler` reads for its sink and Redis.
+pub const VARIABLES: [&str; 4] = ["BALER_SINK", "DATABASE_URL", "BALER_REDIS", "REDIS_URL"];
+
+/// `baler` with `args`, run in `dir`, without the variables that name its
+/// sink and Redis (a DATABASE_URL in the test's environment must not send the
+/// tests' records to that database).
 pub fn baler(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_baler"));
     cmd.current_dir(dir).args(args);
+    for name in VARIABLES {
+        cmd.env_remove(name);
+    }
     cmd
 }
 
@@ -70,7 +78,15 @@ impl Run {
 
 /// Runs `baler` to its end, with `stdin` as its input.
 pub fn run(dir: &Path, args: &[&str], stdin: &str) -> Run {
-    let mut child = baler(dir, args)
+    run_with_env(dir, args, &[], stdin)
+}
+
+/// Runs `baler` to its end with these variables set (on top of [`baler`]'s
+/// environment), with `stdin` as its input.
+pub fn run_with_env(dir: &Path, args: &[&str], vars: &[(&str, &str)], stdin: &str) -> Run {
+    let mut cmd = baler(dir, args);
+    cmd.envs(vars.iter().copied());
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
