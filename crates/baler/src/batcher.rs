@@ -15,142 +15,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::capacity::Capacity;
-use crate::config::{Builder, Config};
+use crate::config::Builder;
 use crate::diagnose::Diagnosis;
-use crate::engine::{later, Engine, Msg};
+use crate::engine::message::Padded;
+use crate::engine::{Engine, Msg, Shared};
 use crate::error::{ConfigError, CostLimit, SubmitError};
-use crate::events::{Event, Events};
+use crate::events::Events;
 use crate::handler::ErasedHandler;
-use crate::intake::{Intake, Submitted};
+use crate::intake::Intake;
 use crate::operation::Operation;
+use crate::queued::Submitted;
+use crate::settings::Config;
 use crate::shutdown::ShutdownReport;
 use crate::slot::{self, CancelCount};
 use crate::stats::Stats;
 use crate::ticket::{cancel_shard, CancelShard, CancelSink, Ticket, CANCEL_SHARDS};
-
-/// State shared by the handles, the tickets and the engine.
-pub(crate) struct Shared<T, K, O, E> {
-    tx: UnboundedSender<Msg<T, K, O, E>>,
-    /// Where submits go.
-    pub(crate) intake: Padded<Intake<Submitted<T, K, O, E>>>,
-    /// One permit per operation held, from acceptance to resolution.
-    pub(crate) ops: Padded<Semaphore>,
-    /// One permit per unit of cost held, when the buffer's cost is bounded.
-    pub(crate) cost: Option<Semaphore>,
-    closed: AtomicBool,
-    stats: Padded<Mutex<Stats>>,
-    max_batch_cost: u64,
-    buffer_cost: Option<u64>,
-    /// The lowest of `max_batch_cost`, `buffer_cost` and the capacity's
-    /// maximum burst if that never changes: a submit's quick check.
-    fixed_cost_limit: u64,
-    /// Whether `fixed_cost_limit` covers the capacity's maximum burst;
-    /// otherwise a submit asks the capacity each time (reading it is a
-    /// cache miss when another thread spends from the capacity).
-    max_burst_is_fixed: bool,
-    /// Where a ticket dropped unresolved reports it: one of several
-    /// handles, by thread, so that the tickets of different threads do not
-    /// all count references on one cache line.
-    cancel_sinks: Box<[Arc<CancelShard>]>,
-    capacity: Capacity,
-    /// The engine owns the only strong sender, so listeners see the stream
-    /// close when the engine stops, even while handles are alive.
-    events: broadcast::WeakSender<Event<K>>,
-    buffer_size: usize,
-    /// Submitters waiting for room in the buffer.
-    waiting: AtomicUsize,
-    /// Tickets dropped before their operation resolved, ever.
-    cancels: CancelCount,
-    /// Whether the current full-buffer episode was reported.
-    full_reported: AtomicBool,
-    /// Cancelled when the engine is gone (its loop ended, or its task was
-    /// dropped with the runtime): a request it never read stops waiting.
-    pub(crate) stopped: CancellationToken,
-    /// The counts of the finished shutdown, for a caller whose request the
-    /// engine never read.
-    pub(crate) final_report: Mutex<Option<ShutdownReport<T, K>>>,
-}
-
-impl<T, K, O, E> Shared<T, K, O, E> {
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-
-    /// How many tickets were dropped before their operation resolved.
-    pub(crate) fn cancels_reported(&self) -> u64 {
-        self.cancels.reported()
-    }
-
-    pub(crate) fn waiting_submitters(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
-    }
-
-    /// The engine gave permits back: a later full buffer is a new episode.
-    pub(crate) fn room_made(&self) {
-        // Read first: most releases find nothing to reset, and a store
-        // would take the line from the submitters that read it.
-        if self.full_reported.load(Ordering::Relaxed) {
-            self.full_reported.store(false, Ordering::Relaxed);
-        }
-    }
-
-    /// Reports a full buffer once per episode.
-    fn report_full(&self)
-    where
-        K: Clone,
-    {
-        if self.full_reported.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        if let Some(events) = self.events.upgrade().filter(|e| e.receiver_count() > 0) {
-            let held = self
-                .buffer_size
-                .saturating_sub(self.ops.available_permits());
-            let _ = events.send(Event::BufferFull {
-                operations: held as u64,
-            });
-        }
-    }
-
-    pub(crate) fn close_intake(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.ops.close();
-        if let Some(cost) = &self.cost {
-            cost.close();
-        }
-    }
-
-    pub(crate) fn publish(&self, stats: &Stats) {
-        self.stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone_from(stats);
-    }
-}
-
-impl<T: Send, K: Send, O: Send, E: Send + Sync> CancelSink for Shared<T, K, O, E> {
-    fn cancelled(&self) {
-        // Counted after the ticket closed its slot and before the engine
-        // hears of it: the engine's dispatch asks operations whether their
-        // ticket is gone only while the count is ahead of its last sweep
-        // (see `CancelCount`).
-        self.cancels.report();
-        let _ = self.tx.send(Msg::Cancel);
-    }
-}
-
-/// A field on cache lines of its own: the parts of [`Shared`] that threads
-/// write all the time (the intake, the buffer's semaphore, the stats) must
-/// not share a line with what every submit only reads.
-#[repr(align(128))]
-pub(crate) struct Padded<T>(T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
+use crate::time::later;
 
 /// Sends `Close` when the last handle goes, so the engine drains and stops.
 ///

@@ -135,19 +135,23 @@ mod events;
 mod handler;
 mod instruments;
 mod intake;
+mod limits;
 pub mod loader;
 mod operation;
 pub mod processor;
+mod queued;
 mod run;
+mod settings;
 mod shared;
 mod shutdown;
 mod slot;
 mod stats;
 mod ticket;
+mod time;
 
 pub use batcher::{Batcher, Submit};
 pub use capacity::{Capacity, CapacityNotifier, CapacitySource, DEFAULT_BURST_INTERVAL};
-pub use config::{Backoff, Builder, Dispatch, Execution};
+pub use config::Builder;
 pub use diagnose::{CapacityStatus, Code, Diagnosis, Finding, Severity};
 pub use error::{ConfigError, CostLimit, Error, SubmitError};
 pub use events::{BatchFailure, BatchId, CapacityEvent, Event, Events, RecvError};
@@ -161,6 +165,7 @@ pub use processor::{
     store_fn, BatchOutcome, BatchReport, Processor, ProcessorBuilder, ProcessorError,
     ProcessorEvents, ProcessorStats, Store, StoreFn, DEFAULT_MIN_DURATION,
 };
+pub use settings::{Backoff, Dispatch, Execution};
 pub use shared::{
     Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, SharedCapacity,
     SharedLeases, DEFAULT_LEASE_TIME, MAX_PARTITIONS,
