@@ -4,25 +4,23 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, UnboundedSender};
-use tokio::sync::{broadcast, oneshot, AcquireError, Semaphore, SemaphorePermit, TryAcquireError};
+use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admission, NoRoom, Padded, Reserved, WaitForRoom};
 use crate::capacity::Capacity;
 use crate::config::Builder;
 use crate::diagnose::Diagnosis;
-use crate::engine::message::Padded;
 use crate::engine::{Engine, Msg, Shared};
 use crate::error::{ConfigError, CostLimit, SubmitError};
 use crate::events::Events;
 use crate::handler::ErasedHandler;
-use crate::intake::Intake;
 use crate::operation::Operation;
 use crate::queued::Submitted;
 use crate::settings::Config;
@@ -121,7 +119,7 @@ impl<T, O, E, K> Batcher<T, O, E, K> {
 
     /// Whether a shutdown has started (new operations are refused).
     pub fn is_shutting_down(&self) -> bool {
-        self.shared().closed.load(Ordering::SeqCst)
+        self.shared().admission.is_closed()
     }
 }
 
@@ -157,12 +155,7 @@ where
                 .collect(),
             max_burst_is_fixed: fixed_burst,
             tx: tx.clone(),
-            intake: Padded(Intake::new()),
-            ops: Padded(Semaphore::new(cfg.buffer_size)),
-            cost: cfg
-                .buffer_cost
-                .map(|c| Semaphore::new(usize::try_from(c).unwrap_or(Semaphore::MAX_PERMITS))),
-            closed: AtomicBool::new(false),
+            admission: Admission::new(cfg.buffer_size, cfg.buffer_cost),
             stats: Padded(Mutex::new(Stats {
                 capacity: cfg.capacity.rate(),
                 ..Stats::default()
@@ -172,9 +165,6 @@ where
             fixed_cost_limit,
             capacity: cfg.capacity.clone(),
             events: events.downgrade(),
-            buffer_size: cfg.buffer_size,
-            waiting: AtomicUsize::new(0),
-            full_reported: AtomicBool::new(false),
             cancels: CancelCount::new(),
             stopped: CancellationToken::new(),
             final_report: Mutex::new(None),
@@ -228,44 +218,20 @@ where
         op: impl Into<Operation<T, K>>,
     ) -> Result<Ticket<O, E>, SubmitError<T>> {
         let op = self.check(op.into())?;
-        match self.try_permits(op.cost) {
-            Ok((permit, cost_permit)) => self.enqueue(op, permit, cost_permit),
-            Err((_, e)) => Err(self.try_error(e, op.payload)),
-        }
-    }
-
-    /// Takes the buffer's permits for an operation of `cost` if there is room
-    /// now. When there is not, gives back the operation permit if it was
-    /// taken (the cost was what was missing), and why.
-    fn try_permits(
-        &self,
-        cost: u32,
-    ) -> Result<Permits<'_>, (Option<SemaphorePermit<'_>>, TryAcquireError)> {
-        let shared = self.shared();
-        let permit = shared.ops.try_acquire().map_err(|e| (None, e))?;
-        match &shared.cost {
-            None => Ok((permit, None)),
-            Some(sem) => match sem.try_acquire_many(cost) {
-                Ok(cost_permit) => Ok((permit, Some(cost_permit))),
-                Err(e) => Err((Some(permit), e)),
-            },
-        }
-    }
-
-    fn try_error(&self, e: TryAcquireError, payload: T) -> SubmitError<T> {
-        match e {
-            TryAcquireError::Closed => SubmitError::Shutdown(payload),
-            TryAcquireError::NoPermits => {
+        match self.shared().admission.try_reserve(op.cost) {
+            Ok(room) => self.enqueue(op, room),
+            Err(NoRoom::Full) => {
                 self.shared().report_full();
-                SubmitError::Full(payload)
+                Err(SubmitError::Full(op.payload))
             }
+            Err(_) => Err(SubmitError::Shutdown(op.payload)),
         }
     }
 
     /// Refuses what can never be accepted, before waiting for room.
     fn check(&self, op: Operation<T, K>) -> Result<Operation<T, K>, SubmitError<T>> {
         let shared = self.shared();
-        if shared.closed.load(Ordering::SeqCst) {
+        if shared.admission.is_closed() {
             return Err(SubmitError::Shutdown(op.payload));
         }
         let cost = u64::from(op.cost);
@@ -299,8 +265,7 @@ where
     fn enqueue(
         &self,
         op: Operation<T, K>,
-        permit: SemaphorePermit<'_>,
-        cost_permit: Option<SemaphorePermit<'_>>,
+        room: Reserved<'_>,
     ) -> Result<Ticket<O, E>, SubmitError<T>> {
         let shared = self.shared();
         let (resolver, receiver) = slot::channel();
@@ -310,14 +275,8 @@ where
             cost: op.cost,
             resolver,
         };
-        match shared.intake.push(submitted) {
+        match shared.admission.admit(room, submitted) {
             Ok(()) => {
-                // From here the engine owns the permits and gives them back
-                // when the operation resolves. (A permit forgotten is one
-                // whose drop, which would give it back, never runs: the same
-                // as its `forget`, but without a call into tokio per submit.)
-                std::mem::forget(permit);
-                std::mem::forget(cost_permit);
                 let sink = shared.cancel_sinks[cancel_shard()].clone();
                 Ok(Ticket::new(receiver, sink))
             }
@@ -469,11 +428,6 @@ enum SubmitState<'a, T, K> {
     Done,
 }
 
-/// The buffer permits an accepted operation holds.
-type Permits<'a> = (SemaphorePermit<'a>, Option<SemaphorePermit<'a>>);
-
-type WaitForRoom<'a> = Pin<Box<dyn Future<Output = Result<Permits<'a>, WaitError>> + Send + 'a>>;
-
 // The operation is never pinned: it is moved out whole when it is accepted.
 impl<T, O, E, K> Unpin for Submit<'_, T, O, E, K> {}
 
@@ -518,19 +472,13 @@ where
                     Ok(op) => op,
                     Err(e) => return Poll::Ready(Err(e)),
                 };
-                let held = match batcher.try_permits(op.cost) {
-                    Ok((permit, cost)) => return Poll::Ready(batcher.enqueue(op, permit, cost)),
-                    Err((_, TryAcquireError::Closed)) => {
-                        return Poll::Ready(Err(SubmitError::Shutdown(op.payload)))
-                    }
-                    Err((held, TryAcquireError::NoPermits)) => held,
-                };
                 let shared: &'a Shared<T, K, O, E> = batcher.shared();
-                if held.is_none() {
-                    shared.report_full();
+                match shared.admission.try_reserve(op.cost) {
+                    Ok(room) => return Poll::Ready(batcher.enqueue(op, room)),
+                    Err(NoRoom::Full) => shared.report_full(),
+                    Err(_) => return Poll::Ready(Err(SubmitError::Shutdown(op.payload))),
                 }
-                let wait: WaitForRoom<'a> =
-                    Box::pin(wait_for_room(shared, held, op.cost, this.deadline));
+                let wait = shared.admission.wait_for_room(op.cost, this.deadline);
                 (op, wait)
             }
             SubmitState::Waiting(op, wait) => (op, wait),
@@ -541,93 +489,10 @@ where
                 this.state = SubmitState::Waiting(op, wait);
                 Poll::Pending
             }
-            Poll::Ready(Ok((permit, cost))) => Poll::Ready(batcher.enqueue(op, permit, cost)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into_error(op.payload))),
+            Poll::Ready(Ok(room)) => Poll::Ready(batcher.enqueue(op, room)),
+            Poll::Ready(Err(NoRoom::Timeout)) => Poll::Ready(Err(SubmitError::Timeout(op.payload))),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(SubmitError::Shutdown(op.payload))),
         }
-    }
-}
-
-fn wait_for_room<'a, T, K, O, E>(
-    shared: &'a Shared<T, K, O, E>,
-    permit: Option<SemaphorePermit<'a>>,
-    cost: u32,
-    deadline: Option<Instant>,
-) -> impl Future<Output = Result<Permits<'a>, WaitError>> + Send + 'a {
-    wait_for_permits(
-        &shared.ops,
-        shared.cost.as_ref(),
-        &shared.waiting,
-        permit,
-        cost,
-        deadline,
-    )
-}
-
-async fn wait_for_permits<'a>(
-    ops: &'a Semaphore,
-    cost_sem: Option<&'a Semaphore>,
-    waiting: &'a AtomicUsize,
-    permit: Option<SemaphorePermit<'a>>,
-    cost: u32,
-    deadline: Option<Instant>,
-) -> Result<Permits<'a>, WaitError> {
-    let permit = match permit {
-        Some(p) => p,
-        None => {
-            let _waiting = Waiting::new(waiting);
-            wait(ops.acquire(), deadline).await?
-        }
-    };
-    let cost_permit = match cost_sem {
-        Some(sem) => {
-            let _waiting = Waiting::new(waiting);
-            Some(wait(sem.acquire_many(cost), deadline).await?)
-        }
-        None => None,
-    };
-    Ok((permit, cost_permit))
-}
-
-enum WaitError {
-    Closed,
-    Timeout,
-}
-
-impl WaitError {
-    fn into_error<T>(self, payload: T) -> SubmitError<T> {
-        match self {
-            WaitError::Closed => SubmitError::Shutdown(payload),
-            WaitError::Timeout => SubmitError::Timeout(payload),
-        }
-    }
-}
-
-async fn wait<P>(
-    acquire: impl std::future::Future<Output = Result<P, AcquireError>>,
-    deadline: Option<Instant>,
-) -> Result<P, WaitError> {
-    match deadline {
-        None => acquire.await.map_err(|_| WaitError::Closed),
-        Some(deadline) => match tokio::time::timeout_at(deadline, acquire).await {
-            Ok(result) => result.map_err(|_| WaitError::Closed),
-            Err(_) => Err(WaitError::Timeout),
-        },
-    }
-}
-
-/// Counts a submitter while it waits for room.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

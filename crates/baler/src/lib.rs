@@ -125,6 +125,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+mod admission;
 mod batcher;
 mod capacity;
 mod config;

@@ -171,7 +171,7 @@ where
             }
         }
 
-        let submitters = self.shared.waiting_submitters();
+        let submitters = self.shared.admission.waiting();
         if submitters > 0 {
             let buffer = self.cfg.buffer_size as u64;
             findings.push(Finding {

@@ -151,8 +151,7 @@ where
             (a, b) => a.or(b),
         };
         closing.waiters.extend(reply);
-        let first = !self.shared.is_closed();
-        self.shared.close_intake();
+        let first = self.shared.admission.close();
         if first {
             self.emit(|| Event::ShutdownStarted {
                 deadline: deadline.map(|d| d.saturating_duration_since(now)),
@@ -163,9 +162,7 @@ where
 
     /// Whether the shutdown is complete: nothing held and nothing in transit.
     pub(super) fn finished(&self) -> bool {
-        self.closing.is_some()
-            && self.stats.pending() == 0
-            && self.shared.ops.available_permits() == self.cfg.buffer_size
+        self.closing.is_some() && self.stats.pending() == 0 && self.shared.admission.idle()
     }
 
     pub(super) fn finish(&mut self) {

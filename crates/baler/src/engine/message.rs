@@ -15,18 +15,17 @@
 //! - `stopped` is cancelled once the engine is gone, whether its loop ended
 //!   or its task was dropped: a request it never read stops waiting then.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::UnboundedSender;
-use tokio::sync::{broadcast, oneshot, Semaphore};
+use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admission, Padded};
 use crate::capacity::{Capacity, Notice};
 use crate::diagnose::Diagnosis;
 use crate::events::Event;
-use crate::intake::Intake;
 use crate::queued::Submitted;
 use crate::run::Done;
 use crate::shutdown::ShutdownReport;
@@ -61,13 +60,8 @@ pub(crate) enum Msg<T, K, O, E> {
 /// State shared by the handles, the tickets and the engine.
 pub(crate) struct Shared<T, K, O, E> {
     pub(crate) tx: UnboundedSender<Msg<T, K, O, E>>,
-    /// Where submits go.
-    pub(crate) intake: Padded<Intake<Submitted<T, K, O, E>>>,
-    /// One permit per operation held, from acceptance to resolution.
-    pub(crate) ops: Padded<Semaphore>,
-    /// One permit per unit of cost held, when the buffer's cost is bounded.
-    pub(crate) cost: Option<Semaphore>,
-    pub(crate) closed: AtomicBool,
+    /// The buffer's door: the intake, the permits, the closed flag.
+    pub(crate) admission: Admission<Submitted<T, K, O, E>>,
     pub(crate) stats: Padded<Mutex<Stats>>,
     pub(crate) max_batch_cost: u64,
     pub(crate) buffer_cost: Option<u64>,
@@ -86,13 +80,8 @@ pub(crate) struct Shared<T, K, O, E> {
     /// The engine owns the only strong sender, so listeners see the stream
     /// close when the engine stops, even while handles are alive.
     pub(crate) events: broadcast::WeakSender<Event<K>>,
-    pub(crate) buffer_size: usize,
-    /// Submitters waiting for room in the buffer.
-    pub(crate) waiting: AtomicUsize,
     /// Tickets dropped before their operation resolved, ever.
     pub(crate) cancels: CancelCount,
-    /// Whether the current full-buffer episode was reported.
-    pub(crate) full_reported: AtomicBool,
     /// Cancelled when the engine is gone (its loop ended, or its task was
     /// dropped with the runtime): a request it never read stops waiting.
     pub(crate) stopped: CancellationToken,
@@ -102,26 +91,9 @@ pub(crate) struct Shared<T, K, O, E> {
 }
 
 impl<T, K, O, E> Shared<T, K, O, E> {
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-
     /// How many tickets were dropped before their operation resolved.
     pub(crate) fn cancels_reported(&self) -> u64 {
         self.cancels.reported()
-    }
-
-    pub(crate) fn waiting_submitters(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
-    }
-
-    /// The engine gave permits back: a later full buffer is a new episode.
-    pub(crate) fn room_made(&self) {
-        // Read first: most releases find nothing to reset, and a store
-        // would take the line from the submitters that read it.
-        if self.full_reported.load(Ordering::Relaxed) {
-            self.full_reported.store(false, Ordering::Relaxed);
-        }
     }
 
     /// Reports a full buffer once per episode.
@@ -129,24 +101,13 @@ impl<T, K, O, E> Shared<T, K, O, E> {
     where
         K: Clone,
     {
-        if self.full_reported.swap(true, Ordering::Relaxed) {
+        if !self.admission.first_full() {
             return;
         }
         if let Some(events) = self.events.upgrade().filter(|e| e.receiver_count() > 0) {
-            let held = self
-                .buffer_size
-                .saturating_sub(self.ops.available_permits());
             let _ = events.send(Event::BufferFull {
-                operations: held as u64,
+                operations: self.admission.held() as u64,
             });
-        }
-    }
-
-    pub(crate) fn close_intake(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.ops.close();
-        if let Some(cost) = &self.cost {
-            cost.close();
         }
     }
 
@@ -166,18 +127,5 @@ impl<T: Send, K: Send, O: Send, E: Send + Sync> CancelSink for Shared<T, K, O, E
         // (see `CancelCount`).
         self.cancels.report();
         let _ = self.tx.send(Msg::Cancel);
-    }
-}
-
-/// A field on cache lines of its own: the parts of [`Shared`] that threads
-/// write all the time (the intake, the buffer's semaphore, the stats) must
-/// not share a line with what every submit only reads.
-#[repr(align(128))]
-pub(crate) struct Padded<T>(pub(crate) T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
     }
 }

@@ -117,6 +117,9 @@ pub(crate) struct Engine<T, K, O, E> {
     /// The engine's start: the ticker's phase, and the zero of the
     /// nanosecond times operations carry.
     origin: Instant,
+    /// Whether a test broke the target on purpose (the audit's own test).
+    #[cfg(test)]
+    skewed: bool,
 }
 
 impl<T, K, O, E> Engine<T, K, O, E>
@@ -169,6 +172,8 @@ where
             sweep: false,
             cancels_swept: 0,
             origin,
+            #[cfg(test)]
+            skewed: false,
             cfg,
         }
     }
@@ -194,7 +199,7 @@ where
                     });
                 let submitted = self
                     .shared
-                    .intake
+                    .admission
                     .poll_take(cx, &mut self.incoming)
                     .is_ready();
                 if let Poll::Ready(msg) = self.rx.poll_recv(cx) {
@@ -272,7 +277,7 @@ where
     /// Accepts the submits in the intake; returns how many.
     fn take_intake(&mut self, now: Instant) -> usize {
         if self.incoming.is_empty() {
-            self.shared.intake.take(&mut self.incoming);
+            self.shared.admission.take(&mut self.incoming);
         }
         self.accept_incoming(now)
     }
@@ -379,7 +384,10 @@ where
                 self.evaluate_all(now);
             }
             #[cfg(test)]
-            Msg::SkewTarget(delta) => self.stats.target += delta,
+            Msg::SkewTarget(delta) => {
+                self.stats.target += delta;
+                self.skewed = true;
+            }
             Msg::Flush(reply) => self.flush(reply, now),
             Msg::Shutdown { deadline, reply } => self.begin_shutdown(deadline, Some(reply), now),
             Msg::Close => self.begin_shutdown(None, None, now),
@@ -415,6 +423,19 @@ where
         }
         self.publish(now);
         self.epochs.settle();
+        #[cfg(test)]
+        let skewed = self.skewed;
+        #[cfg(not(test))]
+        let skewed = false;
+        debug_assert!(
+            skewed
+                || self.stats.target
+                    == self.stats.buffered_cost
+                        + self.stats.retrying_cost
+                        + self.stats.in_flight_cost,
+            "the target is the cost of what is buffered, retrying and in flight: {:?}",
+            self.stats
+        );
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
@@ -444,7 +465,7 @@ impl<T, K, O, E> Drop for Engine<T, K, O, E> {
         // Stopped or dropped with its runtime: nothing more comes in, and
         // what did come in but was never taken resolves its tickets (with
         // `Error::Stopped`) as it is dropped here.
-        drop(self.shared.intake.close());
+        drop(self.shared.admission.shut_intake());
         // Requests sent as the engine stopped may never be read: their
         // callers stop waiting now.
         self.shared.stopped.cancel();
@@ -471,8 +492,8 @@ mod tests {
             }))
             .unwrap();
         let first = batcher.submit(1).await.unwrap();
-        // A submitter that has its permit but has not pushed yet.
-        let permit = batcher.shared().ops.try_acquire().unwrap();
+        // A submitter that has its room but has not pushed yet.
+        let room = batcher.shared().admission.try_reserve(1).unwrap();
         let stopping = batcher.clone();
         let shutdown =
             tokio::spawn(async move { stopping.shutdown(Duration::from_millis(10)).await });
@@ -480,14 +501,16 @@ mod tests {
         assert!(matches!(first.await, Err(crate::Error::Abandoned)));
 
         let (resolver, mut receiver) = slot::channel();
-        let pushed = batcher.shared().intake.push(Submitted {
-            payload: 2,
-            key: None,
-            cost: 1,
-            resolver,
-        });
+        let pushed = batcher.shared().admission.admit(
+            room,
+            Submitted {
+                payload: 2,
+                key: None,
+                cost: 1,
+                resolver,
+            },
+        );
         assert!(pushed.is_ok(), "the engine waits for the held permit");
-        std::mem::forget(permit);
         let late = tokio::time::timeout(
             Duration::from_secs(1),
             std::future::poll_fn(|cx| receiver.poll_recv(cx)),

@@ -180,7 +180,7 @@ where
         let shared = &self.shared;
         self.observe
             .metrics
-            .publish(&self.stats, || shared.waiting_submitters());
+            .publish(&self.stats, || shared.admission.waiting());
     }
 
     /// Recounts the cost of everything held and compares it with the target.

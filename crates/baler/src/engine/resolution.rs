@@ -363,14 +363,6 @@ where
 
     /// Gives resolved operations' buffer permits back.
     fn release(&mut self, ops: u64, cost: u64) {
-        if ops > 0 {
-            self.shared.room_made();
-            self.shared.ops.add_permits(ops as usize);
-        }
-        if let Some(sem) = &self.shared.cost {
-            if cost > 0 {
-                sem.add_permits(cost as usize);
-            }
-        }
+        self.shared.admission.release(ops, cost);
     }
 }
