@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::sync::{broadcast, oneshot};
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Admission, NoRoom, Padded, Reserved, WaitForRoom};
+use crate::admission::{Admission, NoRoom, Padded, Place, Reserved};
 use crate::capacity::Capacity;
 use crate::config::Builder;
 use crate::diagnose::Diagnosis;
@@ -395,9 +395,10 @@ async fn request<M, R>(
 /// resolves to the operation's [`Ticket`] once the buffer has room for it.
 ///
 /// When the buffer has room, the first poll accepts the operation and is
-/// ready at once. Otherwise it waits in line, first come first served; only
-/// then does it allocate the state of that wait. Dropping it while it waits
-/// gives up its place in line, and the operation was never accepted.
+/// ready at once. Otherwise it waits in line, first come first served,
+/// holding its operation and its place in line and little else (with
+/// [`submit_timeout`](Batcher::submit_timeout), a timer). Dropping it while
+/// it waits gives up its place in line, and the operation was never accepted.
 ///
 /// ```
 /// # use baler::{handler_fn, Batch, Batcher};
@@ -415,15 +416,17 @@ async fn request<M, R>(
 #[must_use = "an operation is only submitted when its Submit future is awaited"]
 pub struct Submit<'a, T, O, E, K = ()> {
     batcher: &'a Batcher<T, O, E, K>,
-    deadline: Option<Instant>,
-    state: SubmitState<'a, T, K>,
+    state: SubmitState<T, K>,
 }
 
-enum SubmitState<'a, T, K> {
-    /// Not polled yet.
-    Start(Operation<T, K>),
+/// Where a submit is. A waiting one holds its operation and its place in
+/// line (an index: the line's node is the admission's), and a timer only if
+/// it has a deadline: no future of its own, nothing pinned.
+enum SubmitState<T, K> {
+    /// Not polled yet, with the deadline if any.
+    Start(Operation<T, K>, Option<Instant>),
     /// The buffer was full at the first poll: waiting for room.
-    Waiting(Operation<T, K>, WaitForRoom<'a>),
+    Waiting(Operation<T, K>, Place, Option<Pin<Box<Sleep>>>),
     /// Accepted or refused.
     Done,
 }
@@ -439,17 +442,32 @@ impl<'a, T, O, E, K> Submit<'a, T, O, E, K> {
     ) -> Self {
         Submit {
             batcher,
-            deadline,
-            state: SubmitState::Start(op),
+            state: SubmitState::Start(op, deadline),
+        }
+    }
+}
+
+impl<T, O, E, K> Drop for Submit<'_, T, O, E, K> {
+    fn drop(&mut self) {
+        if let SubmitState::Waiting(_, place, _) =
+            std::mem::replace(&mut self.state, SubmitState::Done)
+        {
+            // Gives up the place in line; room granted to it goes on.
+            self.batcher.shared().admission.leave(place);
         }
     }
 }
 
 impl<T, O, E, K> fmt::Debug for Submit<'_, T, O, E, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let deadline = match &self.state {
+            SubmitState::Start(_, deadline) => *deadline,
+            SubmitState::Waiting(_, _, sleep) => sleep.as_ref().map(|s| s.deadline()),
+            SubmitState::Done => None,
+        };
         f.debug_struct("Submit")
             .field("waiting", &matches!(self.state, SubmitState::Waiting(..)))
-            .field("deadline", &self.deadline)
+            .field("deadline", &deadline)
             .finish()
     }
 }
@@ -466,33 +484,59 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let batcher = this.batcher;
-        let (op, mut wait) = match std::mem::replace(&mut this.state, SubmitState::Done) {
-            SubmitState::Start(op) => {
+        let admission = &batcher.shared().admission;
+        let (op, place, mut sleep) = match std::mem::replace(&mut this.state, SubmitState::Done) {
+            SubmitState::Start(op, deadline) => {
                 let op = match batcher.check(op) {
                     Ok(op) => op,
                     Err(e) => return Poll::Ready(Err(e)),
                 };
-                let shared: &'a Shared<T, K, O, E> = batcher.shared();
-                match shared.admission.try_reserve(op.cost) {
+                match admission.try_reserve(op.cost) {
                     Ok(room) => return Poll::Ready(batcher.enqueue(op, room)),
-                    Err(NoRoom::Full) => shared.report_full(),
-                    Err(_) => return Poll::Ready(Err(SubmitError::Shutdown(op.payload))),
+                    Err(NoRoom::Full) => batcher.shared().report_full(),
+                    Err(NoRoom::Closed) => {
+                        return Poll::Ready(Err(SubmitError::Shutdown(op.payload)))
+                    }
                 }
-                let wait = shared.admission.wait_for_room(op.cost, this.deadline);
-                (op, wait)
+                match admission.join(op.cost, cx) {
+                    Ok(place) => (op, place, deadline.map(|at| Box::pin(sleep_until(at)))),
+                    Err(answer) => return Poll::Ready(accepted(batcher, op, answer)),
+                }
             }
-            SubmitState::Waiting(op, wait) => (op, wait),
+            SubmitState::Waiting(op, place, sleep) => {
+                if let Poll::Ready(answer) = admission.poll_place(&place, op.cost, cx) {
+                    return Poll::Ready(accepted(batcher, op, answer));
+                }
+                (op, place, sleep)
+            }
             SubmitState::Done => panic!("a baler Submit future was polled after it completed"),
         };
-        match wait.as_mut().poll(cx) {
-            Poll::Pending => {
-                this.state = SubmitState::Waiting(op, wait);
-                Poll::Pending
+        if let Some(timer) = &mut sleep {
+            if timer.as_mut().poll(cx).is_ready() {
+                admission.leave(place);
+                return Poll::Ready(Err(SubmitError::Timeout(op.payload)));
             }
-            Poll::Ready(Ok(room)) => Poll::Ready(batcher.enqueue(op, room)),
-            Poll::Ready(Err(NoRoom::Timeout)) => Poll::Ready(Err(SubmitError::Timeout(op.payload))),
-            Poll::Ready(Err(_)) => Poll::Ready(Err(SubmitError::Shutdown(op.payload))),
         }
+        this.state = SubmitState::Waiting(op, place, sleep);
+        Poll::Pending
+    }
+}
+
+/// The end of a wait for room: the operation accepted with it, or refused.
+fn accepted<T, O, E, K>(
+    batcher: &Batcher<T, O, E, K>,
+    op: Operation<T, K>,
+    answer: Result<Reserved<'_>, NoRoom>,
+) -> Result<Ticket<O, E>, SubmitError<T>>
+where
+    T: Send + Sync + 'static,
+    K: Eq + Hash + Clone + fmt::Debug + Send + Sync + 'static,
+    O: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    match answer {
+        Ok(room) => batcher.enqueue(op, room),
+        Err(_) => Err(SubmitError::Shutdown(op.payload)),
     }
 }
 
@@ -541,5 +585,22 @@ mod tests {
         });
         assert_eq!(request(&tx, &stopped, |reply| reply).await, Some(7));
         engine.await.expect("the engine's task");
+    }
+
+    /// A submitter waiting for room holds its `Submit` (this size, inside
+    /// its task) and one 32-byte node in the buffer's line, and nothing
+    /// else; tokio's own bounded `send` future is larger than both together.
+    /// A guard against the waiting state growing back.
+    #[test]
+    fn a_waiting_submit_is_small() {
+        type Waiting = Submit<'static, u64, (), std::io::Error>;
+        let submit = std::mem::size_of::<Waiting>();
+        assert!(submit <= 48, "a Submit of a u64 takes {submit} bytes");
+        let (tx, _rx) = mpsc::channel::<u64>(1);
+        let send = std::mem::size_of_val(&tx.send(1));
+        assert!(
+            submit + 32 <= send,
+            "a waiting submit ({submit} + 32 bytes) is larger than tokio's send ({send})"
+        );
     }
 }

@@ -24,16 +24,18 @@
 //! - **Closed is final**: once closed, no reservation succeeds and every
 //!   waiting submitter is refused; a push racing the close is either handed
 //!   over to the engine or refused (see [`Intake`]).
+//! - **First come, first served**: a submitter that finds no room joins a
+//!   line ([`permits`]); room given back goes to the line's head, and while
+//!   anyone waits no newcomer takes room. Leaving the line (a dropped or
+//!   timed-out submit) passes any room it was granted to the next.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+mod permits;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use tokio::sync::{AcquireError, Semaphore, SemaphorePermit, TryAcquireError};
-use tokio::time::Instant;
-
 use crate::intake::Intake;
+use permits::{Permits, Refusal, Turn, MAX_PERMITS};
 
 /// A field on cache lines of its own: what threads write all the time (the
 /// intake, the buffer's semaphore, the stats) must not share a line with
@@ -56,85 +58,104 @@ pub(crate) enum NoRoom {
     Full,
     /// The buffer is closed: a shutdown has started.
     Closed,
-    /// The caller's deadline passed while it waited.
-    Timeout,
 }
 
 /// Room for one operation, reserved but not used yet. Dropped, it gives
 /// its permits back.
 pub(crate) struct Reserved<'a> {
-    // Held for their drop, which gives them back.
-    _ops: SemaphorePermit<'a>,
-    _cost: Option<SemaphorePermit<'a>>,
+    permits: &'a Permits,
+    cost: u32,
 }
 
-/// The wait for room of a submitter that found the buffer full.
-pub(crate) type WaitForRoom<'a> =
-    Pin<Box<dyn Future<Output = Result<Reserved<'a>, NoRoom>> + Send + 'a>>;
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.permits.give(1, u64::from(self.cost));
+    }
+}
+
+/// A submitter's place in the line for room. Given up with
+/// [`Admission::leave`] unless [`Admission::poll_place`] has answered.
+#[derive(Debug)]
+pub(crate) struct Place(u32);
 
 pub(crate) struct Admission<M> {
     intake: Padded<Intake<M>>,
-    /// One permit per operation held.
-    ops: Padded<Semaphore>,
-    /// One permit per unit of cost held, when the buffer's cost is bounded.
-    cost: Option<Semaphore>,
-    closed: AtomicBool,
+    permits: Padded<Permits>,
     buffer_size: usize,
     buffer_cost: usize,
-    /// Submitters waiting for room.
-    waiting: AtomicUsize,
     /// Whether the current full-buffer episode was reported.
     full_reported: AtomicBool,
 }
 
 impl<M> Admission<M> {
     pub(crate) fn new(buffer_size: usize, buffer_cost: Option<u64>) -> Self {
-        let buffer_cost = buffer_cost.map(|c| usize::try_from(c).unwrap_or(Semaphore::MAX_PERMITS));
+        let buffer_size = buffer_size.min(MAX_PERMITS);
+        let buffer_cost = buffer_cost.map(|c| usize::try_from(c).unwrap_or(usize::MAX));
         Admission {
             intake: Padded(Intake::new()),
-            ops: Padded(Semaphore::new(buffer_size)),
-            cost: buffer_cost.map(Semaphore::new),
-            closed: AtomicBool::new(false),
+            permits: Padded(Permits::new(buffer_size, buffer_cost)),
             buffer_size,
             buffer_cost: buffer_cost.unwrap_or(0),
-            waiting: AtomicUsize::new(0),
             full_reported: AtomicBool::new(false),
         }
     }
 
-    /// Reserves room for an operation of `cost` if there is room now.
+    /// Reserves room for an operation of `cost` if there is room now and
+    /// nobody waits for it.
     #[inline]
     pub(crate) fn try_reserve(&self, cost: u32) -> Result<Reserved<'_>, NoRoom> {
-        let ops = self.ops.try_acquire().map_err(no_room)?;
-        let cost = match &self.cost {
-            None => None,
-            Some(sem) => Some(sem.try_acquire_many(cost).map_err(no_room)?),
-        };
-        Ok(Reserved {
-            _ops: ops,
-            _cost: cost,
-        })
+        match self.permits.try_take(cost) {
+            Ok(()) => Ok(self.reserved(cost)),
+            Err(Refusal::Full) => Err(NoRoom::Full),
+            Err(Refusal::Closed) => Err(NoRoom::Closed),
+        }
     }
 
-    /// Waits, first come first served, for room for an operation of `cost`,
-    /// until `deadline` if there is one. Dropping the future gives up its
-    /// place in line.
-    pub(crate) fn wait_for_room(&self, cost: u32, deadline: Option<Instant>) -> WaitForRoom<'_>
-    where
-        M: Send,
-    {
-        Box::pin(async move {
-            let _waiting = Waiting::new(&self.waiting);
-            let ops = wait(self.ops.acquire(), deadline).await?;
-            let cost = match &self.cost {
-                Some(sem) => Some(wait(sem.acquire_many(cost), deadline).await?),
-                None => None,
-            };
-            Ok(Reserved {
-                _ops: ops,
-                _cost: cost,
-            })
-        })
+    fn reserved(&self, cost: u32) -> Reserved<'_> {
+        Reserved {
+            permits: &self.permits,
+            cost,
+        }
+    }
+
+    /// Joins the line for room for an operation of `cost`, first come first
+    /// served; `cx` is woken when its turn comes. If room came free since
+    /// [`try_reserve`](Self::try_reserve) looked, or the buffer closed,
+    /// that is the answer instead.
+    pub(crate) fn join(
+        &self,
+        cost: u32,
+        cx: &mut Context<'_>,
+    ) -> Result<Place, Result<Reserved<'_>, NoRoom>> {
+        match self.permits.join(cost, cx) {
+            Ok(place) => Ok(Place(place)),
+            Err(turn) => Err(self.answer(turn, cost)),
+        }
+    }
+
+    /// Whether the turn of a place in line has come. Once it answers, the
+    /// place is used up.
+    pub(crate) fn poll_place(
+        &self,
+        place: &Place,
+        cost: u32,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Reserved<'_>, NoRoom>> {
+        self.permits
+            .poll_turn(place.0, cx)
+            .map(|turn| self.answer(turn, cost))
+    }
+
+    fn answer(&self, turn: Turn, cost: u32) -> Result<Reserved<'_>, NoRoom> {
+        match turn {
+            Turn::Granted => Ok(self.reserved(cost)),
+            Turn::Refused => Err(NoRoom::Closed),
+        }
+    }
+
+    /// Gives up a place in line (its submitter stopped waiting).
+    pub(crate) fn leave(&self, place: Place) {
+        self.permits.leave(place.0);
     }
 
     /// Hands an operation to the engine with the room reserved for it; gives
@@ -142,9 +163,8 @@ impl<M> Admission<M> {
     #[inline]
     pub(crate) fn admit(&self, reserved: Reserved<'_>, msg: M) -> Result<(), M> {
         self.intake.push(msg)?;
-        // A permit forgotten is one whose drop, which would give it back,
-        // never runs: the same as its `forget`, but without a call into
-        // tokio per submit. The engine gives it back with `release`.
+        // The engine gives the permits back with `release` when the
+        // operation resolves.
         std::mem::forget(reserved);
         Ok(())
     }
@@ -158,56 +178,44 @@ impl<M> Admission<M> {
             if self.full_reported.load(Ordering::Relaxed) {
                 self.full_reported.store(false, Ordering::Relaxed);
             }
-            self.ops.add_permits(ops as usize);
-            debug_assert!(
-                self.ops.available_permits() <= self.buffer_size,
-                "released more operation permits than were taken"
-            );
         }
-        if let Some(sem) = &self.cost {
-            if cost > 0 {
-                sem.add_permits(cost as usize);
-                debug_assert!(
-                    sem.available_permits() <= self.buffer_cost,
-                    "released more cost permits than were taken"
-                );
-            }
-        }
+        self.permits.give(ops as usize, cost);
+        debug_assert!(
+            self.permits.free_ops() <= self.buffer_size,
+            "released more operation permits than were taken"
+        );
+        debug_assert!(
+            self.permits.free_cost() <= self.buffer_cost,
+            "released more cost permits than were taken"
+        );
     }
 
     /// Refuses every later reservation and every waiting submitter; returns
     /// whether this call closed it.
     pub(crate) fn close(&self) -> bool {
-        let first = !self.closed.swap(true, Ordering::SeqCst);
-        self.ops.close();
-        if let Some(cost) = &self.cost {
-            cost.close();
-        }
-        first
+        self.permits.close()
     }
 
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.permits.is_closed()
     }
 
     /// Whether every permit is back: nothing is held and nothing is between
     /// its reservation and the engine.
     pub(crate) fn idle(&self) -> bool {
-        self.ops.available_permits() == self.buffer_size
+        self.permits.free_ops() == self.buffer_size
     }
 
     /// How many operations hold room.
     pub(crate) fn held(&self) -> usize {
-        self.buffer_size
-            .saturating_sub(self.ops.available_permits())
+        self.buffer_size.saturating_sub(self.permits.free_ops())
     }
 
     /// How many submitters wait for room.
     pub(crate) fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
+        self.permits.waiting()
     }
-
     /// Whether this is the first full buffer since room was last made: a
     /// full buffer is reported once per episode.
     pub(crate) fn first_full(&self) -> bool {
@@ -230,41 +238,5 @@ impl<M> Admission<M> {
     /// but never taken is returned.
     pub(crate) fn shut_intake(&self) -> Vec<M> {
         self.intake.close()
-    }
-}
-
-fn no_room(e: TryAcquireError) -> NoRoom {
-    match e {
-        TryAcquireError::Closed => NoRoom::Closed,
-        TryAcquireError::NoPermits => NoRoom::Full,
-    }
-}
-
-async fn wait<P>(
-    acquire: impl Future<Output = Result<P, AcquireError>>,
-    deadline: Option<Instant>,
-) -> Result<P, NoRoom> {
-    match deadline {
-        None => acquire.await.map_err(|_| NoRoom::Closed),
-        Some(deadline) => match tokio::time::timeout_at(deadline, acquire).await {
-            Ok(result) => result.map_err(|_| NoRoom::Closed),
-            Err(_) => Err(NoRoom::Timeout),
-        },
-    }
-}
-
-/// Counts a submitter while it waits for room.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
