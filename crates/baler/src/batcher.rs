@@ -284,7 +284,7 @@ where
         }
     }
 
-    /// Subscribes to the batcher's [`Event`]s. A listener that falls behind
+    /// Subscribes to the batcher's [`Event`](crate::Event)s. A listener that falls behind
     /// misses the oldest events and is told how many; it never slows the
     /// engine down.
     pub fn events(&self) -> Events<K> {

@@ -259,7 +259,8 @@ impl Builder {
         if self.buffer_size == 0 {
             return zero("buffer_size", "the buffer must hold at least one operation");
         }
-        // tokio's semaphore holds at most usize::MAX >> 3 permits.
+        // The buffer's permit word holds at most usize::MAX >> 2 permits;
+        // the limit stays where it was when the buffer used tokio's semaphore.
         let max_permits = (usize::MAX >> 3) as u64;
         if self.buffer_size as u64 > max_permits {
             return Err(ConfigError::TooLarge {

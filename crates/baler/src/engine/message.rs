@@ -1,7 +1,7 @@
 //! What passes between the handles and the engine: the [`Msg`]s on the
 //! engine's channel, and [`Shared`], the state both sides hold (the engine's
-//! inbox: its channel's sender and the intake; the published stats; how a
-//! stopped engine is told apart).
+//! inbox: its channel's sender, and the [`Admission`] through which submits
+//! arrive; the published stats; how a stopped engine is told apart).
 //!
 //! In the manner of tower's `buffer`, this is the module both sides import,
 //! so that the handle (`batcher`) and the worker (the engine) never import
@@ -11,7 +11,7 @@
 //!
 //! - Submits travel through the intake, everything else on the channel; a
 //!   command takes the intake before it acts, so it never overtakes a submit
-//!   sent before it (see [`Intake`]).
+//!   sent before it (see [`Intake`](crate::intake::Intake)).
 //! - `stopped` is cancelled once the engine is gone, whether its loop ended
 //!   or its task was dropped: a request it never read stops waiting then.
 

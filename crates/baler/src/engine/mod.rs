@@ -33,12 +33,12 @@
 //!   retrying_cost + in_flight_cost`. An operation adds its cost once, when
 //!   accepted, and removes it once, when resolved or cancelled; every move
 //!   between buffer, retry wait and flight keeps the sum.
-//! - **Buffer permits** (`resolution`): every accepted operation holds one
-//!   permit of the operations semaphore (and `cost` permits of the cost
-//!   semaphore) from acceptance until it is resolved or cancelled, and gives
-//!   them back exactly then. So when the semaphore has all its permits and
-//!   nothing is buffered, in flight or retrying, no operation is in transit
-//!   either (`flush`: when a shutdown is finished).
+//! - **Buffer permits** (owned by [`Admission`](crate::admission::Admission);
+//!   `resolution` releases): every accepted operation holds one operation
+//!   permit (and `cost` cost permits) from acceptance until it is resolved
+//!   or cancelled, and gives them back exactly then. So when every permit is
+//!   back and nothing is buffered, in flight or retrying, no operation is in
+//!   transit either (`flush`: when a shutdown is finished).
 //! - **In flight** (`dispatch`): a batch counts against the in-flight limits
 //!   from dispatch until the engine has its report (a message from its task,
 //!   or the value of its future when the engine polls it itself), which is
