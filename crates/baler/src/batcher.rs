@@ -603,4 +603,90 @@ mod tests {
             "a waiting submit ({submit} + 32 bytes) is larger than tokio's send ({send})"
         );
     }
+
+    /// A batcher whose handler takes 10 ms per unit of a batch's cost, one
+    /// operation per batch, so that operations resolve in order of cost.
+    fn by_cost(buffer_cost: u64) -> Batcher<u32, u32, std::io::Error> {
+        Batcher::builder()
+            .max_batch_size(1)
+            .max_in_flight(4)
+            .buffer_cost(buffer_cost)
+            .build(crate::handler::handler_fn(
+                |b: crate::handler::Batch<u32>| async move {
+                    tokio::time::sleep(Duration::from_millis(10 * b.cost())).await;
+                    Ok::<_, std::io::Error>(b.iter().map(|&n| crate::Outcome::Done(n)).collect())
+                },
+            ))
+            .expect("a valid batcher")
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The head of the line needs more cost than is free: a cheaper
+    /// operation behind it waits its turn even though it would fit, and
+    /// both get in when the head's room comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_cheap_submit_does_not_pass_an_expensive_one_waiting_ahead() {
+        let b = by_cost(4);
+        let first = b.submit(crate::Operation::new(30).cost(3)).await.unwrap();
+        let second = b.submit(crate::Operation::new(10).cost(1)).await.unwrap();
+        let admitted = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for (n, cost) in [(31, 3), (11, 1)] {
+            let (b, admitted) = (b.clone(), admitted.clone());
+            waiters.push(tokio::spawn(async move {
+                let ticket = b.submit(crate::Operation::new(n).cost(cost)).await.unwrap();
+                admitted.lock().unwrap().push(n);
+                ticket.await.unwrap()
+            }));
+            settle().await;
+        }
+        assert_eq!(b.shared().admission.waiting(), 2);
+        // The cost-1 operation resolves first and frees 1: enough for the
+        // cheap waiter, not for the head of the line.
+        assert_eq!(second.await.unwrap(), 10);
+        settle().await;
+        assert!(
+            admitted.lock().unwrap().is_empty(),
+            "no one passes the head"
+        );
+        assert_eq!(first.await.unwrap(), 30);
+        settle().await;
+        assert_eq!(*admitted.lock().unwrap(), vec![31, 11]);
+        assert_eq!(b.shared().admission.waiting(), 0);
+        for w in waiters {
+            w.await.unwrap();
+        }
+    }
+
+    /// A submit whose deadline passes leaves the line (it is refused with
+    /// its payload) and the room it would have had goes to the next.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_that_passes_leaves_the_line_to_the_next() {
+        let b = by_cost(1);
+        let first = b.submit(1).await.unwrap();
+        let (b2, b3) = (b.clone(), b.clone());
+        let timed =
+            tokio::spawn(async move { b2.submit_timeout(2, Duration::from_millis(5)).await });
+        settle().await;
+        let patient = tokio::spawn(async move { b3.submit(3).await.unwrap().await.unwrap() });
+        settle().await;
+        assert_eq!(b.shared().admission.waiting(), 2);
+        match timed.await.unwrap() {
+            Err(SubmitError::Timeout(2)) => {}
+            other => panic!("expected a timeout with the payload, got {other:?}"),
+        }
+        assert_eq!(b.shared().admission.waiting(), 1);
+        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(patient.await.unwrap(), 3);
+        assert_eq!(
+            b.stats().submitted,
+            2,
+            "the timed-out submit was never accepted"
+        );
+    }
 }
