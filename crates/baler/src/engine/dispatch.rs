@@ -72,8 +72,8 @@ pub(super) struct InFlight {
 /// The batches in flight and what starting one needs.
 pub(super) struct Flights<T, K, O, E> {
     /// In-flight batches by index; an index is reused once its batch reports.
-    pub(super) table: Vec<Option<InFlight>>,
-    pub(super) free: Vec<usize>,
+    table: Vec<Option<InFlight>>,
+    free: Vec<usize>,
     /// The batches the engine polls itself, with [`Execution::Inline`].
     pub(super) running: Vec<BatchFuture<T, O, E>>,
     pub(super) next_batch: BatchId,
@@ -139,54 +139,28 @@ where
             return;
         }
         while self.stats.in_flight_batches < self.cfg.max_in_flight as u64 {
-            let Some(&slot) = self.ready.queue.front() else {
+            let Some(slot) = self.ready.front() else {
                 break;
             };
             if !matches!(self.readiness(&self.slots[slot], now), Readiness::Ready) {
-                self.ready.queue.pop_front();
+                self.ready.pop();
                 self.slots[slot].listed = false;
                 self.evaluate(slot, now);
                 self.slots.maybe_free(slot);
                 continue;
             }
-            let (count, cost) = self.head_batch(slot);
+            let (count, cost) =
+                self.slots[slot].head_batch(self.cfg.max_batch_size, self.flights.batch_cost_limit);
             if let Spend::Wait(wait) = self.cfg.capacity.try_spend(cost, now) {
                 self.flights.capacity_wait = Some(later(now, wait));
                 break;
             }
-            self.ready.queue.pop_front();
+            self.ready.pop();
             self.slots[slot].listed = false;
             self.dispatch(slot, count, now);
             self.evaluate(slot, now);
             self.slots.maybe_free(slot);
         }
-    }
-
-    /// How many operations from the front of the slot form its next batch,
-    /// and their cost.
-    fn head_batch(&self, slot: usize) -> (usize, u64) {
-        let s = &self.slots[slot];
-        let max = self.cfg.max_batch_size;
-        if s.cost <= self.flights.batch_cost_limit {
-            // The whole queue is within the cost limit, so any front of it
-            // is: the batch is as many as the size allows.
-            if s.queue.len() <= max {
-                return (s.queue.len(), s.cost);
-            }
-            let cost = s.queue.range(..max).map(|op| u64::from(op.cost)).sum();
-            return (max, cost);
-        }
-        let mut count = 0;
-        let mut cost = 0u64;
-        for op in s.queue.iter().take(max) {
-            let c = u64::from(op.cost);
-            if count > 0 && cost + c > self.flights.batch_cost_limit {
-                break;
-            }
-            count += 1;
-            cost += c;
-        }
-        (count, cost)
     }
 
     fn dispatch(&mut self, slot: usize, count: usize, now: Instant) {

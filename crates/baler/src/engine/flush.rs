@@ -33,7 +33,7 @@ pub(super) struct Epochs {
     /// Outstanding operations per epoch, starting at `base`.
     counts: VecDeque<u64>,
     base: u64,
-    pub(super) waiters: Vec<(u64, oneshot::Sender<()>)>,
+    waiters: Vec<(u64, oneshot::Sender<()>)>,
 }
 
 impl Epochs {
@@ -56,6 +56,19 @@ impl Epochs {
     pub(super) fn accepted(&mut self, n: u64) {
         if let Some(count) = self.counts.back_mut() {
             *count += n;
+        }
+    }
+
+    /// Whether a flush is waiting.
+    pub(super) fn flushing(&self) -> bool {
+        !self.waiters.is_empty()
+    }
+
+    /// Answers every flush: the engine is stopping, and everything it
+    /// accepted has resolved.
+    fn answer_all(&mut self) {
+        for (_, waiter) in self.waiters.drain(..) {
+            let _ = waiter.send(());
         }
     }
 
@@ -194,8 +207,6 @@ where
                 let _ = waiter.send(counts.clone_counts());
             }
         }
-        for (_, waiter) in self.epochs.waiters.drain(..) {
-            let _ = waiter.send(());
-        }
+        self.epochs.answer_all();
     }
 }

@@ -57,7 +57,6 @@ mod readiness;
 mod resolution;
 mod slots;
 
-use std::cmp::Reverse;
 use std::fmt::Debug;
 use std::future::{poll_fn, Future};
 use std::hash::Hash;
@@ -439,8 +438,8 @@ where
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        let timer = self.ready.timers.peek().map(|Reverse((at, _, _))| *at);
-        let retry = self.retries.wait.keys().next().map(|(at, _)| *at);
+        let timer = self.ready.next_timer();
+        let retry = self.retries.next_due();
         let deadline = self
             .closing
             .as_ref()

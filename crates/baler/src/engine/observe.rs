@@ -190,12 +190,7 @@ where
             .iter()
             .map(|s| s.queue.iter().map(|op| u64::from(op.cost)).sum::<u64>())
             .sum();
-        let retrying: u64 = self
-            .retries
-            .wait
-            .values()
-            .map(|(_, op)| u64::from(op.cost))
-            .sum();
+        let retrying: u64 = self.retries.cost();
         let in_flight: u64 = self.flights.iter().map(|b| b.cost).sum();
         let recounted = buffered + retrying + in_flight;
         let target = self.stats.target;

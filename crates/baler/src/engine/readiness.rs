@@ -39,9 +39,33 @@ pub(super) enum Readiness {
 #[derive(Default)]
 pub(super) struct Ready {
     /// Slots whose next batch may go, oldest first.
-    pub(super) queue: VecDeque<usize>,
+    queue: VecDeque<usize>,
     /// Linger and ticker deadlines: (when, slot, the slot's generation).
-    pub(super) timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+}
+
+impl Ready {
+    /// The slot at the front of the ready queue.
+    #[inline]
+    pub(super) fn front(&self) -> Option<usize> {
+        self.queue.front().copied()
+    }
+
+    /// Takes the front slot off the ready queue.
+    #[inline]
+    pub(super) fn pop(&mut self) {
+        self.queue.pop_front();
+    }
+
+    /// Empties the ready queue (the slots' `listed` flags are the caller's).
+    pub(super) fn clear(&mut self) {
+        self.queue.clear();
+    }
+
+    /// When the first timer fires.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
 }
 
 impl<T, K, O, E> Engine<T, K, O, E>

@@ -40,9 +40,9 @@ type RetryWait<T, O, E> = BTreeMap<(Instant, u64), (usize, Queued<T, O, E>)>;
 
 /// The retry wait and its jitter.
 pub(super) struct Retries<T, O, E> {
-    pub(super) wait: RetryWait<T, O, E>,
+    wait: RetryWait<T, O, E>,
     /// Tells apart retries due at the same instant.
-    pub(super) seq: u64,
+    seq: u64,
     /// The backoff jitter's state.
     rng: u64,
 }
@@ -54,6 +54,50 @@ impl<T, O, E> Retries<T, O, E> {
             seq: 0,
             rng: RandomState::new().hash_one(0x5eed_u64) | 1,
         }
+    }
+
+    /// Puts an operation of `slot` to wait until `due`.
+    fn insert(&mut self, due: Instant, slot: usize, op: Queued<T, O, E>) {
+        self.seq += 1;
+        self.wait.insert((due, self.seq), (slot, op));
+    }
+
+    /// Takes the first operation due by `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<(usize, Queued<T, O, E>)> {
+        let entry = self.wait.first_entry()?;
+        if entry.key().0 > now {
+            return None;
+        }
+        Some(entry.remove())
+    }
+
+    /// When the first retry is due.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.wait.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Takes out the operations whose ticket was dropped.
+    fn take_cancelled(&mut self) -> Vec<(usize, Queued<T, O, E>)> {
+        let closed: Vec<(Instant, u64)> = self
+            .wait
+            .iter()
+            .filter(|(_, (_, op))| op.resolver.is_closed())
+            .map(|(k, _)| *k)
+            .collect();
+        closed
+            .into_iter()
+            .filter_map(|k| self.wait.remove(&k))
+            .collect()
+    }
+
+    /// Takes out every operation.
+    fn take_all(&mut self) -> impl Iterator<Item = (usize, Queued<T, O, E>)> {
+        std::mem::take(&mut self.wait).into_values()
+    }
+
+    /// The cost of what waits, for the audit.
+    pub(super) fn cost(&self) -> u64 {
+        self.wait.values().map(|(_, op)| u64::from(op.cost)).sum()
     }
 
     /// A random fraction in [0, 1), for backoff jitter (splitmix64).
@@ -76,11 +120,7 @@ where
 {
     /// Retries whose backoff has run out go back into the buffer.
     pub(super) fn return_due_retries(&mut self, now: Instant) {
-        while let Some(entry) = self.retries.wait.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let (slot, mut op) = entry.remove();
+        while let Some((slot, mut op)) = self.retries.pop_due(now) {
             let cost = u64::from(op.cost);
             self.stats.retrying -= 1;
             self.stats.retrying_cost -= cost;
@@ -94,7 +134,7 @@ where
                 continue;
             }
             op.enqueued = now;
-            let flushed = op.epoch < self.epochs.current() && !self.epochs.waiters.is_empty();
+            let flushed = op.epoch < self.epochs.current() && self.epochs.flushing();
             self.push_buffer(slot, op);
             if flushed {
                 let s = &mut self.slots[slot];
@@ -206,10 +246,7 @@ where
             self.slots[slot].retrying += 1;
             let random = self.retries.random();
             let delay = self.cfg.backoff.delay(op.attempts, random);
-            self.retries.seq += 1;
-            self.retries
-                .wait
-                .insert((later(now, delay), self.retries.seq), (slot, op));
+            self.retries.insert(later(now, delay), slot, op);
         }
         self.stats.target -= resolved_cost;
         self.release(resolved_ops, resolved_cost);
@@ -278,22 +315,13 @@ where
             self.evaluate(slot, now);
             self.slots.maybe_free(slot);
         }
-        let closed: Vec<(Instant, u64)> = self
-            .retries
-            .wait
-            .iter()
-            .filter(|(_, (_, op))| op.resolver.is_closed())
-            .map(|(k, _)| *k)
-            .collect();
-        for k in closed {
-            if let Some((slot, op)) = self.retries.wait.remove(&k) {
-                let c = u64::from(op.cost);
-                self.stats.retrying -= 1;
-                self.stats.retrying_cost -= c;
-                self.slots[slot].retrying -= 1;
-                self.cancelled(op);
-                self.slots.maybe_free(slot);
-            }
+        for (slot, op) in self.retries.take_cancelled() {
+            let c = u64::from(op.cost);
+            self.stats.retrying -= 1;
+            self.stats.retrying_cost -= c;
+            self.slots[slot].retrying -= 1;
+            self.cancelled(op);
+            self.slots.maybe_free(slot);
         }
     }
 
@@ -315,15 +343,15 @@ where
                 self.abandon_buffered(slot);
             }
         }
-        let retries = std::mem::take(&mut self.retries.wait);
-        for (_, (slot, op)) in retries {
+        let retries: Vec<_> = self.retries.take_all().collect();
+        for (slot, op) in retries {
             let c = u64::from(op.cost);
             self.stats.retrying -= 1;
             self.stats.retrying_cost -= c;
             self.slots[slot].retrying -= 1;
             self.abandon(slot, op);
         }
-        self.ready.queue.clear();
+        self.ready.clear();
         for slot in 0..self.slots.len() {
             self.slots[slot].listed = false;
             self.slots.maybe_free(slot);

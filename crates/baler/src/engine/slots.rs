@@ -59,6 +59,32 @@ impl<T, K, O, E> KeySlot<T, K, O, E> {
         }
     }
 
+    /// How many operations from the front form the next batch, and their
+    /// cost: at most `max` operations, and at most `cost_limit` of cost
+    /// unless a single operation costs more (it then goes alone).
+    pub(super) fn head_batch(&self, max: usize, cost_limit: u64) -> (usize, u64) {
+        if self.cost <= cost_limit {
+            // The whole queue is within the cost limit, so any front of it
+            // is: the batch is as many as the size allows.
+            if self.queue.len() <= max {
+                return (self.queue.len(), self.cost);
+            }
+            let cost = self.queue.range(..max).map(|op| u64::from(op.cost)).sum();
+            return (max, cost);
+        }
+        let mut count = 0;
+        let mut cost = 0u64;
+        for op in self.queue.iter().take(max) {
+            let c = u64::from(op.cost);
+            if count > 0 && cost + c > cost_limit {
+                break;
+            }
+            count += 1;
+            cost += c;
+        }
+        (count, cost)
+    }
+
     /// Adds an operation at the back of the queue.
     #[inline]
     pub(super) fn push(&mut self, op: Queued<T, O, E>) {
