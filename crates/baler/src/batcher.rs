@@ -689,4 +689,45 @@ mod tests {
             "the timed-out submit was never accepted"
         );
     }
+
+    /// A submitter waiting for room, on a runtime of its own, on a batcher
+    /// whose engine goes with its runtime, is refused instead of waiting for
+    /// an engine that is gone.
+    #[test]
+    fn a_waiting_submitter_is_refused_when_the_engine_goes_with_its_runtime() {
+        let engine_rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let b: Batcher<u32, (), std::io::Error> = engine_rt
+            .block_on(async {
+                Batcher::builder().max_batch_size(1).buffer_size(1).build(
+                    crate::handler::handler_fn(|b: crate::handler::Batch<u32>| async move {
+                        std::future::pending::<()>().await;
+                        Ok::<_, std::io::Error>(b.done_all(()))
+                    }),
+                )
+            })
+            .expect("a valid batcher");
+        let _held = b.try_submit(1).expect("room for one");
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("a runtime");
+                rt.block_on(async move { b.submit(2).await.map(|_| ()) })
+            })
+        };
+        let mut spins = 0u64;
+        while b.shared().admission.waiting() == 0 {
+            spins += 1;
+            assert!(spins < 100_000_000, "the submitter never joined the line");
+            std::thread::yield_now();
+        }
+        drop(engine_rt);
+        match waiter.join().expect("the submitter's thread") {
+            Err(SubmitError::Shutdown(2)) => {}
+            other => panic!("expected a refusal with the payload, got {other:?}"),
+        }
+    }
 }

@@ -465,6 +465,9 @@ impl<T, K, O, E> Drop for Engine<T, K, O, E> {
         // what did come in but was never taken resolves its tickets (with
         // `Error::Stopped`) as it is dropped here.
         drop(self.shared.admission.shut_intake());
+        // Submitters still waiting for room (on another runtime, say) are
+        // refused rather than left waiting for an engine that is gone.
+        self.shared.admission.close();
         // Requests sent as the engine stopped may never be read: their
         // callers stop waiting now.
         self.shared.stopped.cancel();
