@@ -80,7 +80,7 @@ pub(crate) struct Place(u32);
 
 pub(crate) struct Admission<M> {
     intake: Padded<Intake<M>>,
-    permits: Padded<Permits>,
+    permits: Permits,
     buffer_size: usize,
     buffer_cost: usize,
     /// Whether the current full-buffer episode was reported.
@@ -93,7 +93,7 @@ impl<M> Admission<M> {
         let buffer_cost = buffer_cost.map(|c| usize::try_from(c).unwrap_or(usize::MAX));
         Admission {
             intake: Padded(Intake::new()),
-            permits: Padded(Permits::new(buffer_size, buffer_cost)),
+            permits: Permits::new(buffer_size, buffer_cost),
             buffer_size,
             buffer_cost: buffer_cost.unwrap_or(0),
             full_reported: AtomicBool::new(false),

@@ -36,6 +36,8 @@
 
 use std::task::{Context, Poll, Waker};
 
+use super::Padded;
+
 #[cfg(baler_loom)]
 use loom::sync::{
     atomic::{AtomicUsize, Ordering::SeqCst},
@@ -195,12 +197,19 @@ impl Line {
     }
 }
 
-/// The buffer's permits and their line.
-pub(crate) struct Permits {
+/// The words every submit updates, on cache lines of their own: the line
+/// and the waiting count, which the engine reads every turn, must not make
+/// it fetch the line submitters are writing.
+struct Words {
     /// Free operation permits `<< SHIFT`, and the flags.
     ops: AtomicUsize,
     /// Free cost permits, when the cost is bounded.
     cost: Option<AtomicUsize>,
+}
+
+/// The buffer's permits and their line.
+pub(crate) struct Permits {
+    words: Padded<Words>,
     line: Mutex<Line>,
     /// Submitters in line, for the stats (written under the lock).
     waiting: AtomicUsize,
@@ -209,8 +218,10 @@ pub(crate) struct Permits {
 impl Permits {
     pub(crate) fn new(ops: usize, cost: Option<usize>) -> Self {
         Permits {
-            ops: AtomicUsize::new(ops.min(MAX_PERMITS) << SHIFT),
-            cost: cost.map(AtomicUsize::new),
+            words: Padded(Words {
+                ops: AtomicUsize::new(ops.min(MAX_PERMITS) << SHIFT),
+                cost: cost.map(AtomicUsize::new),
+            }),
             line: Mutex::new(Line {
                 chunks: Vec::new(),
                 free: NIL,
@@ -233,7 +244,7 @@ impl Permits {
     /// and nobody waits.
     #[inline]
     pub(crate) fn try_take(&self, cost: u32) -> Result<(), Refusal> {
-        let mut cur = self.ops.load(SeqCst);
+        let mut cur = self.words.ops.load(SeqCst);
         loop {
             if cur & CLOSED != 0 {
                 return Err(Refusal::Closed);
@@ -242,6 +253,7 @@ impl Permits {
                 return Err(Refusal::Full);
             }
             match self
+                .words
                 .ops
                 .compare_exchange_weak(cur, cur - (1 << SHIFT), SeqCst, SeqCst)
             {
@@ -249,7 +261,7 @@ impl Permits {
                 Err(now) => cur = now,
             }
         }
-        if let Some(free) = &self.cost {
+        if let Some(free) = &self.words.cost {
             if !take_cost(free, cost) {
                 self.give(1, 0);
                 return Err(Refusal::Full);
@@ -260,14 +272,14 @@ impl Permits {
 
     /// Gives permits back; the line's head gets them first.
     pub(crate) fn give(&self, ops: usize, cost: u64) {
-        if let Some(free) = &self.cost {
+        if let Some(free) = &self.words.cost {
             if cost > 0 {
                 free.fetch_add(cost as usize, SeqCst);
             }
         }
         // After the cost: a waiter that sees these operation permits (or is
         // seen here) sees the cost permits too.
-        let before = self.ops.fetch_add(ops << SHIFT, SeqCst);
+        let before = self.words.ops.fetch_add(ops << SHIFT, SeqCst);
         if before & WAITERS != 0 {
             let mut line = self.lock();
             self.serve(&mut line);
@@ -291,19 +303,20 @@ impl Permits {
             }
         }
         if line.head == NIL {
-            self.ops.fetch_and(!WAITERS, SeqCst);
+            self.words.ops.fetch_and(!WAITERS, SeqCst);
         }
     }
 
     /// Takes the permits of a waiter: the lock-free path is shut out while
     /// anyone waits, so only releases move the words meanwhile, upwards.
     fn take_for_waiter(&self, cost: u32) -> bool {
-        let mut cur = self.ops.load(SeqCst);
+        let mut cur = self.words.ops.load(SeqCst);
         loop {
             if cur >> SHIFT == 0 || cur & CLOSED != 0 {
                 return false;
             }
             match self
+                .words
                 .ops
                 .compare_exchange_weak(cur, cur - (1 << SHIFT), SeqCst, SeqCst)
             {
@@ -311,9 +324,9 @@ impl Permits {
                 Err(now) => cur = now,
             }
         }
-        if let Some(free) = &self.cost {
+        if let Some(free) = &self.words.cost {
             if !take_cost(free, cost) {
-                self.ops.fetch_add(1 << SHIFT, SeqCst);
+                self.words.ops.fetch_add(1 << SHIFT, SeqCst);
                 return false;
             }
         }
@@ -324,7 +337,7 @@ impl Permits {
     /// the lock-free path looked). Returns the place in line, or the turn.
     pub(crate) fn join(&self, cost: u32, cx: &mut Context<'_>) -> Result<u32, Turn> {
         let mut line = self.lock();
-        if self.ops.load(SeqCst) & CLOSED != 0 {
+        if self.words.ops.load(SeqCst) & CLOSED != 0 {
             return Err(Turn::Refused);
         }
         if line.head == NIL && self.take_for_waiter(cost) {
@@ -341,7 +354,7 @@ impl Permits {
         self.waiting.fetch_add(1, SeqCst);
         // Seen by every release from here on; and what was released before
         // is seen by the look below.
-        self.ops.fetch_or(WAITERS, SeqCst);
+        self.words.ops.fetch_or(WAITERS, SeqCst);
         self.serve(&mut line);
         match line.node(i).state {
             State::Waiting => Ok(i),
@@ -391,10 +404,10 @@ impl Permits {
             }
             State::Granted => {
                 line.release_node(place);
-                if let Some(free) = &self.cost {
+                if let Some(free) = &self.words.cost {
                     free.fetch_add(cost as usize, SeqCst);
                 }
-                self.ops.fetch_add(1 << SHIFT, SeqCst);
+                self.words.ops.fetch_add(1 << SHIFT, SeqCst);
                 self.serve(&mut line);
             }
             State::Refused => line.release_node(place),
@@ -405,7 +418,7 @@ impl Permits {
     /// Refuses every later taker and everyone in line. Returns whether this
     /// call closed it.
     pub(crate) fn close(&self) -> bool {
-        let before = self.ops.fetch_or(CLOSED, SeqCst);
+        let before = self.words.ops.fetch_or(CLOSED, SeqCst);
         let mut line = self.lock();
         while line.head != NIL {
             let head = line.head;
@@ -417,23 +430,23 @@ impl Permits {
                 waker.wake();
             }
         }
-        self.ops.fetch_and(!WAITERS, SeqCst);
+        self.words.ops.fetch_and(!WAITERS, SeqCst);
         before & CLOSED == 0
     }
 
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {
-        self.ops.load(SeqCst) & CLOSED != 0
+        self.words.ops.load(SeqCst) & CLOSED != 0
     }
 
     /// Free operation permits.
     pub(crate) fn free_ops(&self) -> usize {
-        self.ops.load(SeqCst) >> SHIFT
+        self.words.ops.load(SeqCst) >> SHIFT
     }
 
     /// Free cost permits (0 when the cost is not bounded).
     pub(crate) fn free_cost(&self) -> usize {
-        self.cost.as_ref().map_or(0, |c| c.load(SeqCst))
+        self.words.cost.as_ref().map_or(0, |c| c.load(SeqCst))
     }
 
     /// Submitters in line.
