@@ -4,153 +4,31 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, UnboundedSender};
-use tokio::sync::{broadcast, oneshot, AcquireError, Semaphore, SemaphorePermit, TryAcquireError};
-use tokio::time::Instant;
+use tokio::sync::{broadcast, oneshot};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admission, NoRoom, Padded, Place, Reserved};
 use crate::capacity::Capacity;
-use crate::config::{Builder, Config};
+use crate::config::Builder;
 use crate::diagnose::Diagnosis;
-use crate::engine::{later, Engine, Msg};
+use crate::engine::{Engine, Msg, Shared};
 use crate::error::{ConfigError, CostLimit, SubmitError};
-use crate::events::{Event, Events};
+use crate::events::Events;
 use crate::handler::ErasedHandler;
-use crate::intake::{Intake, Submitted};
 use crate::operation::Operation;
+use crate::queued::Submitted;
+use crate::settings::Config;
 use crate::shutdown::ShutdownReport;
 use crate::slot::{self, CancelCount};
 use crate::stats::Stats;
 use crate::ticket::{cancel_shard, CancelShard, CancelSink, Ticket, CANCEL_SHARDS};
-
-/// State shared by the handles, the tickets and the engine.
-pub(crate) struct Shared<T, K, O, E> {
-    tx: UnboundedSender<Msg<T, K, O, E>>,
-    /// Where submits go.
-    pub(crate) intake: Padded<Intake<Submitted<T, K, O, E>>>,
-    /// One permit per operation held, from acceptance to resolution.
-    pub(crate) ops: Padded<Semaphore>,
-    /// One permit per unit of cost held, when the buffer's cost is bounded.
-    pub(crate) cost: Option<Semaphore>,
-    closed: AtomicBool,
-    stats: Padded<Mutex<Stats>>,
-    max_batch_cost: u64,
-    buffer_cost: Option<u64>,
-    /// The lowest of `max_batch_cost`, `buffer_cost` and the capacity's
-    /// maximum burst if that never changes: a submit's quick check.
-    fixed_cost_limit: u64,
-    /// Whether `fixed_cost_limit` covers the capacity's maximum burst;
-    /// otherwise a submit asks the capacity each time (reading it is a
-    /// cache miss when another thread spends from the capacity).
-    max_burst_is_fixed: bool,
-    /// Where a ticket dropped unresolved reports it: one of several
-    /// handles, by thread, so that the tickets of different threads do not
-    /// all count references on one cache line.
-    cancel_sinks: Box<[Arc<CancelShard>]>,
-    capacity: Capacity,
-    /// The engine owns the only strong sender, so listeners see the stream
-    /// close when the engine stops, even while handles are alive.
-    events: broadcast::WeakSender<Event<K>>,
-    buffer_size: usize,
-    /// Submitters waiting for room in the buffer.
-    waiting: AtomicUsize,
-    /// Tickets dropped before their operation resolved, ever.
-    cancels: CancelCount,
-    /// Whether the current full-buffer episode was reported.
-    full_reported: AtomicBool,
-    /// Cancelled when the engine is gone (its loop ended, or its task was
-    /// dropped with the runtime): a request it never read stops waiting.
-    pub(crate) stopped: CancellationToken,
-    /// The counts of the finished shutdown, for a caller whose request the
-    /// engine never read.
-    pub(crate) final_report: Mutex<Option<ShutdownReport<T, K>>>,
-}
-
-impl<T, K, O, E> Shared<T, K, O, E> {
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-
-    /// How many tickets were dropped before their operation resolved.
-    pub(crate) fn cancels_reported(&self) -> u64 {
-        self.cancels.reported()
-    }
-
-    pub(crate) fn waiting_submitters(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
-    }
-
-    /// The engine gave permits back: a later full buffer is a new episode.
-    pub(crate) fn room_made(&self) {
-        // Read first: most releases find nothing to reset, and a store
-        // would take the line from the submitters that read it.
-        if self.full_reported.load(Ordering::Relaxed) {
-            self.full_reported.store(false, Ordering::Relaxed);
-        }
-    }
-
-    /// Reports a full buffer once per episode.
-    fn report_full(&self)
-    where
-        K: Clone,
-    {
-        if self.full_reported.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        if let Some(events) = self.events.upgrade().filter(|e| e.receiver_count() > 0) {
-            let held = self
-                .buffer_size
-                .saturating_sub(self.ops.available_permits());
-            let _ = events.send(Event::BufferFull {
-                operations: held as u64,
-            });
-        }
-    }
-
-    pub(crate) fn close_intake(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.ops.close();
-        if let Some(cost) = &self.cost {
-            cost.close();
-        }
-    }
-
-    pub(crate) fn publish(&self, stats: &Stats) {
-        self.stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone_from(stats);
-    }
-}
-
-impl<T: Send, K: Send, O: Send, E: Send + Sync> CancelSink for Shared<T, K, O, E> {
-    fn cancelled(&self) {
-        // Counted after the ticket closed its slot and before the engine
-        // hears of it: the engine's dispatch asks operations whether their
-        // ticket is gone only while the count is ahead of its last sweep
-        // (see `CancelCount`).
-        self.cancels.report();
-        let _ = self.tx.send(Msg::Cancel);
-    }
-}
-
-/// A field on cache lines of its own: the parts of [`Shared`] that threads
-/// write all the time (the intake, the buffer's semaphore, the stats) must
-/// not share a line with what every submit only reads.
-#[repr(align(128))]
-pub(crate) struct Padded<T>(T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
+use crate::time::later;
 
 /// Sends `Close` when the last handle goes, so the engine drains and stops.
 ///
@@ -241,7 +119,7 @@ impl<T, O, E, K> Batcher<T, O, E, K> {
 
     /// Whether a shutdown has started (new operations are refused).
     pub fn is_shutting_down(&self) -> bool {
-        self.shared().closed.load(Ordering::SeqCst)
+        self.shared().admission.is_closed()
     }
 }
 
@@ -277,12 +155,7 @@ where
                 .collect(),
             max_burst_is_fixed: fixed_burst,
             tx: tx.clone(),
-            intake: Padded(Intake::new()),
-            ops: Padded(Semaphore::new(cfg.buffer_size)),
-            cost: cfg
-                .buffer_cost
-                .map(|c| Semaphore::new(usize::try_from(c).unwrap_or(Semaphore::MAX_PERMITS))),
-            closed: AtomicBool::new(false),
+            admission: Admission::new(cfg.buffer_size, cfg.buffer_cost),
             stats: Padded(Mutex::new(Stats {
                 capacity: cfg.capacity.rate(),
                 ..Stats::default()
@@ -292,9 +165,6 @@ where
             fixed_cost_limit,
             capacity: cfg.capacity.clone(),
             events: events.downgrade(),
-            buffer_size: cfg.buffer_size,
-            waiting: AtomicUsize::new(0),
-            full_reported: AtomicBool::new(false),
             cancels: CancelCount::new(),
             stopped: CancellationToken::new(),
             final_report: Mutex::new(None),
@@ -348,44 +218,20 @@ where
         op: impl Into<Operation<T, K>>,
     ) -> Result<Ticket<O, E>, SubmitError<T>> {
         let op = self.check(op.into())?;
-        match self.try_permits(op.cost) {
-            Ok((permit, cost_permit)) => self.enqueue(op, permit, cost_permit),
-            Err((_, e)) => Err(self.try_error(e, op.payload)),
-        }
-    }
-
-    /// Takes the buffer's permits for an operation of `cost` if there is room
-    /// now. When there is not, gives back the operation permit if it was
-    /// taken (the cost was what was missing), and why.
-    fn try_permits(
-        &self,
-        cost: u32,
-    ) -> Result<Permits<'_>, (Option<SemaphorePermit<'_>>, TryAcquireError)> {
-        let shared = self.shared();
-        let permit = shared.ops.try_acquire().map_err(|e| (None, e))?;
-        match &shared.cost {
-            None => Ok((permit, None)),
-            Some(sem) => match sem.try_acquire_many(cost) {
-                Ok(cost_permit) => Ok((permit, Some(cost_permit))),
-                Err(e) => Err((Some(permit), e)),
-            },
-        }
-    }
-
-    fn try_error(&self, e: TryAcquireError, payload: T) -> SubmitError<T> {
-        match e {
-            TryAcquireError::Closed => SubmitError::Shutdown(payload),
-            TryAcquireError::NoPermits => {
+        match self.shared().admission.try_reserve(op.cost) {
+            Ok(room) => self.enqueue(op, room),
+            Err(NoRoom::Full) => {
                 self.shared().report_full();
-                SubmitError::Full(payload)
+                Err(SubmitError::Full(op.payload))
             }
+            Err(_) => Err(SubmitError::Shutdown(op.payload)),
         }
     }
 
     /// Refuses what can never be accepted, before waiting for room.
     fn check(&self, op: Operation<T, K>) -> Result<Operation<T, K>, SubmitError<T>> {
         let shared = self.shared();
-        if shared.closed.load(Ordering::SeqCst) {
+        if shared.admission.is_closed() {
             return Err(SubmitError::Shutdown(op.payload));
         }
         let cost = u64::from(op.cost);
@@ -419,8 +265,7 @@ where
     fn enqueue(
         &self,
         op: Operation<T, K>,
-        permit: SemaphorePermit<'_>,
-        cost_permit: Option<SemaphorePermit<'_>>,
+        room: Reserved<'_>,
     ) -> Result<Ticket<O, E>, SubmitError<T>> {
         let shared = self.shared();
         let (resolver, receiver) = slot::channel();
@@ -430,14 +275,8 @@ where
             cost: op.cost,
             resolver,
         };
-        match shared.intake.push(submitted) {
+        match shared.admission.admit(room, submitted) {
             Ok(()) => {
-                // From here the engine owns the permits and gives them back
-                // when the operation resolves. (A permit forgotten is one
-                // whose drop, which would give it back, never runs: the same
-                // as its `forget`, but without a call into tokio per submit.)
-                std::mem::forget(permit);
-                std::mem::forget(cost_permit);
                 let sink = shared.cancel_sinks[cancel_shard()].clone();
                 Ok(Ticket::new(receiver, sink))
             }
@@ -445,7 +284,7 @@ where
         }
     }
 
-    /// Subscribes to the batcher's [`Event`]s. A listener that falls behind
+    /// Subscribes to the batcher's [`Event`](crate::Event)s. A listener that falls behind
     /// misses the oldest events and is told how many; it never slows the
     /// engine down.
     pub fn events(&self) -> Events<K> {
@@ -556,9 +395,10 @@ async fn request<M, R>(
 /// resolves to the operation's [`Ticket`] once the buffer has room for it.
 ///
 /// When the buffer has room, the first poll accepts the operation and is
-/// ready at once. Otherwise it waits in line, first come first served; only
-/// then does it allocate the state of that wait. Dropping it while it waits
-/// gives up its place in line, and the operation was never accepted.
+/// ready at once. Otherwise it waits in line, first come first served,
+/// holding its operation and its place in line and little else (with
+/// [`submit_timeout`](Batcher::submit_timeout), a timer). Dropping it while
+/// it waits gives up its place in line, and the operation was never accepted.
 ///
 /// ```
 /// # use baler::{handler_fn, Batch, Batcher};
@@ -576,23 +416,20 @@ async fn request<M, R>(
 #[must_use = "an operation is only submitted when its Submit future is awaited"]
 pub struct Submit<'a, T, O, E, K = ()> {
     batcher: &'a Batcher<T, O, E, K>,
-    deadline: Option<Instant>,
-    state: SubmitState<'a, T, K>,
+    state: SubmitState<T, K>,
 }
 
-enum SubmitState<'a, T, K> {
-    /// Not polled yet.
-    Start(Operation<T, K>),
+/// Where a submit is. A waiting one holds its operation and its place in
+/// line (an index: the line's node is the admission's), and a timer only if
+/// it has a deadline: no future of its own, nothing pinned.
+enum SubmitState<T, K> {
+    /// Not polled yet, with the deadline if any.
+    Start(Operation<T, K>, Option<Instant>),
     /// The buffer was full at the first poll: waiting for room.
-    Waiting(Operation<T, K>, WaitForRoom<'a>),
+    Waiting(Operation<T, K>, Place, Option<Pin<Box<Sleep>>>),
     /// Accepted or refused.
     Done,
 }
-
-/// The buffer permits an accepted operation holds.
-type Permits<'a> = (SemaphorePermit<'a>, Option<SemaphorePermit<'a>>);
-
-type WaitForRoom<'a> = Pin<Box<dyn Future<Output = Result<Permits<'a>, WaitError>> + Send + 'a>>;
 
 // The operation is never pinned: it is moved out whole when it is accepted.
 impl<T, O, E, K> Unpin for Submit<'_, T, O, E, K> {}
@@ -605,17 +442,32 @@ impl<'a, T, O, E, K> Submit<'a, T, O, E, K> {
     ) -> Self {
         Submit {
             batcher,
-            deadline,
-            state: SubmitState::Start(op),
+            state: SubmitState::Start(op, deadline),
+        }
+    }
+}
+
+impl<T, O, E, K> Drop for Submit<'_, T, O, E, K> {
+    fn drop(&mut self) {
+        if let SubmitState::Waiting(_, place, _) =
+            std::mem::replace(&mut self.state, SubmitState::Done)
+        {
+            // Gives up the place in line; room granted to it goes on.
+            self.batcher.shared().admission.leave(place);
         }
     }
 }
 
 impl<T, O, E, K> fmt::Debug for Submit<'_, T, O, E, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let deadline = match &self.state {
+            SubmitState::Start(_, deadline) => *deadline,
+            SubmitState::Waiting(_, _, sleep) => sleep.as_ref().map(|s| s.deadline()),
+            SubmitState::Done => None,
+        };
         f.debug_struct("Submit")
             .field("waiting", &matches!(self.state, SubmitState::Waiting(..)))
-            .field("deadline", &self.deadline)
+            .field("deadline", &deadline)
             .finish()
     }
 }
@@ -632,122 +484,59 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let batcher = this.batcher;
-        let (op, mut wait) = match std::mem::replace(&mut this.state, SubmitState::Done) {
-            SubmitState::Start(op) => {
+        let admission = &batcher.shared().admission;
+        let (op, place, mut sleep) = match std::mem::replace(&mut this.state, SubmitState::Done) {
+            SubmitState::Start(op, deadline) => {
                 let op = match batcher.check(op) {
                     Ok(op) => op,
                     Err(e) => return Poll::Ready(Err(e)),
                 };
-                let held = match batcher.try_permits(op.cost) {
-                    Ok((permit, cost)) => return Poll::Ready(batcher.enqueue(op, permit, cost)),
-                    Err((_, TryAcquireError::Closed)) => {
+                match admission.try_reserve(op.cost) {
+                    Ok(room) => return Poll::Ready(batcher.enqueue(op, room)),
+                    Err(NoRoom::Full) => batcher.shared().report_full(),
+                    Err(NoRoom::Closed) => {
                         return Poll::Ready(Err(SubmitError::Shutdown(op.payload)))
                     }
-                    Err((held, TryAcquireError::NoPermits)) => held,
-                };
-                let shared: &'a Shared<T, K, O, E> = batcher.shared();
-                if held.is_none() {
-                    shared.report_full();
                 }
-                let wait: WaitForRoom<'a> =
-                    Box::pin(wait_for_room(shared, held, op.cost, this.deadline));
-                (op, wait)
+                match admission.join(op.cost, cx) {
+                    Ok(place) => (op, place, deadline.map(|at| Box::pin(sleep_until(at)))),
+                    Err(answer) => return Poll::Ready(accepted(batcher, op, answer)),
+                }
             }
-            SubmitState::Waiting(op, wait) => (op, wait),
+            SubmitState::Waiting(op, place, sleep) => {
+                if let Poll::Ready(answer) = admission.poll_place(&place, op.cost, cx) {
+                    return Poll::Ready(accepted(batcher, op, answer));
+                }
+                (op, place, sleep)
+            }
             SubmitState::Done => panic!("a baler Submit future was polled after it completed"),
         };
-        match wait.as_mut().poll(cx) {
-            Poll::Pending => {
-                this.state = SubmitState::Waiting(op, wait);
-                Poll::Pending
+        if let Some(timer) = &mut sleep {
+            if timer.as_mut().poll(cx).is_ready() {
+                admission.leave(place);
+                return Poll::Ready(Err(SubmitError::Timeout(op.payload)));
             }
-            Poll::Ready(Ok((permit, cost))) => Poll::Ready(batcher.enqueue(op, permit, cost)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into_error(op.payload))),
         }
+        this.state = SubmitState::Waiting(op, place, sleep);
+        Poll::Pending
     }
 }
 
-fn wait_for_room<'a, T, K, O, E>(
-    shared: &'a Shared<T, K, O, E>,
-    permit: Option<SemaphorePermit<'a>>,
-    cost: u32,
-    deadline: Option<Instant>,
-) -> impl Future<Output = Result<Permits<'a>, WaitError>> + Send + 'a {
-    wait_for_permits(
-        &shared.ops,
-        shared.cost.as_ref(),
-        &shared.waiting,
-        permit,
-        cost,
-        deadline,
-    )
-}
-
-async fn wait_for_permits<'a>(
-    ops: &'a Semaphore,
-    cost_sem: Option<&'a Semaphore>,
-    waiting: &'a AtomicUsize,
-    permit: Option<SemaphorePermit<'a>>,
-    cost: u32,
-    deadline: Option<Instant>,
-) -> Result<Permits<'a>, WaitError> {
-    let permit = match permit {
-        Some(p) => p,
-        None => {
-            let _waiting = Waiting::new(waiting);
-            wait(ops.acquire(), deadline).await?
-        }
-    };
-    let cost_permit = match cost_sem {
-        Some(sem) => {
-            let _waiting = Waiting::new(waiting);
-            Some(wait(sem.acquire_many(cost), deadline).await?)
-        }
-        None => None,
-    };
-    Ok((permit, cost_permit))
-}
-
-enum WaitError {
-    Closed,
-    Timeout,
-}
-
-impl WaitError {
-    fn into_error<T>(self, payload: T) -> SubmitError<T> {
-        match self {
-            WaitError::Closed => SubmitError::Shutdown(payload),
-            WaitError::Timeout => SubmitError::Timeout(payload),
-        }
-    }
-}
-
-async fn wait<P>(
-    acquire: impl std::future::Future<Output = Result<P, AcquireError>>,
-    deadline: Option<Instant>,
-) -> Result<P, WaitError> {
-    match deadline {
-        None => acquire.await.map_err(|_| WaitError::Closed),
-        Some(deadline) => match tokio::time::timeout_at(deadline, acquire).await {
-            Ok(result) => result.map_err(|_| WaitError::Closed),
-            Err(_) => Err(WaitError::Timeout),
-        },
-    }
-}
-
-/// Counts a submitter while it waits for room.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+/// The end of a wait for room: the operation accepted with it, or refused.
+fn accepted<T, O, E, K>(
+    batcher: &Batcher<T, O, E, K>,
+    op: Operation<T, K>,
+    answer: Result<Reserved<'_>, NoRoom>,
+) -> Result<Ticket<O, E>, SubmitError<T>>
+where
+    T: Send + Sync + 'static,
+    K: Eq + Hash + Clone + fmt::Debug + Send + Sync + 'static,
+    O: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    match answer {
+        Ok(room) => batcher.enqueue(op, room),
+        Err(_) => Err(SubmitError::Shutdown(op.payload)),
     }
 }
 
@@ -796,5 +585,149 @@ mod tests {
         });
         assert_eq!(request(&tx, &stopped, |reply| reply).await, Some(7));
         engine.await.expect("the engine's task");
+    }
+
+    /// A submitter waiting for room holds its `Submit` (this size, inside
+    /// its task) and one 32-byte node in the buffer's line, and nothing
+    /// else; tokio's own bounded `send` future is larger than both together.
+    /// A guard against the waiting state growing back.
+    #[test]
+    fn a_waiting_submit_is_small() {
+        type Waiting = Submit<'static, u64, (), std::io::Error>;
+        let submit = std::mem::size_of::<Waiting>();
+        assert!(submit <= 48, "a Submit of a u64 takes {submit} bytes");
+        let (tx, _rx) = mpsc::channel::<u64>(1);
+        let send = std::mem::size_of_val(&tx.send(1));
+        assert!(
+            submit + 32 <= send,
+            "a waiting submit ({submit} + 32 bytes) is larger than tokio's send ({send})"
+        );
+    }
+
+    /// A batcher whose handler takes 10 ms per unit of a batch's cost, one
+    /// operation per batch, so that operations resolve in order of cost.
+    fn by_cost(buffer_cost: u64) -> Batcher<u32, u32, std::io::Error> {
+        Batcher::builder()
+            .max_batch_size(1)
+            .max_in_flight(4)
+            .buffer_cost(buffer_cost)
+            .build(crate::handler::handler_fn(
+                |b: crate::handler::Batch<u32>| async move {
+                    tokio::time::sleep(Duration::from_millis(10 * b.cost())).await;
+                    Ok::<_, std::io::Error>(b.iter().map(|&n| crate::Outcome::Done(n)).collect())
+                },
+            ))
+            .expect("a valid batcher")
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The head of the line needs more cost than is free: a cheaper
+    /// operation behind it waits its turn even though it would fit, and
+    /// both get in when the head's room comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_cheap_submit_does_not_pass_an_expensive_one_waiting_ahead() {
+        let b = by_cost(4);
+        let first = b.submit(crate::Operation::new(30).cost(3)).await.unwrap();
+        let second = b.submit(crate::Operation::new(10).cost(1)).await.unwrap();
+        let admitted = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for (n, cost) in [(31, 3), (11, 1)] {
+            let (b, admitted) = (b.clone(), admitted.clone());
+            waiters.push(tokio::spawn(async move {
+                let ticket = b.submit(crate::Operation::new(n).cost(cost)).await.unwrap();
+                admitted.lock().unwrap().push(n);
+                ticket.await.unwrap()
+            }));
+            settle().await;
+        }
+        assert_eq!(b.shared().admission.waiting(), 2);
+        // The cost-1 operation resolves first and frees 1: enough for the
+        // cheap waiter, not for the head of the line.
+        assert_eq!(second.await.unwrap(), 10);
+        settle().await;
+        assert!(
+            admitted.lock().unwrap().is_empty(),
+            "no one passes the head"
+        );
+        assert_eq!(first.await.unwrap(), 30);
+        settle().await;
+        assert_eq!(*admitted.lock().unwrap(), vec![31, 11]);
+        assert_eq!(b.shared().admission.waiting(), 0);
+        for w in waiters {
+            w.await.unwrap();
+        }
+    }
+
+    /// A submit whose deadline passes leaves the line (it is refused with
+    /// its payload) and the room it would have had goes to the next.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_that_passes_leaves_the_line_to_the_next() {
+        let b = by_cost(1);
+        let first = b.submit(1).await.unwrap();
+        let (b2, b3) = (b.clone(), b.clone());
+        let timed =
+            tokio::spawn(async move { b2.submit_timeout(2, Duration::from_millis(5)).await });
+        settle().await;
+        let patient = tokio::spawn(async move { b3.submit(3).await.unwrap().await.unwrap() });
+        settle().await;
+        assert_eq!(b.shared().admission.waiting(), 2);
+        match timed.await.unwrap() {
+            Err(SubmitError::Timeout(2)) => {}
+            other => panic!("expected a timeout with the payload, got {other:?}"),
+        }
+        assert_eq!(b.shared().admission.waiting(), 1);
+        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(patient.await.unwrap(), 3);
+        assert_eq!(
+            b.stats().submitted,
+            2,
+            "the timed-out submit was never accepted"
+        );
+    }
+
+    /// A submitter waiting for room, on a runtime of its own, on a batcher
+    /// whose engine goes with its runtime, is refused instead of waiting for
+    /// an engine that is gone.
+    #[test]
+    fn a_waiting_submitter_is_refused_when_the_engine_goes_with_its_runtime() {
+        let engine_rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let b: Batcher<u32, (), std::io::Error> = engine_rt
+            .block_on(async {
+                Batcher::builder().max_batch_size(1).buffer_size(1).build(
+                    crate::handler::handler_fn(|b: crate::handler::Batch<u32>| async move {
+                        std::future::pending::<()>().await;
+                        Ok::<_, std::io::Error>(b.done_all(()))
+                    }),
+                )
+            })
+            .expect("a valid batcher");
+        let _held = b.try_submit(1).expect("room for one");
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("a runtime");
+                rt.block_on(async move { b.submit(2).await.map(|_| ()) })
+            })
+        };
+        let mut spins = 0u64;
+        while b.shared().admission.waiting() == 0 {
+            spins += 1;
+            assert!(spins < 100_000_000, "the submitter never joined the line");
+            std::thread::yield_now();
+        }
+        drop(engine_rt);
+        match waiter.join().expect("the submitter's thread") {
+            Err(SubmitError::Shutdown(2)) => {}
+            other => panic!("expected a refusal with the payload, got {other:?}"),
+        }
     }
 }

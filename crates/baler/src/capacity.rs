@@ -264,7 +264,7 @@ impl Capacity {
                 hint: "the burst is one interval's worth of the rate; 100 ms is a good start",
             });
         }
-        crate::config::check_duration("Capacity::from_source (interval, milliseconds)", interval)?;
+        crate::limits::check_duration("Capacity::from_source (interval, milliseconds)", interval)?;
         let capacity = Capacity::new(Limit::Source {
             source: source.clone(),
             interval,

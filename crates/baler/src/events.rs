@@ -243,3 +243,12 @@ impl<K> fmt::Debug for Events<K> {
             .finish()
     }
 }
+
+/// How a batch ended, for the engine's events.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ended {
+    Outcomes,
+    Failed(BatchFailure),
+    TimedOut(Duration),
+    Abandoned,
+}

@@ -6,6 +6,41 @@
 //! operation `i`, and a handler that returns the wrong number of outcomes fails
 //! its batch with [`Error::OutcomeCount`](crate::Error::OutcomeCount) instead
 //! of resolving anyone with someone else's result.
+//!
+//! # Why a batch lends its payloads
+//!
+//! A [`Batch`] lends `&[T]` from a reference-counted block that the batch's
+//! run keeps a second reference to. When the handler's future is dropped,
+//! the run takes the block back whole (`Arc::try_unwrap`) and re-queues the
+//! payloads of operations marked [`Outcome::Retry`]; a handler that leaked
+//! its batch only costs those operations their retry. The price is the
+//! `T: Sync` bound (the block is shared between the handler's future and the
+//! run) and, in the [`Processor`](crate::Processor), a mutex per operation
+//! around its closure, since a closure is taken out through a shared slice.
+//!
+//! An owned batch (the handler receives the payloads by value) was weighed
+//! and not taken:
+//!
+//! - **Retries** need the payloads back. By value, either the handler hands
+//!   each retried payload back (a new shape for [`Outcome::Retry`] and for
+//!   every handler), or the batch returns its payloads to the run when it
+//!   is dropped (a slot per batch, written by the batch's `Drop`). The second
+//!   keeps handlers as they are and costs about what the shared block costs
+//!   (one allocation and a few atomic operations per batch), so speed is not
+//!   the obstacle.
+//! - **The bound would not really go.** A handler that holds `&T` across an
+//!   `.await` still needs `T: Sync` for its future to be `Send`; only
+//!   handlers that copy what they need before awaiting would gain.
+//! - **It changes public signatures**: the bounds of [`Batcher`](crate::Batcher),
+//!   [`Handler`] and the builders. That belongs with a change of the public
+//!   surface, not with a change of the engine's insides.
+//!
+//! The processor's mutex can go without an owned batch: the compare-and-swap
+//! that decides whether an operation starts or is cancelled already makes
+//! its winner the closure's only taker, so the closure could sit in a cell
+//! that only the winner opens. That is an uncontended lock per operation
+//! (tens of nanoseconds against a handler call), traded for `unsafe` code;
+//! not worth it until a benchmark says otherwise.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -15,7 +15,7 @@
 //! The table of metrics is in the crate docs (`lib.rs`, "Metrics"); keep it in
 //! step with [`names`].
 
-use crate::run::Ended;
+use crate::events::Ended;
 
 /// Whether metrics are recorded: guards per-operation loops at call sites.
 pub(crate) const ENABLED: bool = cfg!(feature = "metrics");
@@ -87,7 +87,7 @@ mod imp {
 
     use super::names::*;
     use super::{outcome_index, OUTCOMES};
-    use crate::run::Ended;
+    use crate::events::Ended;
     use crate::stats::Stats;
 
     /// The counters that follow [`Stats`], as last published.
@@ -306,7 +306,7 @@ mod imp {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use crate::run::Ended;
+    use crate::events::Ended;
     use crate::stats::Stats;
 
     /// Nothing: the `metrics` feature is off.

@@ -29,17 +29,6 @@ use loom::sync::{Mutex, MutexGuard};
 #[cfg(not(baler_loom))]
 use std::sync::{Mutex, MutexGuard};
 
-use crate::engine::Res;
-use crate::slot::Resolver;
-
-/// An accepted operation on its way to the engine.
-pub(crate) struct Submitted<T, K, O, E> {
-    pub(crate) payload: T,
-    pub(crate) key: Option<K>,
-    pub(crate) cost: u32,
-    pub(crate) resolver: Resolver<Res<O, E>>,
-}
-
 pub(crate) struct Intake<M> {
     state: Mutex<State<M>>,
 }

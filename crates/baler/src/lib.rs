@@ -132,6 +132,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+mod admission;
 mod batcher;
 mod capacity;
 mod config;
@@ -142,21 +143,25 @@ mod events;
 mod handler;
 mod instruments;
 mod intake;
+mod limits;
 pub mod loader;
 mod operation;
 pub mod processor;
+mod queued;
 mod run;
 #[cfg(feature = "tower")]
 pub mod service;
+mod settings;
 mod shared;
 mod shutdown;
 mod slot;
 mod stats;
 mod ticket;
+mod time;
 
 pub use batcher::{Batcher, Submit};
 pub use capacity::{Capacity, CapacityNotifier, CapacitySource, DEFAULT_BURST_INTERVAL};
-pub use config::{Backoff, Builder, Dispatch, Execution};
+pub use config::Builder;
 pub use diagnose::{CapacityStatus, Code, Diagnosis, Finding, Severity};
 pub use error::{ConfigError, CostLimit, Error, SubmitError};
 pub use events::{BatchFailure, BatchId, CapacityEvent, Event, Events, RecvError};
@@ -170,6 +175,7 @@ pub use processor::{
     store_fn, BatchOutcome, BatchReport, Processor, ProcessorBuilder, ProcessorError,
     ProcessorEvents, ProcessorStats, Store, StoreFn, DEFAULT_MIN_DURATION,
 };
+pub use settings::{Backoff, Dispatch, Execution};
 pub use shared::{
     Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, SharedCapacity,
     SharedLeases, DEFAULT_LEASE_TIME, MAX_PARTITIONS,

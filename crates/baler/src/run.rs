@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Queued, Res};
 use crate::error::Error;
-use crate::events::{BatchFailure, BatchId};
+use crate::events::{BatchFailure, BatchId, Ended};
 use crate::handler::{Batch, BatchData, BoxFuture, ErasedHandler, HandlerResult, Outcome};
 use crate::instruments::{self, BatchMetrics};
 use crate::operation::OpId;
+use crate::queued::{Queued, Res};
 use crate::slot::Resolver;
 
 /// What the task needs to know about each operation besides its payload.
@@ -37,15 +37,6 @@ pub(crate) struct Tracker<O, E> {
     pub(crate) epoch: u64,
     /// When it was accepted, in nanoseconds since `RunCtx::origin`.
     pub(crate) submitted: u64,
-}
-
-/// How a batch ended, for the engine's events.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Ended {
-    Outcomes,
-    Failed(BatchFailure),
-    TimedOut(Duration),
-    Abandoned,
 }
 
 /// The task's report to the engine.
@@ -293,7 +284,7 @@ where
     // this batch resolves (not those it hands back for a retry).
     let mut latencies = Latencies {
         metrics: &ctx.metrics,
-        ended: handler_ended.map(|end| crate::engine::nanos_since(ctx.origin, end)),
+        ended: handler_ended.map(|end| crate::time::nanos_since(ctx.origin, end)),
         submitted: 0,
         count: 0,
     };

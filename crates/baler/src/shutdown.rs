@@ -50,3 +50,16 @@ impl<T, K> Default for ShutdownReport<T, K> {
         }
     }
 }
+
+impl<T, K> ShutdownReport<T, K> {
+    /// The report without its abandoned payloads, for the callers after the
+    /// first (the payloads are given once).
+    pub(crate) fn clone_counts(&self) -> ShutdownReport<T, K> {
+        ShutdownReport {
+            flushed: self.flushed,
+            completed: self.completed,
+            failed: self.failed,
+            abandoned: Vec::new(),
+        }
+    }
+}

@@ -64,8 +64,8 @@ pub use cache::{Cache, MemoryCache, DEFAULT_CACHE_ENTRIES};
 pub use error::LoadError;
 
 use crate::batcher::Batcher;
-use crate::config::Dispatch;
 use crate::error::{ConfigError, SubmitError};
+use crate::settings::Dispatch;
 use crate::shutdown::{Abandoned, ShutdownReport};
 use batch_fn::LoaderHandler;
 use error::FetchError;
@@ -753,7 +753,7 @@ where
                     hint: "leave it unset for no limit",
                 });
             }
-            crate::config::check_duration("timeout (milliseconds)", limit)?;
+            crate::limits::check_duration("timeout (milliseconds)", limit)?;
             engine = engine.max_operation_time(limit);
         }
         let cache = match self.cache {

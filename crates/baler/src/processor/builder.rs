@@ -8,8 +8,10 @@ use super::batch::BatchHandler;
 use super::report::Figures;
 use super::store::Store;
 use super::Processor;
-use crate::config::{check_duration, check_event_capacity, Builder, Dispatch};
+use crate::config::Builder;
 use crate::error::ConfigError;
+use crate::limits::{check_duration, check_event_capacity};
+use crate::settings::Dispatch;
 
 /// The default window of a batch: 100 ms.
 pub const DEFAULT_MIN_DURATION: Duration = Duration::from_millis(100);

@@ -224,7 +224,7 @@ where
         F: FnOnce(&mut R) -> V + Send + 'static,
         V: Send + 'static,
     {
-        self.run_until(key, op, Some(crate::engine::later(Instant::now(), wait)))
+        self.run_until(key, op, Some(crate::time::later(Instant::now(), wait)))
             .await
     }
 

@@ -264,7 +264,7 @@ impl SharedCapacity {
             random_u64()
         );
         let source = Arc::new(SharedSource::new(plan));
-        crate::config::check_duration(
+        crate::limits::check_duration(
             "SharedCapacity::burst_interval (milliseconds)",
             self.burst_interval,
         )?;

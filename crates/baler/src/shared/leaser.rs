@@ -506,7 +506,7 @@ impl Leaser {
 /// drive the lease task into a busy loop.
 fn just_after(expires_in: Duration, timing: &Timing) -> Instant {
     let wait = expires_in.saturating_add(Duration::from_millis(1));
-    crate::engine::later(Instant::now(), wait.max(timing.retry_every / 20))
+    crate::time::later(Instant::now(), wait.max(timing.retry_every / 20))
 }
 
 fn timed_out(timeout: Duration) -> LeaseStoreError {

@@ -90,7 +90,7 @@ impl MemoryLeaseStore {
             partition,
             Lease {
                 owner: owner.to_owned(),
-                expires: crate::engine::later(now, lease_time),
+                expires: crate::time::later(now, lease_time),
             },
         );
         Ok(())
@@ -142,7 +142,7 @@ impl LeaseStore for MemoryLeaseStore {
         Box::pin(async move {
             let now = Instant::now();
             let mut demands = self.demands.lock().unwrap_or_else(|p| p.into_inner());
-            demands.insert(owner.to_owned(), (wanted, crate::engine::later(now, ttl)));
+            demands.insert(owner.to_owned(), (wanted, crate::time::later(now, ttl)));
             demands.retain(|_, (_, expires)| *expires > now);
             Ok(Some(
                 demands
