@@ -18,7 +18,7 @@
 //! process can start while Redis is down, and recovers when Redis returns.
 //!
 //! ```no_run
-//! use baler::SharedCapacity;
+//! use baler::shared::SharedCapacity;
 //! use baler_redis::RedisLeaseStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -41,4 +41,4 @@ mod store;
 pub use store::{RedisLeaseStore, RedisStoreError};
 
 /// The store's own traits and errors, for implementing against it.
-pub use baler::{LeaseStore, LeaseStoreError};
+pub use baler::shared::{LeaseStore, LeaseStoreError};

@@ -448,7 +448,7 @@ where
     /// Subscribes to the batcher's [`Event`]s. A listener that falls behind
     /// misses the oldest events and is told how many; it never slows the
     /// engine down.
-    pub fn events(&self) -> Events<K> {
+    pub fn events(&self) -> Events<Event<K>> {
         match self.shared().events.upgrade() {
             Some(events) => Events::new(events.subscribe()),
             // The engine has stopped: a stream that is closed from the start.

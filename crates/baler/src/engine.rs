@@ -347,7 +347,7 @@ where
             cancels_swept: 0,
             incoming: Vec::new(),
             running: Vec::new(),
-            next_batch: 0,
+            next_batch: BatchId(0),
             last_rate,
             target_reported: (0, None),
             target_report_at: None,
@@ -1161,7 +1161,7 @@ where
             oldest.map_or(Duration::ZERO, |at| now.saturating_duration_since(at)),
         );
         let id = self.next_batch;
-        self.next_batch += 1;
+        self.next_batch.0 += 1;
         let attempt = info.iter().map(|i| i.attempt).max().unwrap_or(1);
         let key = &self.slots[slot].key;
         self.emit(|| Event::BatchDispatched {
@@ -1613,7 +1613,7 @@ where
                         batch.id, batch.ops
                     ),
                     numbers: vec![
-                        ("batch", batch.id as f64),
+                        ("batch", batch.id.0 as f64),
                         ("running_seconds", running.as_secs_f64()),
                         ("max_operation_time_seconds", limit.as_secs_f64()),
                     ],
@@ -1628,7 +1628,7 @@ where
                         batch.id, batch.ops
                     ),
                     numbers: vec![
-                        ("batch", batch.id as f64),
+                        ("batch", batch.id.0 as f64),
                         ("running_seconds", running.as_secs_f64()),
                     ],
                 }),

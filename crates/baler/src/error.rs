@@ -373,7 +373,7 @@ pub enum ConfigError {
         call_timeout: Duration,
     },
     /// A shared capacity's lease time is one its lease store cannot grant
-    /// (see [`LeaseStore::lease_times`](crate::LeaseStore::lease_times)).
+    /// (see [`LeaseStore::lease_times`](crate::shared::LeaseStore::lease_times)).
     #[error(
         "the lease time ({lease_time:?}) is not one this lease store can grant: it takes \
          {min:?} to {max:?}; set SharedCapacity::lease_time within that"

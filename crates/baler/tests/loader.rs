@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baler::{batch_fn, Cache, ConfigError, LoadError, Loader, MemoryCache};
+use baler::{
+    loader::{batch_fn, Cache, LoadError, Loader, MemoryCache},
+    ConfigError,
+};
 use common::{advance, now_or_never, settle};
 use tokio::time::{sleep, Instant};
 
@@ -66,7 +69,7 @@ fn value(k: u32) -> String {
 fn recording(
     log: &Log,
     delay: Duration,
-) -> impl baler::BatchFn<u32, String, Error = String, Values = HashMap<u32, String>> {
+) -> impl baler::loader::BatchFn<u32, String, Error = String, Values = HashMap<u32, String>> {
     let log = log.clone();
     batch_fn(move |keys: Vec<u32>| {
         log.record(&keys);
@@ -99,13 +102,13 @@ fn spawn_load(
     })
 }
 
-// ----- seed 001 -----------------------------------------------------------
+// ----- the Go dataloader batcher's example ---------------------------------
 
-/// Seed 001's example: with a minimum batch size of 20, 19 keys arrive and
+/// The Go dataloader batcher's example: with a minimum batch size of 20, 19 keys arrive and
 /// the 20th only 200 ms later. The 19 go at the straggler ticker (17 ms), not
 /// when the 20th arrives.
 #[tokio::test(start_paused = true)]
-async fn seed_001_nineteen_keys_below_the_minimum_go_at_the_ticker_not_with_the_twentieth() {
+async fn nineteen_keys_below_the_minimum_go_at_the_ticker_not_with_the_twentieth() {
     let log = Log::new();
     let loader = Loader::builder()
         .min_batch_size(20)
@@ -353,7 +356,7 @@ async fn a_key_is_fetched_again_after_its_fetch_ended_when_nothing_is_cached() {
 
 // ----- max handlers -------------------------------------------------------
 
-/// With `max_handlers(2)`, never more than two calls of the batch function
+/// With `max_in_flight(2)`, never more than two calls of the batch function
 /// run at once, however many batches are ready.
 #[tokio::test(start_paused = true)]
 async fn max_handlers_caps_the_batch_calls_running_at_once() {
@@ -362,7 +365,7 @@ async fn max_handlers_caps_the_batch_calls_running_at_once() {
     let (r, p) = (running.clone(), peak.clone());
     let loader: TestLoader = Loader::builder()
         .max_batch_size(1)
-        .max_handlers(2)
+        .max_in_flight(2)
         .build(batch_fn(move |keys: Vec<u32>| {
             let (r, p) = (r.clone(), p.clone());
             async move {
@@ -390,7 +393,7 @@ async fn max_handlers_caps_the_batch_calls_running_at_once() {
 async fn a_cache_hit_answers_at_once_while_a_batch_of_other_keys_is_in_flight() {
     let log = Log::new();
     let loader = Loader::builder()
-        .max_handlers(1)
+        .max_in_flight(1)
         .build(recording(&log, 10_000 * MS))
         .unwrap();
     let first = spawn_load(&loader, 1);
@@ -530,7 +533,7 @@ async fn a_loader_fetches_a_key_again_once_its_cached_value_expired() {
 async fn a_caller_that_gives_up_during_the_batch_does_not_cancel_it_for_the_others() {
     let log = Log::new();
     let loader = Loader::builder()
-        .timeout(Duration::from_secs(1))
+        .max_operation_time(Duration::from_secs(1))
         .min_batch_size(2)
         .build(recording(&log, 500 * MS))
         .unwrap();
@@ -602,7 +605,7 @@ async fn a_key_whose_callers_all_gave_up_before_dispatch_is_not_fetched() {
 async fn the_timeout_cancels_a_slow_batch_and_no_caller_can_shorten_it() {
     let log = Log::new();
     let loader = Loader::builder()
-        .timeout(Duration::from_secs(1))
+        .max_operation_time(Duration::from_secs(1))
         .cache_errors(true)
         .min_batch_size(2)
         .build(recording(&log, Duration::from_secs(10)))
@@ -614,7 +617,7 @@ async fn the_timeout_cancels_a_slow_batch_and_no_caller_can_shorten_it() {
     let a = spawn_load(&loader, 1);
     let b = spawn_load(&loader, 2);
     assert!(impatient.await.unwrap().is_err());
-    let timeout = Err(LoadError::Timeout {
+    let timeout = Err(LoadError::TimedOut {
         after: Duration::from_secs(1),
     });
     for load in [a, b] {
@@ -756,7 +759,7 @@ async fn loads_beyond_the_buffer_wait_for_room_instead_of_failing() {
     let log = Log::new();
     let loader = Loader::builder()
         .max_batch_size(100)
-        .max_handlers(1)
+        .max_in_flight(1)
         .build(recording(&log, Duration::from_secs(1)))
         .unwrap();
     let keys = 0..10_050u32;
@@ -774,13 +777,13 @@ async fn loads_beyond_the_buffer_wait_for_room_instead_of_failing() {
 async fn options_that_cannot_work_are_refused_with_the_option_named() {
     let log = Log::new();
     let err = Loader::builder()
-        .max_handlers(0)
+        .max_in_flight(0)
         .build(recording(&log, MS))
         .unwrap_err();
     assert!(matches!(
         err,
         ConfigError::Zero {
-            setting: "max_handlers",
+            setting: "max_in_flight",
             ..
         }
     ));
@@ -791,12 +794,15 @@ async fn options_that_cannot_work_are_refused_with_the_option_named() {
         .unwrap_err();
     assert_eq!(err, ConfigError::MinAboveMax { min: 10, max: 5 });
     let err = Loader::builder()
-        .timeout(Duration::ZERO)
+        .max_operation_time(Duration::ZERO)
         .build(recording(&log, MS))
         .unwrap_err();
-    assert!(err.to_string().contains("timeout"), "{err}");
+    assert!(err.to_string().contains("max_operation_time"), "{err}");
     for (builder, option) in [
-        (Loader::builder().timeout(Duration::MAX), "timeout"),
+        (
+            Loader::builder().max_operation_time(Duration::MAX),
+            "max_operation_time",
+        ),
         (Loader::builder().linger(Duration::MAX), "linger"),
         (Loader::builder().ticker(Duration::MAX), "ticker"),
     ] {
@@ -829,7 +835,7 @@ fn building_outside_a_tokio_runtime_is_an_error_not_a_panic() {
 async fn loads_racing_with_give_ups_and_clears_on_several_threads_each_get_their_own_value() {
     let loader: TestLoader = Loader::builder()
         .max_batch_size(16)
-        .max_handlers(3)
+        .max_in_flight(3)
         .cache(MemoryCache::new(8, None).unwrap())
         .build(batch_fn(|keys: Vec<u32>| async move {
             tokio::task::yield_now().await;

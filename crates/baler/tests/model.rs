@@ -891,9 +891,9 @@ impl<'a> Run<'a> {
             cost,
             script: script.clone(),
         };
-        let mut op = Operation::new(payload).cost(cost);
+        let mut op = Operation::new(payload).with_cost(cost);
         if let Some(k) = key {
-            op = op.key(k);
+            op = op.with_key(k);
         }
         let state = match how {
             How::Try => {

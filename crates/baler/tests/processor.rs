@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baler::{BatchOutcome, ConfigError, Processor, ProcessorBuilder, ProcessorError, Store};
+use baler::{
+    processor::{BatchOutcome, Processor, ProcessorBuilder, ProcessorError, Store},
+    ConfigError,
+};
 use memstore::{Mem, StoreDown};
 use tokio::time::Instant;
 
@@ -15,7 +18,7 @@ const WINDOW: Duration = Duration::from_millis(100);
 type Proc = Processor<String, Vec<u32>, StoreDown>;
 
 fn builder() -> ProcessorBuilder {
-    Processor::builder().min_duration(WINDOW)
+    Processor::builder().linger(WINDOW)
 }
 
 fn start(mem: &Mem) -> Proc {
@@ -131,8 +134,8 @@ async fn the_resource_is_changed_in_place_so_no_update_is_lost() {
     let total: Arc<std::sync::Mutex<i64>> = Arc::default();
     let saved = total.clone();
     let p = Processor::builder()
-        .min_duration(WINDOW)
-        .build(baler::store_fn(
+        .linger(WINDOW)
+        .build(baler::processor::store_fn(
             |_k: u8| async move { Ok::<i64, StoreDown>(0) },
             move |_k: u8, sum: i64| {
                 *saved.lock().unwrap() = sum;
@@ -200,8 +203,8 @@ async fn a_slow_key_does_not_block_other_keys() {
     }
     let mem = Mem::new();
     let p = builder()
-        .max_duration(Duration::from_secs(60))
-        .max_active_keys(2)
+        .max_store_time(Duration::from_secs(60))
+        .max_in_flight(2)
         .build(SlowForOne(mem.clone()))
         .unwrap();
     let slow = {
@@ -229,7 +232,7 @@ async fn a_slow_key_does_not_block_other_keys() {
 #[tokio::test(start_paused = true)]
 async fn max_active_keys_bounds_the_keys_processed_at_once() {
     let mem = Mem::with_delays(Duration::from_millis(50), Duration::from_millis(50));
-    let p = builder().max_active_keys(3).build(mem.clone()).unwrap();
+    let p = builder().max_in_flight(3).build(mem.clone()).unwrap();
     let runs: Vec<_> = (0..20)
         .map(|n| spawn_push(&p, &format!("k{n}"), n))
         .collect();
@@ -297,7 +300,7 @@ async fn a_save_error_fails_every_operation_and_nothing_is_persisted() {
 async fn a_load_past_max_duration_times_out_and_no_operation_runs() {
     let mem = Mem::with_delays(Duration::from_millis(500), Duration::ZERO);
     let p = builder()
-        .max_duration(Duration::from_millis(200))
+        .max_store_time(Duration::from_millis(200))
         .build(mem.clone())
         .unwrap();
     let t0 = Instant::now();
@@ -312,7 +315,7 @@ async fn a_load_past_max_duration_times_out_and_no_operation_runs() {
 #[tokio::test(start_paused = true)]
 async fn a_save_past_max_duration_times_out() {
     let mem = Mem::with_delays(Duration::ZERO, Duration::from_millis(500));
-    // By default max_duration is twice min_duration.
+    // By default max_store_time is twice linger.
     let p = start(&mem);
     let t0 = Instant::now();
     let err = p.run(key("a"), push(1)).await.unwrap_err();
@@ -508,10 +511,10 @@ async fn run_timeout_waits_for_the_save_once_its_operation_started() {
     assert_eq!(mem.saved("a"), vec![1]);
 }
 
-// ----- stop -----------------------------------------------------------------
+// ----- shutdown -------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
-async fn stop_saves_the_open_windows_at_once_and_returns_when_done() {
+async fn shutdown_saves_the_open_windows_at_once_and_returns_when_done() {
     let mem = Mem::with_delays(Duration::from_millis(5), Duration::from_millis(5));
     let p = start(&mem);
     let runs: Vec<_> = (0..6)
@@ -519,10 +522,16 @@ async fn stop_saves_the_open_windows_at_once_and_returns_when_done() {
         .collect();
     tokio::time::sleep(Duration::from_millis(10)).await;
     let t0 = Instant::now();
-    p.stop().await;
-    // The windows closed at the stop, not 100 ms after they opened.
+    let report = p.shutdown(None).await;
+    // The windows closed at the shutdown, not 100 ms after they opened.
     assert_eq!(t0.elapsed(), Duration::from_millis(10));
     assert_eq!(mem.saves(), 3);
+    assert_eq!(
+        (report.flushed, report.completed, report.failed),
+        (6, 6, 0),
+        "{report:?}"
+    );
+    assert!(report.abandoned.is_empty(), "{report:?}");
     for run in runs {
         assert!(run.await.unwrap().is_ok());
     }
@@ -530,19 +539,50 @@ async fn stop_saves_the_open_windows_at_once_and_returns_when_done() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn run_after_stop_fails_with_stopped() {
+async fn run_after_shutdown_fails_with_stopped() {
     let mem = Mem::new();
     let p = start(&mem);
-    p.stop().await;
-    assert!(p.is_stopped());
+    p.shutdown(None).await;
+    assert!(p.is_shutting_down());
     let err = p.run(key("a"), push(1)).await.unwrap_err();
     assert!(matches!(err, ProcessorError::Stopped));
     assert_eq!(
         err.to_string(),
-        "the processor is stopped and accepts no new operations"
+        "the processor is shut down and accepts no new operations"
     );
-    // Stopping again returns at once.
-    p.stop().await;
+    // Shutting down again returns at once.
+    p.shutdown(None).await;
+}
+
+/// With a deadline, operations whose batch is still saving when it passes
+/// resolve as `Abandoned`, and the report names them by key: their closures
+/// cannot be handed back, and whether their save landed is open.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_deadline_abandons_the_batches_still_saving_and_reports_their_keys() {
+    let mem = Mem::with_delays(Duration::ZERO, Duration::from_secs(5));
+    let p = builder()
+        .max_store_time(Duration::from_secs(60))
+        .build(mem.clone())
+        .unwrap();
+    let runs: Vec<_> = (0..2).map(|n| spawn_push(&p, "slow", n)).collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let t0 = Instant::now();
+    let report = p.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    assert_eq!(report.flushed, 2, "{report:?}");
+    assert_eq!((report.completed, report.failed), (0, 0), "{report:?}");
+    let abandoned: Vec<_> = report
+        .abandoned
+        .iter()
+        .map(|a| (a.key.clone(), a.cost))
+        .collect();
+    assert_eq!(abandoned, vec![(Some(key("slow")), 1); 2]);
+    for run in runs {
+        let err = run.await.unwrap().unwrap_err();
+        assert!(matches!(err, ProcessorError::Abandoned), "{err:?}");
+        assert!(!err.is_not_persisted(), "the save may have landed");
+        assert!(err.to_string().contains("longer deadline"), "{err}");
+    }
 }
 
 // ----- figures --------------------------------------------------------------
@@ -579,21 +619,21 @@ async fn every_batch_reports_its_operations_and_its_load_and_save_times() {
 #[tokio::test]
 async fn settings_that_cannot_work_are_refused_with_the_setting_named() {
     let zero_window = Processor::builder()
-        .min_duration(Duration::ZERO)
+        .linger(Duration::ZERO)
         .build(Mem::new())
         .unwrap_err();
     assert!(matches!(
         zero_window,
         ConfigError::ZeroDuration {
-            setting: "max_duration",
+            setting: "max_store_time",
             ..
         }
     ));
     let no_keys = Processor::builder()
-        .max_active_keys(0)
+        .max_in_flight(0)
         .build(Mem::new())
         .unwrap_err();
-    assert!(no_keys.to_string().contains("max_active_keys"));
+    assert!(no_keys.to_string().contains("max_in_flight"));
     let too_big = Processor::builder()
         .buffer_size(10)
         .max_batch_size(11)
@@ -603,10 +643,10 @@ async fn settings_that_cannot_work_are_refused_with_the_setting_named() {
         too_big,
         ConfigError::BufferSmallerThanBatch { .. }
     ));
-    // A zero window is fine with an explicit max_duration.
+    // A zero window is fine with an explicit max_store_time.
     Processor::builder()
-        .min_duration(Duration::ZERO)
-        .max_duration(Duration::from_millis(10))
+        .linger(Duration::ZERO)
+        .max_store_time(Duration::from_millis(10))
         .build(Mem::new())
         .unwrap();
 }
@@ -614,13 +654,10 @@ async fn settings_that_cannot_work_are_refused_with_the_setting_named() {
 #[tokio::test(start_paused = true)]
 async fn absurd_durations_and_event_capacities_are_refused_not_a_later_panic() {
     let cases = [
+        (Processor::builder().linger(Duration::MAX), "linger"),
         (
-            Processor::builder().min_duration(Duration::MAX),
-            "min_duration",
-        ),
-        (
-            Processor::builder().max_duration(Duration::MAX),
-            "max_duration",
+            Processor::builder().max_store_time(Duration::MAX),
+            "max_store_time",
         ),
         (
             Processor::builder().event_capacity(usize::MAX),
@@ -632,10 +669,10 @@ async fn absurd_durations_and_event_capacities_are_refused_not_a_later_panic() {
         assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
         assert!(err.to_string().starts_with(setting), "{setting}: {err}");
     }
-    // A day's window is the longest, and its default max_duration of two
+    // A day's window is the longest, and its default max_store_time of two
     // days is not held against it.
     Processor::builder()
-        .min_duration(Duration::from_secs(86_400))
+        .linger(Duration::from_secs(86_400))
         .build(Mem::new())
         .unwrap();
 }

@@ -108,10 +108,13 @@ async fn shutdown_with_a_deadline_abandons_what_is_left_and_returns_it_in_the_re
             Ok::<_, String>(batch.iter().map(|&n| Outcome::Done(n)).collect())
         }))
         .unwrap();
-    let quick = b.try_submit(Operation::new(1).key("a")).unwrap();
+    let quick = b.try_submit(Operation::new(1).with_key("a")).unwrap();
     settle().await;
     let hung: Vec<_> = (100..104)
-        .map(|i| b.try_submit(Operation::new(i).key("a").cost(2)).unwrap())
+        .map(|i| {
+            b.try_submit(Operation::new(i).with_key("a").with_cost(2))
+                .unwrap()
+        })
         .collect();
     let start = Instant::now();
     let report = b.shutdown(Duration::from_millis(500)).await;
