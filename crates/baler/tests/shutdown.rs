@@ -308,7 +308,10 @@ async fn shutdown_after_the_engine_stopped_returns_the_finished_shutdowns_counts
         .unwrap();
     let tickets: Vec<_> = (0..5).map(|i| b.try_submit(i).unwrap()).collect();
     settle().await;
-    assert!(sizes(&log).is_empty(), "held by the linger until the shutdown");
+    assert!(
+        sizes(&log).is_empty(),
+        "held by the linger until the shutdown"
+    );
     let first = b.shutdown(None).await;
     assert_eq!(
         (first.flushed, first.completed, first.failed),
