@@ -359,7 +359,7 @@ async fn a_key_is_fetched_again_after_its_fetch_ended_when_nothing_is_cached() {
 /// With `max_in_flight(2)`, never more than two calls of the batch function
 /// run at once, however many batches are ready.
 #[tokio::test(start_paused = true)]
-async fn max_handlers_caps_the_batch_calls_running_at_once() {
+async fn max_in_flight_caps_the_batch_calls_running_at_once() {
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let (r, p) = (running.clone(), peak.clone());
@@ -602,7 +602,7 @@ async fn a_key_whose_callers_all_gave_up_before_dispatch_is_not_fetched() {
 /// of its batch resolves as `Timeout`, at the timeout, whoever gave up
 /// earlier. A timeout is not cached.
 #[tokio::test(start_paused = true)]
-async fn the_timeout_cancels_a_slow_batch_and_no_caller_can_shorten_it() {
+async fn max_operation_time_cancels_a_slow_batch_and_no_caller_can_shorten_it() {
     let log = Log::new();
     let loader = Loader::builder()
         .max_operation_time(Duration::from_secs(1))
@@ -772,58 +772,6 @@ async fn loads_beyond_the_buffer_wait_for_room_instead_of_failing() {
 }
 
 // ----- configuration ------------------------------------------------------
-
-#[tokio::test(start_paused = true)]
-async fn options_that_cannot_work_are_refused_with_the_option_named() {
-    let log = Log::new();
-    let err = Loader::builder()
-        .max_in_flight(0)
-        .build(recording(&log, MS))
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        ConfigError::Zero {
-            setting: "max_in_flight",
-            ..
-        }
-    ));
-    let err = Loader::builder()
-        .min_batch_size(10)
-        .max_batch_size(5)
-        .build(recording(&log, MS))
-        .unwrap_err();
-    assert_eq!(err, ConfigError::MinAboveMax { min: 10, max: 5 });
-    let err = Loader::builder()
-        .max_operation_time(Duration::ZERO)
-        .build(recording(&log, MS))
-        .unwrap_err();
-    assert!(err.to_string().contains("max_operation_time"), "{err}");
-    for (builder, option) in [
-        (
-            Loader::builder().max_operation_time(Duration::MAX),
-            "max_operation_time",
-        ),
-        (Loader::builder().linger(Duration::MAX), "linger"),
-        (Loader::builder().ticker(Duration::MAX), "ticker"),
-    ] {
-        let err = builder.build(recording(&log, MS)).unwrap_err();
-        assert!(
-            matches!(err, ConfigError::TooLarge { .. }),
-            "{option}: {err}"
-        );
-        assert!(err.to_string().starts_with(option), "{option}: {err}");
-    }
-}
-
-#[test]
-fn building_outside_a_tokio_runtime_is_an_error_not_a_panic() {
-    let log = Log {
-        start: Instant::now(),
-        calls: Arc::default(),
-    };
-    let err = Loader::new(recording(&log, MS)).unwrap_err();
-    assert_eq!(err, ConfigError::NoRuntime);
-}
 
 // ----- races --------------------------------------------------------------
 

@@ -488,12 +488,6 @@ async fn settings_that_cannot_work_are_refused_with_what_to_change() {
     );
 }
 
-#[test]
-fn building_outside_a_runtime_is_refused() {
-    let e = Capacity::shared(0, 10_000, 1_000, MemoryLeaseStore::new()).unwrap_err();
-    assert_eq!(e, ConfigError::CapacityNoRuntime);
-}
-
 #[tokio::test(start_paused = true)]
 async fn release_all_gives_every_lease_back_and_keeps_the_reserved_part() {
     let store = MemoryLeaseStore::new();

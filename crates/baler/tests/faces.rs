@@ -1,0 +1,212 @@
+//! Scenarios that every face of the engine shares (the [`Batcher`], the
+//! [`Loader`] and the [`Processor`]), each written once as a table over the
+//! faces, so that one setting behaves the same under one name everywhere.
+//! What only one face has is specified in that face's own file.
+
+use std::time::Duration;
+
+use baler::loader::{batch_fn, Loader};
+use baler::processor::{store_fn, Processor};
+use baler::shared::MemoryLeaseStore;
+use baler::{handler_fn, Batch, Batcher, Capacity, ConfigError};
+
+/// A setting given to whichever faces have it.
+#[derive(Debug, Clone, Copy)]
+enum Setting {
+    MaxInFlight(usize),
+    Linger(Duration),
+    Ticker(Duration),
+    MaxOperationTime(Duration),
+    EventCapacity(usize),
+    /// `min_batch_size`, then `max_batch_size`.
+    MinAndMaxBatchSize(usize, usize),
+    /// `buffer_size`, then `max_batch_size`.
+    BufferAndMaxBatchSize(usize, usize),
+}
+
+const FACES: [&str; 3] = ["Batcher", "Loader", "Processor"];
+
+/// Builds `face` with `setting`; `None` if the face has no such setting.
+fn build(face: &str, setting: Setting) -> Option<Result<(), ConfigError>> {
+    use Setting::*;
+    match face {
+        "Batcher" => {
+            let b = Batcher::builder();
+            let b = match setting {
+                MaxInFlight(n) => b.max_in_flight(n),
+                Linger(d) => b.linger(d),
+                Ticker(d) => b.ticker(d),
+                MaxOperationTime(d) => b.max_operation_time(d),
+                EventCapacity(n) => b.event_capacity(n),
+                MinAndMaxBatchSize(min, max) => b.min_batch_size(min).max_batch_size(max),
+                BufferAndMaxBatchSize(buffer, max) => b.buffer_size(buffer).max_batch_size(max),
+            };
+            Some(
+                b.build(handler_fn(|batch: Batch<u8>| async move {
+                    Ok::<_, String>(batch.done_all(()))
+                }))
+                .map(drop),
+            )
+        }
+        "Loader" => {
+            let b = Loader::builder();
+            let b = match setting {
+                MaxInFlight(n) => b.max_in_flight(n),
+                Linger(d) => b.linger(d),
+                Ticker(d) => b.ticker(d),
+                MaxOperationTime(d) => b.max_operation_time(d),
+                MinAndMaxBatchSize(min, max) => b.min_batch_size(min).max_batch_size(max),
+                EventCapacity(_) | BufferAndMaxBatchSize(..) => return None,
+            };
+            Some(
+                b.build(batch_fn(|keys: Vec<u8>| async move {
+                    Ok::<_, String>(keys.into_iter().map(|k| (k, ())).collect::<Vec<_>>())
+                }))
+                .map(drop),
+            )
+        }
+        "Processor" => {
+            let b = Processor::builder();
+            let b = match setting {
+                MaxInFlight(n) => b.max_in_flight(n),
+                Linger(d) => b.linger(d),
+                EventCapacity(n) => b.event_capacity(n),
+                BufferAndMaxBatchSize(buffer, max) => b.buffer_size(buffer).max_batch_size(max),
+                Ticker(_) | MaxOperationTime(_) | MinAndMaxBatchSize(..) => return None,
+            };
+            Some(
+                b.build(store_fn(
+                    |_key: u8| async move { Ok::<u8, String>(0) },
+                    |_key: u8, _value: u8| async move { Ok::<(), String>(()) },
+                ))
+                .map(drop),
+            )
+        }
+        other => unreachable!("no face {other}"),
+    }
+}
+
+/// Builds every face with `setting` and checks that exactly `faces` have it
+/// and refuse it; returns their errors.
+#[track_caller]
+fn refused_by(setting: Setting, faces: &[&str]) -> Vec<(&'static str, ConfigError)> {
+    let mut errors = Vec::new();
+    for face in FACES {
+        match build(face, setting) {
+            Some(Err(err)) => errors.push((face, err)),
+            Some(Ok(())) => panic!("{face} accepted {setting:?}"),
+            None => assert!(
+                !faces.contains(&face),
+                "{face} should have the setting of {setting:?}"
+            ),
+        }
+    }
+    let refusing: Vec<_> = errors.iter().map(|(face, _)| *face).collect();
+    assert_eq!(refusing, faces, "the faces that have {setting:?}");
+    errors
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_flight_limit_of_zero_is_refused_by_every_face_under_one_name() {
+    for (face, err) in refused_by(Setting::MaxInFlight(0), &FACES) {
+        assert!(
+            matches!(
+                err,
+                ConfigError::Zero {
+                    setting: "max_in_flight",
+                    ..
+                }
+            ),
+            "{face}: {err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("max_in_flight"),
+            "{face}: {err}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_max_operation_time_is_refused_with_the_setting_named() {
+    let errors = refused_by(
+        Setting::MaxOperationTime(Duration::ZERO),
+        &["Batcher", "Loader"],
+    );
+    for (face, err) in errors {
+        let text = err.to_string();
+        assert!(text.starts_with("max_operation_time"), "{face}: {text}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn absurd_durations_and_event_capacities_are_refused_by_every_face_that_has_them() {
+    let cases = [
+        (Setting::Linger(Duration::MAX), "linger", &FACES[..]),
+        (
+            Setting::Ticker(Duration::MAX),
+            "ticker",
+            &["Batcher", "Loader"][..],
+        ),
+        (
+            Setting::MaxOperationTime(Duration::MAX),
+            "max_operation_time",
+            &["Batcher", "Loader"][..],
+        ),
+        (
+            Setting::EventCapacity(usize::MAX),
+            "event_capacity",
+            &["Batcher", "Processor"][..],
+        ),
+    ];
+    for (setting, name, faces) in cases {
+        for (face, err) in refused_by(setting, faces) {
+            assert!(
+                matches!(err, ConfigError::TooLarge { .. }),
+                "{face}, {name}: {err}"
+            );
+            let text = err.to_string();
+            assert!(text.starts_with(name), "{face}, {name}: {text}");
+            assert!(text.contains("lower it to"), "{face}, {name}: {text}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_sizes_that_contradict_each_other_are_refused() {
+    for (face, err) in refused_by(Setting::MinAndMaxBatchSize(10, 5), &["Batcher", "Loader"]) {
+        assert_eq!(err, ConfigError::MinAboveMax { min: 10, max: 5 }, "{face}");
+    }
+    for (face, err) in refused_by(
+        Setting::BufferAndMaxBatchSize(10, 11),
+        &["Batcher", "Processor"],
+    ) {
+        assert_eq!(
+            err,
+            ConfigError::BufferSmallerThanBatch {
+                buffer: 10,
+                batch: 11
+            },
+            "{face}"
+        );
+    }
+}
+
+#[test]
+fn building_outside_a_tokio_runtime_is_refused_not_a_panic() {
+    for face in FACES {
+        match build(face, Setting::Linger(Duration::from_millis(1))) {
+            Some(Err(err)) => {
+                assert_eq!(err, ConfigError::NoRuntime, "{face}");
+                assert!(err.to_string().contains("#[tokio::main]"), "{face}: {err}");
+            }
+            other => panic!("{face}: {other:?}"),
+        }
+    }
+    let loader: Result<Loader<u8, (), String>, _> =
+        Loader::new(batch_fn(|keys: Vec<u8>| async move {
+            Ok::<_, String>(keys.into_iter().map(|k| (k, ())).collect::<Vec<_>>())
+        }));
+    assert_eq!(loader.unwrap_err(), ConfigError::NoRuntime, "Loader::new");
+    let err = Capacity::shared(0, 10_000, 1_000, MemoryLeaseStore::new()).unwrap_err();
+    assert_eq!(err, ConfigError::CapacityNoRuntime);
+}
