@@ -91,42 +91,6 @@ async fn a_batch_closes_when_its_linger_runs_out_counted_from_its_first_operatio
 }
 
 #[tokio::test(start_paused = true)]
-async fn below_min_batch_size_a_batch_waits_for_the_straggler_ticker_then_goes() {
-    // The Go dataloader batcher's example: minimum 20; 19 keys arrive, the 20th only after
-    // 200 ms. The 19 go at the ticker (17 ms), not at 200 ms.
-    let (handler, log) = Recorder::<u32, ()>::new(Duration::ZERO);
-    let b = Batcher::builder()
-        .min_batch_size(20)
-        .max_batch_size(100)
-        .linger(Duration::ZERO)
-        .build(handler)
-        .unwrap();
-    let start = Instant::now();
-    let mut tickets = Vec::new();
-    for i in 0..19 {
-        tickets.push(b.submit(i).await.unwrap());
-    }
-    settle().await;
-    assert!(
-        log.lock().unwrap().is_empty(),
-        "below the minimum, nothing goes at once"
-    );
-    tokio::time::sleep(200 * MS).await;
-    tickets.push(b.submit(19).await.unwrap());
-    settle().await;
-    let seen = log.lock().unwrap().clone();
-    assert_eq!(seen[0].items.len(), 19);
-    assert_eq!(
-        seen[0].at - start,
-        17 * MS,
-        "the straggler ticker sent them"
-    );
-    for t in tickets {
-        t.await.unwrap();
-    }
-}
-
-#[tokio::test(start_paused = true)]
 async fn at_min_batch_size_a_batch_goes_without_waiting_for_the_ticker() {
     let (handler, log) = Recorder::<u32, ()>::new(Duration::ZERO);
     let b = Batcher::builder()

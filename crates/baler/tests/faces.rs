@@ -3,12 +3,17 @@
 //! faces, so that one setting behaves the same under one name everywhere.
 //! What only one face has is specified in that face's own file.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baler::loader::{batch_fn, Loader};
 use baler::processor::{store_fn, Processor};
 use baler::shared::MemoryLeaseStore;
-use baler::{handler_fn, Batch, Batcher, Capacity, ConfigError};
+use baler::{handler_fn, Batch, Batcher, Capacity, ConfigError, Outcome};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, Instant};
+
+const MS: Duration = Duration::from_millis(1);
 
 /// A setting given to whichever faces have it.
 #[derive(Debug, Clone, Copy)]
@@ -209,4 +214,105 @@ fn building_outside_a_tokio_runtime_is_refused_not_a_panic() {
     assert_eq!(loader.unwrap_err(), ConfigError::NoRuntime, "Loader::new");
     let err = Capacity::shared(0, 10_000, 1_000, MemoryLeaseStore::new()).unwrap_err();
     assert_eq!(err, ConfigError::CapacityNoRuntime);
+}
+
+/// The calls of a handler or batch function: when (since the start) and
+/// with which items, sorted.
+type Calls = Arc<Mutex<Vec<(Duration, Vec<u32>)>>>;
+
+fn record(calls: &Calls, start: Instant, items: &[u32]) {
+    let mut items = items.to_vec();
+    items.sort_unstable();
+    calls.lock().unwrap().push((start.elapsed(), items));
+}
+
+/// Starts `face` with a minimum batch size of 20 and everything else at its
+/// defaults; returns a way to submit `k` (answered with `k`) that tells how
+/// long the caller waited.
+#[allow(clippy::type_complexity)]
+fn with_a_minimum_of_20(
+    face: &str,
+    calls: &Calls,
+    start: Instant,
+) -> Box<dyn Fn(u32) -> JoinHandle<(Duration, u32)>> {
+    let calls = calls.clone();
+    match face {
+        "Batcher" => {
+            let b = Batcher::builder()
+                .min_batch_size(20)
+                .linger(Duration::ZERO)
+                .build(handler_fn(move |batch: Batch<u32>| {
+                    record(&calls, start, batch.items());
+                    let outcomes: Vec<_> = batch.iter().map(|&k| Outcome::Done(k)).collect();
+                    async move { Ok::<_, String>(outcomes) }
+                }))
+                .unwrap();
+            Box::new(move |k| {
+                let submitted = Instant::now();
+                let ticket = b.try_submit(k).unwrap();
+                tokio::spawn(async move {
+                    let answer = ticket.await.unwrap();
+                    (submitted.elapsed(), answer)
+                })
+            })
+        }
+        "Loader" => {
+            let loader: Loader<u32, u32, String> =
+                Loader::builder()
+                    .min_batch_size(20)
+                    .build(batch_fn(move |keys: Vec<u32>| {
+                        record(&calls, start, &keys);
+                        async move {
+                            Ok::<_, String>(keys.into_iter().map(|k| (k, k)).collect::<Vec<_>>())
+                        }
+                    }))
+                    .unwrap();
+            Box::new(move |k| {
+                let submitted = Instant::now();
+                let load = loader.load(k);
+                tokio::spawn(async move {
+                    let answer = load.await.unwrap();
+                    (submitted.elapsed(), answer)
+                })
+            })
+        }
+        other => unreachable!("no face {other} with a minimum batch size"),
+    }
+}
+
+/// The Go dataloader batcher's example: with a minimum batch size of 20, 19
+/// items arrive and the 20th only 200 ms later. The 19 go at the straggler
+/// ticker (17 ms), not when the 20th arrives; the 20th, alone below the
+/// minimum, goes at the next tick (204 ms = 12 × 17).
+#[tokio::test(start_paused = true)]
+async fn below_the_minimum_nineteen_go_at_the_ticker_not_with_the_twentieth() {
+    for face in ["Batcher", "Loader"] {
+        let calls = Calls::default();
+        let start = Instant::now();
+        let submit = with_a_minimum_of_20(face, &calls, start);
+        let first: Vec<_> = (0..19).map(&submit).collect();
+        sleep(MS).await;
+        assert!(
+            calls.lock().unwrap().is_empty(),
+            "{face}: below the minimum, nothing goes at once"
+        );
+        sleep(199 * MS).await;
+        let twentieth = submit(19);
+        for (k, run) in (0..19).zip(first) {
+            let (waited, answer) = run.await.unwrap();
+            assert_eq!(answer, k, "{face}");
+            assert_eq!(
+                waited,
+                17 * MS,
+                "{face}: item {k} waited for the ticker only"
+            );
+        }
+        let (waited, answer) = twentieth.await.unwrap();
+        assert_eq!((waited, answer), (4 * MS, 19), "{face}");
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![(17 * MS, (0..19).collect()), (204 * MS, vec![19])],
+            "{face}"
+        );
+    }
 }

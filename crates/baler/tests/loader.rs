@@ -102,46 +102,6 @@ fn spawn_load(
     })
 }
 
-// ----- the Go dataloader batcher's example ---------------------------------
-
-/// The Go dataloader batcher's example: with a minimum batch size of 20, 19 keys arrive and
-/// the 20th only 200 ms later. The 19 go at the straggler ticker (17 ms), not
-/// when the 20th arrives.
-#[tokio::test(start_paused = true)]
-async fn nineteen_keys_below_the_minimum_go_at_the_ticker_not_with_the_twentieth() {
-    let log = Log::new();
-    let loader = Loader::builder()
-        .min_batch_size(20)
-        .build(recording(&log, Duration::ZERO))
-        .unwrap();
-    let first: Vec<_> = (0..19).map(|k| spawn_load(&loader, k)).collect();
-    sleep(200 * MS).await;
-    let twentieth = spawn_load(&loader, 19);
-
-    for (k, load) in (0..19).zip(first) {
-        let (waited, result) = load.await.unwrap();
-        assert_eq!(result.unwrap(), value(k));
-        assert_eq!(waited, 17 * MS, "key {k} waited for the ticker only");
-    }
-    let (waited, result) = twentieth.await.unwrap();
-    assert_eq!(result.unwrap(), value(19));
-    // Alone below the minimum, it goes at the next tick: 204 ms = 12 × 17.
-    assert_eq!(waited, 4 * MS);
-    assert_eq!(
-        log.calls(),
-        vec![
-            Call {
-                at: 17 * MS,
-                keys: (0..19).collect()
-            },
-            Call {
-                at: 204 * MS,
-                keys: vec![19]
-            },
-        ]
-    );
-}
-
 // ----- answers by key -----------------------------------------------------
 
 /// The batch function answers in an order unrelated to its keys'; matching
@@ -599,7 +559,7 @@ async fn a_key_whose_callers_all_gave_up_before_dispatch_is_not_fetched() {
 // ----- failures -----------------------------------------------------------
 
 /// A batch function that runs past the timeout is cancelled, and every key
-/// of its batch resolves as `Timeout`, at the timeout, whoever gave up
+/// of its batch resolves as `TimedOut`, at the timeout, whoever gave up
 /// earlier. A timeout is not cached.
 #[tokio::test(start_paused = true)]
 async fn max_operation_time_cancels_a_slow_batch_and_no_caller_can_shorten_it() {
