@@ -118,7 +118,8 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Abandoned => write!(
                 f,
                 "the batcher's shutdown deadline passed before the operation completed; \
-                 its payload is listed in the shutdown report"
+                 its payload is listed in the shutdown report; give shutdown() a longer \
+                 deadline, or none"
             ),
             Error::Stopped => write!(
                 f,

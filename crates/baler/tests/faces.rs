@@ -3,13 +3,15 @@
 //! faces, so that one setting behaves the same under one name everywhere.
 //! What only one face has is specified in that face's own file.
 
+mod memstore;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baler::loader::{batch_fn, Loader};
 use baler::processor::{store_fn, Processor};
 use baler::shared::MemoryLeaseStore;
-use baler::{handler_fn, Batch, Batcher, Capacity, ConfigError, Outcome};
+use baler::{handler_fn, Batch, Batcher, Capacity, ConfigError, Dispatch, Outcome};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 
@@ -312,6 +314,185 @@ async fn below_the_minimum_nineteen_go_at_the_ticker_not_with_the_twentieth() {
         assert_eq!(
             *calls.lock().unwrap(),
             vec![(17 * MS, (0..19).collect()), (204 * MS, vec![19])],
+            "{face}"
+        );
+    }
+}
+
+/// What a shutdown with a deadline did to two operations still waiting for
+/// their batch, whose handling then hangs past it, in terms every face
+/// shares.
+#[derive(Debug, PartialEq)]
+struct Abandonment {
+    /// How long the shutdown took.
+    returned_after: Duration,
+    /// The report's counts: flushed, completed, failed.
+    counts: (u64, u64, u64),
+    /// The report's abandoned operations: what names each (its payload, or
+    /// for a processor its key) and its cost.
+    abandoned: Vec<(String, u32)>,
+    /// When each caller got its error, counted from the shutdown's start,
+    /// and whether the error is the face's `Abandoned`.
+    callers: Vec<(Duration, bool)>,
+}
+
+const DEADLINE: Duration = Duration::from_secs(1);
+const HANG: Duration = Duration::from_secs(60);
+
+async fn abandon_two(face: &str) -> Abandonment {
+    let (returned_after, report_counts, mut abandoned, callers) = match face {
+        "Batcher" => {
+            let b = Batcher::builder()
+                .dispatch(Dispatch::Linger)
+                .linger(HANG)
+                .build(handler_fn(|batch: Batch<u32>| async move {
+                    sleep(HANG).await;
+                    Ok::<_, String>(batch.done_all(()))
+                }))
+                .unwrap();
+            let runs: Vec<_> = (1..=2)
+                .map(|n| {
+                    let ticket = b.try_submit(n).unwrap();
+                    tokio::spawn(async move {
+                        ticket
+                            .await
+                            .map_err(|e| (matches!(e, baler::Error::Abandoned), e.to_string()))
+                    })
+                })
+                .collect();
+            sleep(10 * MS).await;
+            let start = Instant::now();
+            let report = b.shutdown(DEADLINE).await;
+            let abandoned = report
+                .abandoned
+                .iter()
+                .map(|a| (a.payload.to_string(), a.cost))
+                .collect::<Vec<_>>();
+            (
+                start.elapsed(),
+                (report.flushed, report.completed, report.failed),
+                abandoned,
+                (runs, start),
+            )
+        }
+        "Loader" => {
+            let loader: Loader<u32, (), String> = Loader::builder()
+                .min_batch_size(10)
+                .ticker(HANG)
+                .build(batch_fn(|keys: Vec<u32>| async move {
+                    sleep(HANG).await;
+                    Ok::<_, String>(keys.into_iter().map(|k| (k, ())).collect::<Vec<_>>())
+                }))
+                .unwrap();
+            let runs: Vec<_> = (1..=2)
+                .map(|k| {
+                    let load = loader.load(k);
+                    tokio::spawn(async move {
+                        load.await.map(drop).map_err(|e| {
+                            (
+                                matches!(e, baler::loader::LoadError::Abandoned),
+                                e.to_string(),
+                            )
+                        })
+                    })
+                })
+                .collect();
+            sleep(10 * MS).await;
+            let start = Instant::now();
+            let report = loader.shutdown(DEADLINE).await;
+            let abandoned = report
+                .abandoned
+                .iter()
+                .map(|a| (a.payload.to_string(), a.cost))
+                .collect::<Vec<_>>();
+            (
+                start.elapsed(),
+                (report.flushed, report.completed, report.failed),
+                abandoned,
+                (runs, start),
+            )
+        }
+        "Processor" => {
+            let mem = memstore::Mem::with_delays(Duration::ZERO, HANG);
+            let p = Processor::builder()
+                .max_store_time(2 * HANG)
+                .build(mem)
+                .unwrap();
+            let runs: Vec<_> = (1..=2)
+                .map(|n: u32| {
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        p.run("slow".to_owned(), move |list: &mut Vec<u32>| list.push(n))
+                            .await
+                            .map_err(|e| {
+                                assert!(!e.is_not_persisted(), "the save may have landed: {e:?}");
+                                (
+                                    matches!(e, baler::processor::ProcessorError::Abandoned),
+                                    e.to_string(),
+                                )
+                            })
+                    })
+                })
+                .collect();
+            sleep(10 * MS).await;
+            let start = Instant::now();
+            let report = p.shutdown(DEADLINE).await;
+            let abandoned = report
+                .abandoned
+                .iter()
+                .map(|a| (format!("{:?}", a.key), a.cost))
+                .collect::<Vec<_>>();
+            (
+                start.elapsed(),
+                (report.flushed, report.completed, report.failed),
+                abandoned,
+                (runs, start),
+            )
+        }
+        other => unreachable!("no face {other}"),
+    };
+    let (runs, start) = callers;
+    let mut callers = Vec::new();
+    for run in runs {
+        let result = run.await.unwrap();
+        let (is_abandoned, message) = result.expect_err("the operation should have been abandoned");
+        assert!(
+            message.contains("shutdown deadline passed")
+                && message.contains("give shutdown() a longer deadline, or none"),
+            "{face}: {message}"
+        );
+        callers.push((start.elapsed(), is_abandoned));
+    }
+    abandoned.sort();
+    Abandonment {
+        returned_after,
+        counts: report_counts,
+        abandoned,
+        callers,
+    }
+}
+
+/// A shutdown with a deadline dispatches what is still waiting (below the
+/// minimum, or in an open window) at once, and returns at the deadline
+/// however long its handling would take: each such operation resolves with
+/// the face's `Abandoned` error (which says the deadline passed and how to
+/// avoid it), and the
+/// report counts it as flushed, neither completed nor failed, and lists it.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_deadline_abandons_what_still_runs_and_the_report_lists_it() {
+    for (face, named) in [
+        ("Batcher", ["1", "2"]),
+        ("Loader", ["1", "2"]),
+        ("Processor", ["Some(\"slow\")", "Some(\"slow\")"]),
+    ] {
+        assert_eq!(
+            abandon_two(face).await,
+            Abandonment {
+                returned_after: DEADLINE,
+                counts: (2, 0, 0),
+                abandoned: named.iter().map(|n| (n.to_string(), 1)).collect(),
+                callers: vec![(DEADLINE, true); 2],
+            },
             "{face}"
         );
     }

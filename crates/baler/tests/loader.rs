@@ -672,22 +672,6 @@ async fn shutdown_dispatches_stragglers_below_the_minimum_at_once_and_nothing_ha
     assert_eq!(loader.load(3).await.unwrap(), value(3));
 }
 
-/// A shutdown with a deadline: a batch still running when it passes is
-/// dropped and its keys resolve as `Abandoned`, listed in the report.
-#[tokio::test(start_paused = true)]
-async fn shutdown_with_a_deadline_abandons_the_keys_of_a_batch_still_running() {
-    let log = Log::new();
-    let loader = Loader::new(recording(&log, Duration::from_secs(60))).unwrap();
-    let load = spawn_load(&loader, 1);
-    settle().await;
-    let report = loader.shutdown(Duration::from_secs(1)).await;
-    assert_eq!(report.abandoned.len(), 1);
-    assert_eq!(report.abandoned[0].payload, 1);
-    let (waited, result) = load.await.unwrap();
-    assert_eq!(result, Err(LoadError::Abandoned));
-    assert_eq!(waited, Duration::from_secs(1));
-}
-
 /// Dropping the last handle drains the loader like a shutdown: loads still
 /// waiting resolve.
 #[tokio::test(start_paused = true)]

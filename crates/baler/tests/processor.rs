@@ -554,37 +554,6 @@ async fn run_after_shutdown_fails_with_stopped() {
     p.shutdown(None).await;
 }
 
-/// With a deadline, operations whose batch is still saving when it passes
-/// resolve as `Abandoned`, and the report names them by key: their closures
-/// cannot be handed back, and whether their save landed is open.
-#[tokio::test(start_paused = true)]
-async fn a_shutdown_deadline_abandons_the_batches_still_saving_and_reports_their_keys() {
-    let mem = Mem::with_delays(Duration::ZERO, Duration::from_secs(5));
-    let p = builder()
-        .max_store_time(Duration::from_secs(60))
-        .build(mem.clone())
-        .unwrap();
-    let runs: Vec<_> = (0..2).map(|n| spawn_push(&p, "slow", n)).collect();
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let t0 = Instant::now();
-    let report = p.shutdown(Duration::from_secs(1)).await;
-    assert_eq!(t0.elapsed(), Duration::from_secs(1));
-    assert_eq!(report.flushed, 2, "{report:?}");
-    assert_eq!((report.completed, report.failed), (0, 0), "{report:?}");
-    let abandoned: Vec<_> = report
-        .abandoned
-        .iter()
-        .map(|a| (a.key.clone(), a.cost))
-        .collect();
-    assert_eq!(abandoned, vec![(Some(key("slow")), 1); 2]);
-    for run in runs {
-        let err = run.await.unwrap().unwrap_err();
-        assert!(matches!(err, ProcessorError::Abandoned), "{err:?}");
-        assert!(!err.is_not_persisted(), "the save may have landed");
-        assert!(err.to_string().contains("longer deadline"), "{err}");
-    }
-}
-
 // ----- figures --------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
