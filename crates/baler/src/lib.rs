@@ -70,12 +70,15 @@
 //! | [`processor`] | [`Processor`](processor::Processor), its builder, [`ProcessorError`](processor::ProcessorError), [`Store`](processor::Store) and batch reports |
 //! | [`shared`] | [`SharedCapacity`](shared::SharedCapacity) and the [`LeaseStore`](shared::LeaseStore) contract that backends such as Redis or Azure Blob implement |
 //!
-//! One concept has one name across the three faces: `max_in_flight` is how
+//! One concept has one name wherever a face has it: `max_in_flight` is how
 //! many batches run at once, `max_batch_size` how many operations a batch
 //! holds, `linger` how long a batch waits for more from its first operation,
-//! `max_operation_time` how long one call of the handler may run, and
-//! `shutdown(deadline)` stops intake, finishes or abandons what is held and
-//! returns a [`ShutdownReport`]. Every face's listeners read an [`Events`].
+//! `max_operation_time` how long one call of the handler (or batch function)
+//! may run, and `shutdown(deadline)` stops intake, finishes or abandons what
+//! is held and returns a [`ShutdownReport`]. A different concept has a name
+//! that says so: a processor's `max_store_time` bounds each load and each
+//! save, not the batch as a whole. Every face's listeners read an
+//! [`Events`].
 //!
 //! # Example
 //!
