@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use baler::{Demand, LeaseStoreError};
+use baler::shared::{Demand, LeaseStoreError};
 use reqwest::{Method, StatusCode};
 
 use crate::sign;

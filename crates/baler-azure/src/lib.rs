@@ -10,7 +10,7 @@
 //!   created when first used, and an existing blob is never overwritten;
 //! - **the service's clock**: leases expire when the storage service says
 //!   so; they last **15 to 60 seconds**, and
-//!   [`SharedCapacity::build`](baler::SharedCapacity::build) refuses a lease
+//!   [`SharedCapacity::build`](baler::shared::SharedCapacity::build) refuses a lease
 //!   time outside that;
 //! - **one lease id per instance**: every shared capacity has its own random
 //!   owner token, and its lease id is a GUID made from it;
@@ -24,7 +24,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use baler::SharedCapacity;
+//! use baler::shared::SharedCapacity;
 //! use baler_azure::AzureLeaseStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -46,7 +46,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use baler::{ConfigError, SharedCapacity};
+//! use baler::{ConfigError, shared::SharedCapacity};
 //! use baler_azure::AzureLeaseStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -73,4 +73,4 @@ pub use account::{AzureStoreError, DEVELOPMENT_ACCOUNT, DEVELOPMENT_ENDPOINT, DE
 pub use store::{AzureLeaseStore, MAX_LEASE_TIME, MIN_LEASE_TIME};
 
 /// The store's own traits and errors, for implementing against it.
-pub use baler::{LeaseStore, LeaseStoreError};
+pub use baler::shared::{LeaseStore, LeaseStoreError};

@@ -4,7 +4,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use baler::{Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError};
+use baler::shared::{Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError};
 use reqwest::header::{HeaderMap, CONTENT_LENGTH};
 use reqwest::{Client, Method, StatusCode};
 
@@ -70,7 +70,7 @@ pub(crate) const DEMAND_PREFIX: &str = "demand-";
 /// while an instance wants more than it holds.
 ///
 /// ```
-/// use baler::LeaseStore;
+/// use baler::shared::LeaseStore;
 /// use baler_azure::AzureLeaseStore;
 ///
 /// # fn main() -> Result<(), baler_azure::AzureStoreError> {

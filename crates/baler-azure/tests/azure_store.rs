@@ -5,7 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use baler::{
-    handler_fn, Batch, Batcher, LeaseStore, LeaseStoreError, Operation, Outcome, SharedCapacity,
+    handler_fn,
+    shared::{LeaseStore, LeaseStoreError, SharedCapacity},
+    Batch, Batcher, Operation, Outcome,
 };
 use baler_azure::{AzureLeaseStore, DEVELOPMENT_ACCOUNT};
 use common::{connection_string, free_port, Azurite};
@@ -223,7 +225,11 @@ async fn zero_to_full_capacity_of_10_partitions_takes_one_round_of_parallel_call
     let batcher = spender(&capacity);
     let start = Instant::now();
     let _tickets: Vec<_> = (0..20)
-        .map(|i| batcher.try_submit(Operation::new(i).cost(500)).unwrap())
+        .map(|i| {
+            batcher
+                .try_submit(Operation::new(i).with_cost(500))
+                .unwrap()
+        })
         .collect();
     while capacity.rate() != Some(10_000) {
         assert!(start.elapsed() < Duration::from_secs(20), "never full");
@@ -250,7 +256,11 @@ async fn a_released_partition_is_taken_by_another_instance_at_once() {
     let (a, a_leases) = build();
     let a_batcher = spender(&a);
     let _a_tickets: Vec<_> = (0..20)
-        .map(|i| a_batcher.try_submit(Operation::new(i).cost(250)).unwrap())
+        .map(|i| {
+            a_batcher
+                .try_submit(Operation::new(i).with_cost(250))
+                .unwrap()
+        })
         .collect();
     let start = Instant::now();
     while a.rate() != Some(4_000) {
@@ -260,7 +270,11 @@ async fn a_released_partition_is_taken_by_another_instance_at_once() {
     let (b, _b_leases) = build();
     let b_batcher = spender(&b);
     let _b_tickets: Vec<_> = (0..20)
-        .map(|i| b_batcher.try_submit(Operation::new(i).cost(250)).unwrap())
+        .map(|i| {
+            b_batcher
+                .try_submit(Operation::new(i).with_cost(250))
+                .unwrap()
+        })
         .collect();
     // They share: each ends with 2 of the 4 partitions (fair sharing through
     // the demand blobs), a giving back what b needs.

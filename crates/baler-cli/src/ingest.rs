@@ -444,7 +444,7 @@ async fn produce(
             biased;
             // A record still waiting for room is not produced.
             () = stop.cancelled() => return (Ended::Signal("signal"), rejected),
-            result = batcher.submit(Operation::new(record).cost(cost)) => result,
+            result = batcher.submit(Operation::new(record).with_cost(cost)) => result,
         };
         match result {
             Ok(ticket) => {

@@ -10,7 +10,7 @@
 //! uses the same Redis and the same `--shared-name` (default: the table). It
 //! is cut into partitions worth `--factor` each; a process writes at its
 //! `--reserved` rate plus the worth of the partitions it holds leases on (see
-//! [`baler::SharedCapacity`]). Redis is asked once before anything is
+//! [`baler::shared::SharedCapacity`]). Redis is asked once before anything is
 //! produced, so a wrong URL or a Redis that is down stops the run at once;
 //! the leases are given back when the run ends, Ctrl-C included.
 //!
@@ -20,7 +20,10 @@
 
 use std::time::Duration;
 
-use baler::{Capacity, SharedCapacity, SharedLeases, MAX_PARTITIONS};
+use baler::{
+    shared::{SharedCapacity, SharedLeases, MAX_PARTITIONS},
+    Capacity,
+};
 use baler_redis::{RedisLeaseStore, RedisStoreError};
 
 use crate::cli::IngestArgs;

@@ -24,7 +24,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baler::{handler_fn, Batch, Batcher, LeaseStore, Operation, Outcome, SharedCapacity};
+use baler::{
+    handler_fn,
+    shared::{LeaseStore, SharedCapacity},
+    Batch, Batcher, Operation, Outcome,
+};
 use baler_azure::AzureLeaseStore;
 use baler_redis::RedisLeaseStore;
 use tokio::io::AsyncReadExt;
@@ -221,7 +225,7 @@ async fn run(args: Args, store: impl LeaseStore) -> Result<(), Box<dyn std::erro
             let mut i = 0u64;
             loop {
                 i += 1;
-                match batcher.submit(Operation::new(i).cost(cost)).await {
+                match batcher.submit(Operation::new(i).with_cost(cost)).await {
                     // Keep the ticket alive: a dropped ticket cancels its operation.
                     Ok(ticket) => drop(tokio::spawn(ticket)),
                     Err(_) => return,

@@ -39,7 +39,7 @@
 //! needs one.
 //!
 //! ```no_run
-//! use baler::SharedCapacity;
+//! use baler::shared::SharedCapacity;
 //! use baler_redis::RedisLeaseStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -63,4 +63,4 @@ mod tls;
 pub use store::{RedisLeaseStore, RedisStoreError};
 
 /// The store's own traits and errors, for implementing against it.
-pub use baler::{LeaseStore, LeaseStoreError};
+pub use baler::shared::{LeaseStore, LeaseStoreError};

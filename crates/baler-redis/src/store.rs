@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use baler::{Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError};
+use baler::shared::{Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use tokio::sync::Mutex;

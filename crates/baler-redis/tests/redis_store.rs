@@ -5,8 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use baler::{
-    handler_fn, Acquired, Batch, Batcher, LeaseStore, LeaseStoreError, Operation, Outcome,
-    SharedCapacity,
+    handler_fn,
+    shared::{Acquired, LeaseStore, LeaseStoreError, SharedCapacity},
+    Batch, Batcher, Operation, Outcome,
 };
 use baler_redis::{RedisLeaseStore, RedisStoreError};
 use common::{free_port, RedisServer};
@@ -146,7 +147,11 @@ async fn zero_to_full_capacity_of_10_partitions_is_one_round_trip_not_ten() {
     let batcher = spender(&capacity);
     let start = Instant::now();
     let _tickets: Vec<_> = (0..20)
-        .map(|i| batcher.try_submit(Operation::new(i).cost(500)).unwrap())
+        .map(|i| {
+            batcher
+                .try_submit(Operation::new(i).with_cost(500))
+                .unwrap()
+        })
         .collect();
     while capacity.rate() != Some(10_000) {
         assert!(start.elapsed() < Duration::from_secs(10), "never full");
@@ -173,7 +178,11 @@ async fn a_released_partition_is_taken_by_another_instance_at_once() {
     let (a, a_leases) = build();
     let a_batcher = spender(&a);
     let _a_tickets: Vec<_> = (0..20)
-        .map(|i| a_batcher.try_submit(Operation::new(i).cost(250)).unwrap())
+        .map(|i| {
+            a_batcher
+                .try_submit(Operation::new(i).with_cost(250))
+                .unwrap()
+        })
         .collect();
     while a.rate() != Some(4_000) {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -181,7 +190,11 @@ async fn a_released_partition_is_taken_by_another_instance_at_once() {
     let (b, _b_leases) = build();
     let b_batcher = spender(&b);
     let _b_tickets: Vec<_> = (0..20)
-        .map(|i| b_batcher.try_submit(Operation::new(i).cost(250)).unwrap())
+        .map(|i| {
+            b_batcher
+                .try_submit(Operation::new(i).with_cost(250))
+                .unwrap()
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.rate(), Some(0), "a holds everything");

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use baler::{LeaseStore, LeaseStoreError};
+use baler::shared::{LeaseStore, LeaseStoreError};
 use baler_redis::{RedisLeaseStore, RedisStoreError};
 use certs::Certs;
 use common::{RedisServer, TlsFiles};

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baler::Processor;
+use baler::processor::Processor;
 use sqlite_bank::{remove_db, temp_db, Account, Bank, Rng};
 
 const NAIVE_CALLERS: u32 = 64;
@@ -102,7 +102,7 @@ fn processor(keys: u32, ops: u32, durable: bool) -> Measure {
             task.await.expect("a task").expect("an operation");
         }
         let elapsed = started.elapsed();
-        processor.stop().await;
+        processor.shutdown(None).await;
         (elapsed, processor.stats().saves)
     });
     drop(rt);

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baler::{Processor, Store};
+use baler::processor::{Processor, Store};
 use rusqlite::{params, Connection};
 
 const ACCOUNTS: u32 = 100;
@@ -123,7 +123,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::temp_dir().join(format!("baler-bank-{}.sqlite", std::process::id()));
     let bank = Bank::create(&path)?;
     let processor = Processor::builder()
-        .min_duration(Duration::from_millis(100))
+        .linger(Duration::from_millis(100))
         .build(bank.clone())?;
 
     // 10,000 concurrent callers, each moving 1 to 60 on a random account.
@@ -169,7 +169,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let elapsed = started.elapsed();
-    processor.stop().await;
+    processor.shutdown(None).await;
 
     let (balances, saves) = bank
         .with(|conn| {

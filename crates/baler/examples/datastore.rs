@@ -1,5 +1,5 @@
 //! A producer, a slow datastore, and a provisioned capacity between them:
-//! go-batcher's sample (seed 000 of the troubleshooting logs) in miniature.
+//! go-batcher's sample (the one its troubleshooting logs came from) in miniature.
 //!
 //! # What it shows
 //!
@@ -259,7 +259,7 @@ async fn main() -> ExitCode {
                     body: format!("{{\"id\":{id},\"kind\":\"sample\"}}"),
                 };
                 let ticket = match batcher
-                    .submit(Operation::new(record).cost(RECORD_COST))
+                    .submit(Operation::new(record).with_cost(RECORD_COST))
                     .await
                 {
                     Ok(ticket) => ticket,

@@ -83,7 +83,7 @@ fn datastore(delay: Duration) -> impl baler::Handler<u64, Output = (), Error = I
     })
 }
 
-/// Seed 000: "capacity: 1000 allocated of 690 needed" while 10,000 records
+/// From go-batcher's troubleshooting logs: "capacity: 1000 allocated of 690 needed" while 10,000 records
 /// were buffered. In baler the target is the cost of everything held, and the
 /// engine audits it.
 async fn target() -> Result<(), BoxError> {
@@ -98,7 +98,7 @@ async fn target() -> Result<(), BoxError> {
     tokio::spawn(async move {
         let mut tickets = Vec::new();
         for n in 0..12_000u64 {
-            let Ok(ticket) = producer.submit(Operation::new(n).cost(10)).await else {
+            let Ok(ticket) = producer.submit(Operation::new(n).with_cost(10)).await else {
                 break;
             };
             tickets.push(ticket); // dropping a ticket would cancel its operation
@@ -128,7 +128,7 @@ async fn target() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Seed 000: "completed: 7500" and nothing more for minutes. Here a
+/// From go-batcher's troubleshooting logs: "completed: 7500" and nothing more for minutes. Here a
 /// datastore call hangs, no maximum operation time is set, and the four
 /// in-flight slots fill up with hung batches.
 async fn never_complete() -> Result<(), BoxError> {
@@ -184,7 +184,7 @@ impl CapacitySource for LostLeases {
     }
 }
 
-/// Seed 000: "lost control of partition 1", "has procured 0 capacity", and
+/// From go-batcher's troubleshooting logs: "lost control of partition 1", "has procured 0 capacity", and
 /// the ingest request's 16,373 records never start.
 async fn never_start() -> Result<(), BoxError> {
     let leases = Arc::new(LostLeases {
@@ -196,7 +196,7 @@ async fn never_start() -> Result<(), BoxError> {
         .build(datastore(Duration::from_millis(100)))?;
     let mut tickets = Vec::new();
     for n in 0..1_000u64 {
-        tickets.push(batcher.submit(Operation::new(n).cost(10)).await?);
+        tickets.push(batcher.submit(Operation::new(n).with_cost(10)).await?);
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
     status("10.0s", &batcher.stats());
@@ -226,7 +226,7 @@ async fn tiny_batches() -> Result<(), BoxError> {
         .build(datastore(Duration::from_millis(5)))?;
     let mut tickets = Vec::new();
     for n in 0..200u64 {
-        tickets.push(batcher.submit(Operation::new(n).cost(40)).await?);
+        tickets.push(batcher.submit(Operation::new(n).with_cost(40)).await?);
     }
     for t in tickets {
         t.await?;

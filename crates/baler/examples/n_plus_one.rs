@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baler::{BatchFn, Loader};
+use baler::loader::{BatchFn, Loader};
 use tokio::sync::Semaphore;
 
 const RESOLVERS: usize = 1_000;
@@ -123,8 +123,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = Db::new();
     let users: Loader<u64, User, std::io::Error> = Loader::builder()
         .max_batch_size(100)
-        .max_handlers(POOL)
-        .timeout(Duration::from_secs(2))
+        .max_in_flight(POOL)
+        .max_operation_time(Duration::from_secs(2))
         .build(UsersById(db.clone()))?;
     let start = Instant::now();
     let resolvers: Vec<_> = authors

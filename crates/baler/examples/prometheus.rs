@@ -163,7 +163,7 @@ async fn main() -> Result<(), BoxError> {
                 let mut n = p;
                 loop {
                     let Ok(ticket) = batcher
-                        .submit(Operation::new(n).cost(1 + (n % 4) as u32))
+                        .submit(Operation::new(n).with_cost(1 + (n % 4) as u32))
                         .await
                     else {
                         break; // shutting down

@@ -19,7 +19,7 @@ use crate::config::Builder;
 use crate::diagnose::Diagnosis;
 use crate::engine::{Engine, Msg, Shared};
 use crate::error::{ConfigError, CostLimit, SubmitError};
-use crate::events::Events;
+use crate::events::{Event, Events};
 use crate::handler::ErasedHandler;
 use crate::operation::Operation;
 use crate::queued::Submitted;
@@ -287,7 +287,7 @@ where
     /// Subscribes to the batcher's [`Event`](crate::Event)s. A listener that falls behind
     /// misses the oldest events and is told how many; it never slows the
     /// engine down.
-    pub fn events(&self) -> Events<K> {
+    pub fn events(&self) -> Events<Event<K>> {
         match self.shared().events.upgrade() {
             Some(events) => Events::new(events.subscribe()),
             // The engine has stopped: a stream that is closed from the start.
@@ -632,14 +632,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cheap_submit_does_not_pass_an_expensive_one_waiting_ahead() {
         let b = by_cost(4);
-        let first = b.submit(crate::Operation::new(30).cost(3)).await.unwrap();
-        let second = b.submit(crate::Operation::new(10).cost(1)).await.unwrap();
+        let first = b
+            .submit(crate::Operation::new(30).with_cost(3))
+            .await
+            .unwrap();
+        let second = b
+            .submit(crate::Operation::new(10).with_cost(1))
+            .await
+            .unwrap();
         let admitted = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for (n, cost) in [(31, 3), (11, 1)] {
             let (b, admitted) = (b.clone(), admitted.clone());
             waiters.push(tokio::spawn(async move {
-                let ticket = b.submit(crate::Operation::new(n).cost(cost)).await.unwrap();
+                let ticket = b
+                    .submit(crate::Operation::new(n).with_cost(cost))
+                    .await
+                    .unwrap();
                 admitted.lock().unwrap().push(n);
                 ticket.await.unwrap()
             }));

@@ -118,7 +118,8 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Abandoned => write!(
                 f,
                 "the batcher's shutdown deadline passed before the operation completed; \
-                 its payload is listed in the shutdown report"
+                 its payload is listed in the shutdown report; give shutdown() a longer \
+                 deadline, or none"
             ),
             Error::Stopped => write!(
                 f,
@@ -373,7 +374,7 @@ pub enum ConfigError {
         call_timeout: Duration,
     },
     /// A shared capacity's lease time is one its lease store cannot grant
-    /// (see [`LeaseStore::lease_times`](crate::LeaseStore::lease_times)).
+    /// (see [`LeaseStore::lease_times`](crate::shared::LeaseStore::lease_times)).
     #[error(
         "the lease time ({lease_time:?}) is not one this lease store can grant: it takes \
          {min:?} to {max:?}; set SharedCapacity::lease_time within that"

@@ -3,7 +3,8 @@
 //! [`Batcher::events`](crate::Batcher::events) subscribes a listener. Events
 //! go out on a bounded broadcast channel: a listener that falls behind never
 //! slows the engine down; it loses the oldest events instead, and its next
-//! [`Events::recv`] says how many with [`RecvError::Lagged`]. Listeners are
+//! read (by [`Events::recv`] or as a [`Stream`](futures_core::Stream)) says
+//! how many with [`RecvError::Lagged`]. Listeners are
 //! independent of each other and of the engine, so subscribing or dropping a
 //! listener from inside another listener cannot deadlock.
 //!
@@ -11,12 +12,33 @@
 //! coalesced (the target is reported at most every 100 ms).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_core::Stream;
 use tokio::sync::broadcast;
 
 /// An identifier of a dispatched batch, unique within one batcher.
-pub type BatchId = u64;
+///
+/// The engine numbers batches from 0 in the order it dispatches them; a retry
+/// goes out in a new batch with a new id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BatchId(pub(crate) u64);
+
+impl BatchId {
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "batch-{}", self.0)
+    }
+}
 
 /// Why every operation of a batch failed together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,32 +215,75 @@ pub enum RecvError {
     /// returns the oldest event still held.
     #[error("the event listener fell behind and missed {0} event(s)")]
     Lagged(u64),
-    /// The engine has stopped; no more events will come.
+    /// The sender has stopped; no more events will come.
     #[error("the batcher has stopped; no more events will come")]
     Closed,
 }
 
-/// A listener's stream of [`Event`]s.
-pub struct Events<K> {
-    rx: broadcast::Receiver<Event<K>>,
+type Waiting<T> = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    Result<T, broadcast::error::RecvError>,
+                    broadcast::Receiver<T>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// A listener's stream of events: the engine's [`Event`]s from
+/// [`Batcher::events`](crate::Batcher::events), or a processor's
+/// [`BatchReport`](crate::processor::BatchReport)s from
+/// [`Processor::events`](crate::processor::Processor::events).
+///
+/// Read it with [`recv`](Self::recv), [`try_recv`](Self::try_recv), or as a
+/// [`Stream`] of `Result<T, RecvError>` that ends when the sender has stopped
+/// (it never yields [`RecvError::Closed`]). Either way, a listener that fell
+/// behind gets [`RecvError::Lagged`] with the number of events it missed, and
+/// then the oldest event still held.
+///
+/// ```
+/// use baler::{handler_fn, Batch, Batcher, Event, Outcome};
+/// use futures_core::Stream;
+/// use std::pin::Pin;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let batcher = Batcher::builder().build(handler_fn(|batch: Batch<u32>| async move {
+///     Ok::<_, std::io::Error>(batch.done_all(()))
+/// }))?;
+/// let mut events = batcher.events();
+/// batcher.submit(7).await?.await?;
+/// let first = std::future::poll_fn(|cx| Pin::new(&mut events).poll_next(cx)).await;
+/// assert!(matches!(first, Some(Ok(Event::BatchDispatched { size: 1, .. }))));
+/// # Ok(())
+/// # }
+/// ```
+pub struct Events<T> {
+    // Held here between reads; moved into `waiting` while a read is pending,
+    // so that a pending read keeps its place in the channel's wait list
+    // across polls instead of re-registering (and missing a wake-up).
+    rx: Option<broadcast::Receiver<T>>,
+    waiting: Option<Waiting<T>>,
 }
 
-impl<K: Clone> Events<K> {
-    pub(crate) fn new(rx: broadcast::Receiver<Event<K>>) -> Self {
-        Events { rx }
+impl<T: Clone + Send + 'static> Events<T> {
+    pub(crate) fn new(rx: broadcast::Receiver<T>) -> Self {
+        Events {
+            rx: Some(rx),
+            waiting: None,
+        }
     }
 
-    /// Waits for the next event.
+    /// Waits for the next event. Cancel safe: if the returned future is
+    /// dropped, no event is lost; the next call picks up where it left off.
     ///
     /// # Errors
     ///
     /// [`RecvError::Lagged`] if events were missed, [`RecvError::Closed`]
-    /// once the engine has stopped and every event was read.
-    pub async fn recv(&mut self) -> Result<Event<K>, RecvError> {
-        self.rx.recv().await.map_err(|e| match e {
-            broadcast::error::RecvError::Lagged(n) => RecvError::Lagged(n),
-            broadcast::error::RecvError::Closed => RecvError::Closed,
-        })
+    /// once the sender has stopped and every event was read.
+    pub async fn recv(&mut self) -> Result<T, RecvError> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// The next event if one is waiting: `Ok(None)` if none is.
@@ -226,20 +291,66 @@ impl<K: Clone> Events<K> {
     /// # Errors
     ///
     /// As [`recv`](Self::recv).
-    pub fn try_recv(&mut self) -> Result<Option<Event<K>>, RecvError> {
-        match self.rx.try_recv() {
+    pub fn try_recv(&mut self) -> Result<Option<T>, RecvError> {
+        if self.waiting.is_some() {
+            // A read is pending and holds the receiver: finish it if it can
+            // finish now, without registering anyone to be woken.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            return match self.poll_recv(&mut cx) {
+                Poll::Ready(result) => result.map(Some),
+                Poll::Pending => Ok(None),
+            };
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(RecvError::Closed);
+        };
+        match rx.try_recv() {
             Ok(e) => Ok(Some(e)),
             Err(broadcast::error::TryRecvError::Empty) => Ok(None),
             Err(broadcast::error::TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
             Err(broadcast::error::TryRecvError::Closed) => Err(RecvError::Closed),
         }
     }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
+        if self.waiting.is_none() {
+            let Some(mut rx) = self.rx.take() else {
+                return Poll::Ready(Err(RecvError::Closed));
+            };
+            self.waiting = Some(Box::pin(async move {
+                let result = rx.recv().await;
+                (result, rx)
+            }));
+        }
+        let Some(waiting) = self.waiting.as_mut() else {
+            return Poll::Ready(Err(RecvError::Closed));
+        };
+        let (result, rx) = std::task::ready!(waiting.as_mut().poll(cx));
+        self.waiting = None;
+        self.rx = Some(rx);
+        Poll::Ready(result.map_err(|e| match e {
+            broadcast::error::RecvError::Lagged(n) => RecvError::Lagged(n),
+            broadcast::error::RecvError::Closed => RecvError::Closed,
+        }))
+    }
 }
 
-impl<K> fmt::Debug for Events<K> {
+impl<T: Clone + Send + 'static> Stream for Events<T> {
+    type Item = Result<T, RecvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match std::task::ready!(self.get_mut().poll_recv(cx)) {
+            Err(RecvError::Closed) => Poll::Ready(None),
+            other => Poll::Ready(Some(other)),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Events<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Events")
-            .field("pending", &self.rx.len())
+            .field("pending", &self.rx.as_ref().map(broadcast::Receiver::len))
+            .field("reading", &self.waiting.is_some())
             .finish()
     }
 }

@@ -44,9 +44,41 @@
 //!   batches in flight and returns a [`ShutdownReport`]; with a deadline,
 //!   whatever is left resolves as [`Error::Abandoned`] and comes back in the
 //!   report, payload and all.
-//! - A [`Loader`] is the engine with keys as operations: request coalescing
-//!   (a dataloader) with de-duplication of keys in flight and a [`Cache`] in
-//!   front; see the [`loader`] module.
+//! - A [`Loader`](loader::Loader) is the engine with keys as operations:
+//!   request coalescing (a dataloader) with de-duplication of keys in flight
+//!   and a [`Cache`](loader::Cache) in front; see the [`loader`] module.
+//! - A [`Processor`](processor::Processor) is the engine with per-key batches
+//!   that load a resource once, apply every operation of a window to it in
+//!   order and save it once; see the [`processor`] module.
+//!
+//! # The crate's surface
+//!
+//! The root holds the engine and what every user of it meets: [`Batcher`]
+//! and its [`Builder`]; [`Operation`], [`Ticket`] and [`OpId`]; the
+//! [`Handler`] side ([`Batch`], [`Outcome`], [`handler_fn`], [`OpInfo`]);
+//! the errors ([`Error`], [`SubmitError`], [`ConfigError`]); [`Capacity`];
+//! [`ShutdownReport`]; [`Stats`]; [`Events`] and [`Event`]; and
+//! [`Diagnosis`]. These are the words of the model above.
+//!
+//! Each face built on the engine lives in its own module and is named by its
+//! path, so that its types (each with its own builder, errors and figures)
+//! never crowd the root and never need a prefix to tell them apart:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`loader`] | [`Loader`](loader::Loader), its builder, [`LoadError`](loader::LoadError), caches and batch functions |
+//! | [`processor`] | [`Processor`](processor::Processor), its builder, [`ProcessorError`](processor::ProcessorError), [`Store`](processor::Store) and batch reports |
+//! | [`shared`] | [`SharedCapacity`](shared::SharedCapacity) and the [`LeaseStore`](shared::LeaseStore) contract that backends such as Redis or Azure Blob implement |
+//!
+//! One concept has one name wherever a face has it: `max_in_flight` is how
+//! many batches run at once, `max_batch_size` how many operations a batch
+//! holds, `linger` how long a batch waits for more from its first operation,
+//! `max_operation_time` how long one call of the handler (or batch function)
+//! may run, and `shutdown(deadline)` stops intake, finishes or abandons what
+//! is held and returns a [`ShutdownReport`]. A different concept has a name
+//! that says so: a processor's `max_store_time` bounds each load and each
+//! save, not the batch as a whole. Every face's listeners read an
+//! [`Events`].
 //!
 //! # Example
 //!
@@ -64,7 +96,7 @@
 //!
 //! let mut tickets = Vec::new();
 //! for row in ["a", "bb", "ccc"] {
-//!     tickets.push(batcher.submit(Operation::new(row.to_owned()).cost(2)).await?);
+//!     tickets.push(batcher.submit(Operation::new(row.to_owned()).with_cost(2)).await?);
 //! }
 //! for (ticket, expected) in tickets.into_iter().zip([1, 2, 3]) {
 //!     assert_eq!(ticket.await?, expected);
@@ -152,7 +184,7 @@ mod run;
 #[cfg(feature = "tower")]
 pub mod service;
 mod settings;
-mod shared;
+pub mod shared;
 mod shutdown;
 mod slot;
 mod stats;
@@ -166,20 +198,8 @@ pub use diagnose::{CapacityStatus, Code, Diagnosis, Finding, Severity};
 pub use error::{ConfigError, CostLimit, Error, SubmitError};
 pub use events::{BatchFailure, BatchId, CapacityEvent, Event, Events, RecvError};
 pub use handler::{handler_fn, Batch, Handler, HandlerFn, HandlerResult, OpInfo, Outcome};
-pub use loader::{
-    batch_fn, BatchFn, BatchFnOf, Cache, Load, LoadError, Loader, LoaderBuilder, LoaderStats,
-    MemoryCache, DEFAULT_CACHE_ENTRIES,
-};
 pub use operation::{OpId, Operation};
-pub use processor::{
-    store_fn, BatchOutcome, BatchReport, Processor, ProcessorBuilder, ProcessorError,
-    ProcessorEvents, ProcessorStats, Store, StoreFn, DEFAULT_MIN_DURATION,
-};
 pub use settings::{Backoff, Dispatch, Execution};
-pub use shared::{
-    Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, SharedCapacity,
-    SharedLeases, DEFAULT_LEASE_TIME, MAX_PARTITIONS,
-};
 pub use shutdown::{Abandoned, ShutdownReport};
 pub use stats::Stats;
 pub use ticket::Ticket;

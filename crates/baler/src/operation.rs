@@ -32,9 +32,9 @@ impl fmt::Display for OpId {
 /// ```
 /// use baler::Operation;
 ///
-/// let op: Operation<&str, u32> = Operation::new("row").cost(10).key(7);
-/// assert_eq!(op.get_cost(), 10);
-/// assert_eq!(op.get_key(), Some(&7));
+/// let op: Operation<&str, u32> = Operation::new("row").with_cost(10).with_key(7);
+/// assert_eq!(op.cost(), 10);
+/// assert_eq!(op.key(), Some(&7));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation<T, K = ()> {
@@ -55,13 +55,13 @@ impl<T, K> Operation<T, K> {
 
     /// Sets the cost: what dispatching this operation spends from the
     /// capacity and counts toward the batch's and buffer's cost limits.
-    pub fn cost(mut self, cost: u32) -> Self {
+    pub fn with_cost(mut self, cost: u32) -> Self {
         self.cost = cost;
         self
     }
 
     /// Sets the key. A batch only ever holds operations of one key.
-    pub fn key(mut self, key: K) -> Self {
+    pub fn with_key(mut self, key: K) -> Self {
         self.key = Some(key);
         self
     }
@@ -72,12 +72,12 @@ impl<T, K> Operation<T, K> {
     }
 
     /// The cost.
-    pub fn get_cost(&self) -> u32 {
+    pub fn cost(&self) -> u32 {
         self.cost
     }
 
     /// The key, if one was set.
-    pub fn get_key(&self) -> Option<&K> {
+    pub fn key(&self) -> Option<&K> {
         self.key.as_ref()
     }
 

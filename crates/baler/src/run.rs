@@ -152,7 +152,7 @@ where
     let span = tracing::info_span!(
         "batch",
         batcher = %ctx.name,
-        id = id,
+        id = id.get(),
         key = ?data.key,
         size = trackers.len(),
         cost = data.info.iter().map(|i| u64::from(i.cost)).sum::<u64>(),
@@ -440,7 +440,7 @@ impl<R> Future for CatchUnwind<'_, R> {
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

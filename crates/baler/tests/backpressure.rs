@@ -139,8 +139,8 @@ async fn a_ticket_dropped_before_dispatch_takes_its_operation_out_of_the_buffer_
         .dispatch(Dispatch::Linger)
         .build(handler)
         .unwrap();
-    let keep = b.submit(Operation::new(1).cost(3)).await.unwrap();
-    let dropped = b.submit(Operation::new(2).cost(5)).await.unwrap();
+    let keep = b.submit(Operation::new(1).with_cost(3)).await.unwrap();
+    let dropped = b.submit(Operation::new(2).with_cost(5)).await.unwrap();
     settle().await;
     assert_eq!(assert_target(&b).target, 8);
     drop(dropped);
@@ -162,7 +162,7 @@ async fn a_ticket_dropped_while_paused_still_leaves_the_target() {
     let b = Batcher::builder().build(handler).unwrap();
     b.pause();
     let tickets: Vec<_> = (0..10)
-        .map(|i| b.try_submit(Operation::new(i).cost(2)).unwrap())
+        .map(|i| b.try_submit(Operation::new(i).with_cost(2)).unwrap())
         .collect();
     settle().await;
     assert_eq!(assert_target(&b).target, 20);
@@ -196,12 +196,12 @@ async fn buffer_cost_bounds_the_total_cost_held() {
         .buffer_cost(10)
         .build(handler)
         .unwrap();
-    let t1 = b.try_submit(Operation::new(1).cost(6)).unwrap();
-    match b.try_submit(Operation::new(2).cost(5)) {
+    let t1 = b.try_submit(Operation::new(1).with_cost(6)).unwrap();
+    match b.try_submit(Operation::new(2).with_cost(5)) {
         Err(SubmitError::Full(2)) => {}
         other => panic!("unexpected {other:?}"),
     }
-    let t2 = b.try_submit(Operation::new(3).cost(4)).unwrap();
+    let t2 = b.try_submit(Operation::new(3).with_cost(4)).unwrap();
     t1.await.unwrap();
     t2.await.unwrap();
 }

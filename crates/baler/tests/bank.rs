@@ -8,7 +8,7 @@ mod sqlite_bank;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baler::{Processor, Store};
+use baler::processor::{Processor, Store};
 use sqlite_bank::{remove_db, temp_db, Account, Bank, BankError, Insufficient, Move, Rng};
 
 const ACCOUNTS: u32 = 100;
@@ -71,10 +71,10 @@ async fn ten_thousand_moves(name: &str, load: Duration, save: Duration) -> Run {
     let path = temp_db(name);
     let bank = Bank::create(&path, ACCOUNTS, INITIAL).unwrap();
     let processor = Processor::builder()
-        .min_duration(WINDOW)
-        .max_duration(Duration::from_secs(1))
+        .linger(WINDOW)
+        .max_store_time(Duration::from_secs(1))
         // Places for every account, and more: no window waits for one.
-        .max_active_keys(4 * ACCOUNTS as usize)
+        .max_in_flight(4 * ACCOUNTS as usize)
         .build(Slow {
             bank: bank.clone(),
             load,
@@ -151,7 +151,7 @@ async fn ten_thousand_moves(name: &str, load: Duration, save: Duration) -> Run {
         saves * 8 < u64::from(OPERATIONS),
         "{saves} saves for {OPERATIONS} operations"
     );
-    processor.stop().await;
+    processor.shutdown(None).await;
     drop((processor, bank));
     remove_db(&path);
 

@@ -37,7 +37,7 @@ async fn capacity_paces_dispatch_so_1000_operations_of_cost_10_at_1000_per_secon
         .unwrap();
     let start = Instant::now();
     let tickets: Vec<_> = (0..1000)
-        .map(|i| b.try_submit(Operation::new(i).cost(10)).unwrap())
+        .map(|i| b.try_submit(Operation::new(i).with_cost(10)).unwrap())
         .collect();
     for t in tickets {
         t.await.unwrap();
@@ -68,7 +68,7 @@ async fn an_operation_costing_more_than_the_capacity_can_ever_grant_is_refused_t
         .capacity(Capacity::provisioned_with_burst(1_000, 50).unwrap())
         .build(handler)
         .unwrap();
-    match b.submit(Operation::new(1).cost(51)).await {
+    match b.submit(Operation::new(1).with_cost(51)).await {
         Err(SubmitError::TooExpensive {
             cost: 51,
             limit: 50,
@@ -83,13 +83,13 @@ async fn an_operation_costing_more_than_the_capacity_can_ever_grant_is_refused_t
         (0, 0),
         "a refused submit leaves no trace"
     );
-    let err = b.try_submit(Operation::new(2).cost(60)).unwrap_err();
+    let err = b.try_submit(Operation::new(2).with_cost(60)).unwrap_err();
     assert!(
         err.to_string()
             .contains("lower its cost or raise that limit"),
         "{err}"
     );
-    b.submit(Operation::new(3).cost(50))
+    b.submit(Operation::new(3).with_cost(50))
         .await
         .unwrap()
         .await
@@ -101,7 +101,7 @@ async fn an_operation_costing_more_than_the_max_batch_cost_is_refused_too_expens
     let (handler, _log) = Recorder::<u32, ()>::new(Duration::ZERO);
     let b = Batcher::builder().max_batch_cost(8).build(handler).unwrap();
     assert!(matches!(
-        b.try_submit(Operation::new(1).cost(9)),
+        b.try_submit(Operation::new(1).with_cost(9)),
         Err(SubmitError::TooExpensive {
             limited_by: CostLimit::MaxBatchCost,
             ..
@@ -125,8 +125,8 @@ async fn one_capacity_shared_by_two_batchers_is_never_overspent() {
     let start = Instant::now();
     let mut tickets = Vec::new();
     for i in 0..300 {
-        tickets.push(b1.try_submit(Operation::new(i).cost(10)).unwrap());
-        tickets.push(b2.try_submit(Operation::new(i).cost(10)).unwrap());
+        tickets.push(b1.try_submit(Operation::new(i).with_cost(10)).unwrap());
+        tickets.push(b2.try_submit(Operation::new(i).with_cost(10)).unwrap());
     }
     for t in tickets {
         t.await.unwrap();
@@ -167,8 +167,8 @@ async fn the_engine_reports_its_target_to_its_capacity() {
         .unwrap();
     b1.pause();
     b2.pause();
-    let t1 = b1.try_submit(Operation::new(1).cost(7)).unwrap();
-    let t2 = b2.try_submit(Operation::new(2).cost(5)).unwrap();
+    let t1 = b1.try_submit(Operation::new(1).with_cost(7)).unwrap();
+    let t2 = b2.try_submit(Operation::new(2).with_cost(5)).unwrap();
     settle().await;
     assert_eq!(capacity.target(), 12, "the sum of both batchers' targets");
     b1.resume();
@@ -211,7 +211,7 @@ async fn a_capacity_source_hears_the_target_and_its_rate_governs_dispatch() {
         .build(handler)
         .unwrap();
     let tickets: Vec<_> = (0..10)
-        .map(|i| b.try_submit(Operation::new(i).cost(10)).unwrap())
+        .map(|i| b.try_submit(Operation::new(i).with_cost(10)).unwrap())
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(

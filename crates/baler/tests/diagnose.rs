@@ -73,7 +73,7 @@ async fn work_waiting_with_no_capacity_says_why_the_batch_never_starts() {
         .build(handler)
         .unwrap();
     let _t: Vec<_> = (0..5)
-        .map(|i| b.try_submit(Operation::new(i).cost(10)).unwrap())
+        .map(|i| b.try_submit(Operation::new(i).with_cost(10)).unwrap())
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(log.lock().unwrap().is_empty());
@@ -104,7 +104,7 @@ async fn work_waiting_for_capacity_says_the_capacity_sets_the_pace() {
         .build(handler)
         .unwrap();
     let _t: Vec<_> = (0..20)
-        .map(|i| b.try_submit(Operation::new(i).cost(10)).unwrap())
+        .map(|i| b.try_submit(Operation::new(i).with_cost(10)).unwrap())
         .collect();
     tokio::time::sleep(Duration::from_millis(450)).await;
     let d = b.diagnose().await;
@@ -329,7 +329,7 @@ async fn small_batches_cut_by_the_capacity_burst_say_so() {
         .build(handler)
         .unwrap();
     let tickets: Vec<_> = (0..60)
-        .map(|i| b.try_submit(Operation::new(i).cost(50)).unwrap())
+        .map(|i| b.try_submit(Operation::new(i).with_cost(50)).unwrap())
         .collect();
     for t in tickets {
         t.await.unwrap();
@@ -347,7 +347,7 @@ async fn small_batches_spread_over_many_keys_say_so() {
     let (handler, _) = Recorder::<u32, u32>::new(Duration::from_secs(1));
     let b = Batcher::builder().max_in_flight(32).build(handler).unwrap();
     let _t: Vec<_> = (0..25)
-        .map(|i| b.try_submit(Operation::new(i).key(i)).unwrap())
+        .map(|i| b.try_submit(Operation::new(i).with_key(i)).unwrap())
         .collect();
     settle().await;
     let d = b.diagnose().await;

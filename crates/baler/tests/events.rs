@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,10 +12,11 @@ use baler::{
     CapacitySource, Event, Events, Operation, Outcome, RecvError,
 };
 use common::settle;
+use futures_core::Stream;
 
 const MS: Duration = Duration::from_millis(1);
 
-fn drain<K: Clone>(events: &mut Events<K>) -> Vec<Event<K>> {
+fn drain<K: Clone + Send + 'static>(events: &mut Events<Event<K>>) -> Vec<Event<K>> {
     let mut out = Vec::new();
     while let Ok(Some(e)) = events.try_recv() {
         out.push(e);
@@ -44,7 +46,7 @@ async fn the_stream_tells_each_batch_dispatched_completed_failed_retried_and_tim
     let mut events = b.events();
     for (i, what) in ["ok", "fail", "slow", "retry"].into_iter().enumerate() {
         let _ = b
-            .submit(Operation::new(what).key(i as u8))
+            .submit(Operation::new(what).with_key(i as u8))
             .await
             .unwrap()
             .await;
@@ -191,6 +193,74 @@ async fn a_listener_that_falls_behind_never_stalls_the_engine_and_learns_how_man
         never_reads.recv().await.is_ok(),
         "then it reads the oldest event still held"
     );
+}
+
+async fn next<T: Clone + Send + 'static>(events: &mut Events<T>) -> Option<Result<T, RecvError>> {
+    std::future::poll_fn(|cx| Pin::new(&mut *events).poll_next(cx)).await
+}
+
+/// Read as a `Stream`, a listener that fell behind learns exactly what a
+/// `recv` reader learns, a read waiting for an event is woken by it, a `recv`
+/// given up on loses nothing, and the stream ends (instead of yielding
+/// `Closed`) once the batcher has shut down.
+#[tokio::test(start_paused = true)]
+async fn as_a_stream_a_listener_learns_its_lag_is_woken_and_ends_at_shutdown() {
+    let b = Batcher::builder()
+        .max_batch_size(1)
+        .event_capacity(8)
+        .build(handler_fn(|batch: Batch<u32>| async move {
+            Ok::<_, String>(batch.done_all(()))
+        }))
+        .unwrap();
+    let mut stream = b.events();
+    let mut reader = b.events();
+    for i in 0..100 {
+        b.submit(i).await.unwrap().await.unwrap();
+    }
+    let missed = match next(&mut stream).await {
+        Some(Err(RecvError::Lagged(missed))) => missed,
+        other => panic!("expected a lag report, got {other:?}"),
+    };
+    assert!(missed >= 100, "{missed}");
+    assert_eq!(reader.recv().await, Err(RecvError::Lagged(missed)));
+    loop {
+        let from_reader = reader.try_recv().unwrap();
+        let from_stream = stream.try_recv().unwrap();
+        assert_eq!(from_stream, from_reader);
+        if from_reader.is_none() {
+            break;
+        }
+    }
+
+    // A recv given up on while it waited keeps its place.
+    let gave_up = tokio::time::timeout(MS, reader.recv()).await;
+    assert!(gave_up.is_err(), "nothing was sent yet: {gave_up:?}");
+    let waiting = tokio::spawn(async move {
+        let event = next(&mut stream).await;
+        (event, stream)
+    });
+    settle().await;
+    b.submit(7).await.unwrap().await.unwrap();
+    let (event, mut stream) = waiting.await.unwrap();
+    assert!(
+        matches!(event, Some(Ok(Event::BatchDispatched { size: 1, .. }))),
+        "{event:?}"
+    );
+    assert!(matches!(
+        reader.recv().await,
+        Ok(Event::BatchDispatched { size: 1, .. })
+    ));
+
+    b.shutdown(None).await;
+    let mut last = None;
+    while let Some(event) = next(&mut stream).await {
+        last = Some(event.unwrap());
+    }
+    assert!(
+        matches!(last, Some(Event::ShutdownFinished { .. })),
+        "the stream ends after the last event: {last:?}"
+    );
+    assert_eq!(next(&mut stream).await, None, "and stays ended");
 }
 
 #[tokio::test(start_paused = true)]

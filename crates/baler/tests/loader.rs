@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baler::{batch_fn, Cache, ConfigError, LoadError, Loader, MemoryCache};
+use baler::{
+    loader::{batch_fn, Cache, LoadError, Loader, MemoryCache},
+    ConfigError,
+};
 use common::{advance, now_or_never, settle};
 use tokio::time::{sleep, Instant};
 
@@ -66,7 +69,7 @@ fn value(k: u32) -> String {
 fn recording(
     log: &Log,
     delay: Duration,
-) -> impl baler::BatchFn<u32, String, Error = String, Values = HashMap<u32, String>> {
+) -> impl baler::loader::BatchFn<u32, String, Error = String, Values = HashMap<u32, String>> {
     let log = log.clone();
     batch_fn(move |keys: Vec<u32>| {
         log.record(&keys);
@@ -97,46 +100,6 @@ fn spawn_load(
         let result = load.await;
         (start.elapsed(), result)
     })
-}
-
-// ----- seed 001 -----------------------------------------------------------
-
-/// Seed 001's example: with a minimum batch size of 20, 19 keys arrive and
-/// the 20th only 200 ms later. The 19 go at the straggler ticker (17 ms), not
-/// when the 20th arrives.
-#[tokio::test(start_paused = true)]
-async fn seed_001_nineteen_keys_below_the_minimum_go_at_the_ticker_not_with_the_twentieth() {
-    let log = Log::new();
-    let loader = Loader::builder()
-        .min_batch_size(20)
-        .build(recording(&log, Duration::ZERO))
-        .unwrap();
-    let first: Vec<_> = (0..19).map(|k| spawn_load(&loader, k)).collect();
-    sleep(200 * MS).await;
-    let twentieth = spawn_load(&loader, 19);
-
-    for (k, load) in (0..19).zip(first) {
-        let (waited, result) = load.await.unwrap();
-        assert_eq!(result.unwrap(), value(k));
-        assert_eq!(waited, 17 * MS, "key {k} waited for the ticker only");
-    }
-    let (waited, result) = twentieth.await.unwrap();
-    assert_eq!(result.unwrap(), value(19));
-    // Alone below the minimum, it goes at the next tick: 204 ms = 12 × 17.
-    assert_eq!(waited, 4 * MS);
-    assert_eq!(
-        log.calls(),
-        vec![
-            Call {
-                at: 17 * MS,
-                keys: (0..19).collect()
-            },
-            Call {
-                at: 204 * MS,
-                keys: vec![19]
-            },
-        ]
-    );
 }
 
 // ----- answers by key -----------------------------------------------------
@@ -353,16 +316,16 @@ async fn a_key_is_fetched_again_after_its_fetch_ended_when_nothing_is_cached() {
 
 // ----- max handlers -------------------------------------------------------
 
-/// With `max_handlers(2)`, never more than two calls of the batch function
+/// With `max_in_flight(2)`, never more than two calls of the batch function
 /// run at once, however many batches are ready.
 #[tokio::test(start_paused = true)]
-async fn max_handlers_caps_the_batch_calls_running_at_once() {
+async fn max_in_flight_caps_the_batch_calls_running_at_once() {
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let (r, p) = (running.clone(), peak.clone());
     let loader: TestLoader = Loader::builder()
         .max_batch_size(1)
-        .max_handlers(2)
+        .max_in_flight(2)
         .build(batch_fn(move |keys: Vec<u32>| {
             let (r, p) = (r.clone(), p.clone());
             async move {
@@ -390,7 +353,7 @@ async fn max_handlers_caps_the_batch_calls_running_at_once() {
 async fn a_cache_hit_answers_at_once_while_a_batch_of_other_keys_is_in_flight() {
     let log = Log::new();
     let loader = Loader::builder()
-        .max_handlers(1)
+        .max_in_flight(1)
         .build(recording(&log, 10_000 * MS))
         .unwrap();
     let first = spawn_load(&loader, 1);
@@ -530,7 +493,7 @@ async fn a_loader_fetches_a_key_again_once_its_cached_value_expired() {
 async fn a_caller_that_gives_up_during_the_batch_does_not_cancel_it_for_the_others() {
     let log = Log::new();
     let loader = Loader::builder()
-        .timeout(Duration::from_secs(1))
+        .max_operation_time(Duration::from_secs(1))
         .min_batch_size(2)
         .build(recording(&log, 500 * MS))
         .unwrap();
@@ -596,13 +559,13 @@ async fn a_key_whose_callers_all_gave_up_before_dispatch_is_not_fetched() {
 // ----- failures -----------------------------------------------------------
 
 /// A batch function that runs past the timeout is cancelled, and every key
-/// of its batch resolves as `Timeout`, at the timeout, whoever gave up
+/// of its batch resolves as `TimedOut`, at the timeout, whoever gave up
 /// earlier. A timeout is not cached.
 #[tokio::test(start_paused = true)]
-async fn the_timeout_cancels_a_slow_batch_and_no_caller_can_shorten_it() {
+async fn max_operation_time_cancels_a_slow_batch_and_no_caller_can_shorten_it() {
     let log = Log::new();
     let loader = Loader::builder()
-        .timeout(Duration::from_secs(1))
+        .max_operation_time(Duration::from_secs(1))
         .cache_errors(true)
         .min_batch_size(2)
         .build(recording(&log, Duration::from_secs(10)))
@@ -614,7 +577,7 @@ async fn the_timeout_cancels_a_slow_batch_and_no_caller_can_shorten_it() {
     let a = spawn_load(&loader, 1);
     let b = spawn_load(&loader, 2);
     assert!(impatient.await.unwrap().is_err());
-    let timeout = Err(LoadError::Timeout {
+    let timeout = Err(LoadError::TimedOut {
         after: Duration::from_secs(1),
     });
     for load in [a, b] {
@@ -709,22 +672,6 @@ async fn shutdown_dispatches_stragglers_below_the_minimum_at_once_and_nothing_ha
     assert_eq!(loader.load(3).await.unwrap(), value(3));
 }
 
-/// A shutdown with a deadline: a batch still running when it passes is
-/// dropped and its keys resolve as `Abandoned`, listed in the report.
-#[tokio::test(start_paused = true)]
-async fn shutdown_with_a_deadline_abandons_the_keys_of_a_batch_still_running() {
-    let log = Log::new();
-    let loader = Loader::new(recording(&log, Duration::from_secs(60))).unwrap();
-    let load = spawn_load(&loader, 1);
-    settle().await;
-    let report = loader.shutdown(Duration::from_secs(1)).await;
-    assert_eq!(report.abandoned.len(), 1);
-    assert_eq!(report.abandoned[0].payload, 1);
-    let (waited, result) = load.await.unwrap();
-    assert_eq!(result, Err(LoadError::Abandoned));
-    assert_eq!(waited, Duration::from_secs(1));
-}
-
 /// Dropping the last handle drains the loader like a shutdown: loads still
 /// waiting resolve.
 #[tokio::test(start_paused = true)]
@@ -756,7 +703,7 @@ async fn loads_beyond_the_buffer_wait_for_room_instead_of_failing() {
     let log = Log::new();
     let loader = Loader::builder()
         .max_batch_size(100)
-        .max_handlers(1)
+        .max_in_flight(1)
         .build(recording(&log, Duration::from_secs(1)))
         .unwrap();
     let keys = 0..10_050u32;
@@ -770,55 +717,6 @@ async fn loads_beyond_the_buffer_wait_for_room_instead_of_failing() {
 
 // ----- configuration ------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn options_that_cannot_work_are_refused_with_the_option_named() {
-    let log = Log::new();
-    let err = Loader::builder()
-        .max_handlers(0)
-        .build(recording(&log, MS))
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        ConfigError::Zero {
-            setting: "max_handlers",
-            ..
-        }
-    ));
-    let err = Loader::builder()
-        .min_batch_size(10)
-        .max_batch_size(5)
-        .build(recording(&log, MS))
-        .unwrap_err();
-    assert_eq!(err, ConfigError::MinAboveMax { min: 10, max: 5 });
-    let err = Loader::builder()
-        .timeout(Duration::ZERO)
-        .build(recording(&log, MS))
-        .unwrap_err();
-    assert!(err.to_string().contains("timeout"), "{err}");
-    for (builder, option) in [
-        (Loader::builder().timeout(Duration::MAX), "timeout"),
-        (Loader::builder().linger(Duration::MAX), "linger"),
-        (Loader::builder().ticker(Duration::MAX), "ticker"),
-    ] {
-        let err = builder.build(recording(&log, MS)).unwrap_err();
-        assert!(
-            matches!(err, ConfigError::TooLarge { .. }),
-            "{option}: {err}"
-        );
-        assert!(err.to_string().starts_with(option), "{option}: {err}");
-    }
-}
-
-#[test]
-fn building_outside_a_tokio_runtime_is_an_error_not_a_panic() {
-    let log = Log {
-        start: Instant::now(),
-        calls: Arc::default(),
-    };
-    let err = Loader::new(recording(&log, MS)).unwrap_err();
-    assert_eq!(err, ConfigError::NoRuntime);
-}
-
 // ----- races --------------------------------------------------------------
 
 /// Many tasks on several threads load overlapping keys, some giving up
@@ -829,7 +727,7 @@ fn building_outside_a_tokio_runtime_is_an_error_not_a_panic() {
 async fn loads_racing_with_give_ups_and_clears_on_several_threads_each_get_their_own_value() {
     let loader: TestLoader = Loader::builder()
         .max_batch_size(16)
-        .max_handlers(3)
+        .max_in_flight(3)
         .cache(MemoryCache::new(8, None).unwrap())
         .build(batch_fn(|keys: Vec<u32>| async move {
             tokio::task::yield_now().await;

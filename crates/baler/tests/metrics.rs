@@ -100,7 +100,7 @@ async fn a_known_workload_scrapes_to_the_numbers_it_determines() {
     })
     .unwrap();
     let tickets: Vec<_> = (0..25)
-        .map(|i| b.try_submit(Operation::new(i).cost(2)).unwrap())
+        .map(|i| b.try_submit(Operation::new(i).with_cost(2)).unwrap())
         .collect();
     let mut results = Vec::new();
     for t in tickets {
@@ -233,7 +233,7 @@ async fn gauges_show_what_is_held_while_paused() {
     .unwrap();
     b.pause();
     let _held: Vec<_> = (0..3)
-        .map(|i| b.try_submit(Operation::new(i).cost(5)).unwrap())
+        .map(|i| b.try_submit(Operation::new(i).with_cost(5)).unwrap())
         .collect();
     let waiter = {
         let b = b.clone();

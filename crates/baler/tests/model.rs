@@ -60,18 +60,18 @@
 //! - A ticket dropped while its batch may have been dispatched but not yet
 //!   polled may see that one attempt reach the handler afterwards.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use baler::{
     handler_fn, Batch, Batcher, Capacity, Dispatch, Error, Execution, HandlerResult, Operation,
     Outcome, ShutdownReport, SubmitError, Ticket,
 };
+use common::{now_or_never, settle};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
@@ -705,22 +705,6 @@ struct Op {
     state: OpState,
 }
 
-/// Polls once with a waker that does nothing.
-fn poll_now<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
-    let mut cx = Context::from_waker(Waker::noop());
-    match Pin::new(f).poll(&mut cx) {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => None,
-    }
-}
-
-/// Lets every other task run a few turns.
-async fn settle() {
-    for _ in 0..6 {
-        tokio::task::yield_now().await;
-    }
-}
-
 macro_rules! ensure {
     ($cond:expr, $($msg:tt)+) => {
         if !$cond {
@@ -891,9 +875,9 @@ impl<'a> Run<'a> {
             cost,
             script: script.clone(),
         };
-        let mut op = Operation::new(payload).cost(cost);
+        let mut op = Operation::new(payload).with_cost(cost);
         if let Some(k) = key {
-            op = op.key(k);
+            op = op.with_key(k);
         }
         let state = match how {
             How::Try => {
@@ -1053,7 +1037,7 @@ impl<'a> Run<'a> {
             else {
                 unreachable!()
             };
-            match poll_now(&mut handle) {
+            match now_or_never(&mut handle) {
                 Some(Ok(Ok(ticket))) => {
                     ensure!(
                         !self.cfg().too_expensive(self.ops[id].cost),
@@ -1077,7 +1061,7 @@ impl<'a> Run<'a> {
         let cfg = self.case.config.clone();
         for op in &mut self.ops {
             if let OpState::Live(ticket) = &mut op.state {
-                if let Some(result) = poll_now(ticket) {
+                if let Some(result) = now_or_never(ticket) {
                     op.state = OpState::Resolved(resolution(result, &cfg));
                 }
             }
@@ -1257,7 +1241,7 @@ impl<'a> Run<'a> {
                         handle.is_finished(),
                         "the aborted submit of op {id} never finished"
                     );
-                    match poll_now(handle) {
+                    match now_or_never(handle) {
                         Some(Err(e)) if e.is_cancelled() => {}
                         other => {
                             return Err(format!(

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baler::{BatchOutcome, ConfigError, Processor, ProcessorBuilder, ProcessorError, Store};
+use baler::{
+    processor::{BatchOutcome, Processor, ProcessorBuilder, ProcessorError, Store},
+    ConfigError,
+};
 use memstore::{Mem, StoreDown};
 use tokio::time::Instant;
 
@@ -15,7 +18,7 @@ const WINDOW: Duration = Duration::from_millis(100);
 type Proc = Processor<String, Vec<u32>, StoreDown>;
 
 fn builder() -> ProcessorBuilder {
-    Processor::builder().min_duration(WINDOW)
+    Processor::builder().linger(WINDOW)
 }
 
 fn start(mem: &Mem) -> Proc {
@@ -83,7 +86,7 @@ async fn operations_of_a_key_run_in_arrival_order_across_windows() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_window_closes_min_duration_after_its_first_operation() {
+async fn the_window_closes_its_linger_after_its_first_operation() {
     let mem = Mem::new();
     let p = start(&mem);
     let t0 = Instant::now();
@@ -131,8 +134,8 @@ async fn the_resource_is_changed_in_place_so_no_update_is_lost() {
     let total: Arc<std::sync::Mutex<i64>> = Arc::default();
     let saved = total.clone();
     let p = Processor::builder()
-        .min_duration(WINDOW)
-        .build(baler::store_fn(
+        .linger(WINDOW)
+        .build(baler::processor::store_fn(
             |_k: u8| async move { Ok::<i64, StoreDown>(0) },
             move |_k: u8, sum: i64| {
                 *saved.lock().unwrap() = sum;
@@ -200,8 +203,8 @@ async fn a_slow_key_does_not_block_other_keys() {
     }
     let mem = Mem::new();
     let p = builder()
-        .max_duration(Duration::from_secs(60))
-        .max_active_keys(2)
+        .max_store_time(Duration::from_secs(60))
+        .max_in_flight(2)
         .build(SlowForOne(mem.clone()))
         .unwrap();
     let slow = {
@@ -227,9 +230,9 @@ async fn a_slow_key_does_not_block_other_keys() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn max_active_keys_bounds_the_keys_processed_at_once() {
+async fn max_in_flight_bounds_the_keys_processed_at_once() {
     let mem = Mem::with_delays(Duration::from_millis(50), Duration::from_millis(50));
-    let p = builder().max_active_keys(3).build(mem.clone()).unwrap();
+    let p = builder().max_in_flight(3).build(mem.clone()).unwrap();
     let runs: Vec<_> = (0..20)
         .map(|n| spawn_push(&p, &format!("k{n}"), n))
         .collect();
@@ -294,10 +297,10 @@ async fn a_save_error_fails_every_operation_and_nothing_is_persisted() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_load_past_max_duration_times_out_and_no_operation_runs() {
+async fn a_load_past_max_store_time_times_out_and_no_operation_runs() {
     let mem = Mem::with_delays(Duration::from_millis(500), Duration::ZERO);
     let p = builder()
-        .max_duration(Duration::from_millis(200))
+        .max_store_time(Duration::from_millis(200))
         .build(mem.clone())
         .unwrap();
     let t0 = Instant::now();
@@ -310,9 +313,9 @@ async fn a_load_past_max_duration_times_out_and_no_operation_runs() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_save_past_max_duration_times_out() {
+async fn a_save_past_max_store_time_times_out() {
     let mem = Mem::with_delays(Duration::ZERO, Duration::from_millis(500));
-    // By default max_duration is twice min_duration.
+    // By default max_store_time is twice linger.
     let p = start(&mem);
     let t0 = Instant::now();
     let err = p.run(key("a"), push(1)).await.unwrap_err();
@@ -508,10 +511,10 @@ async fn run_timeout_waits_for_the_save_once_its_operation_started() {
     assert_eq!(mem.saved("a"), vec![1]);
 }
 
-// ----- stop -----------------------------------------------------------------
+// ----- shutdown -------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
-async fn stop_saves_the_open_windows_at_once_and_returns_when_done() {
+async fn shutdown_saves_the_open_windows_at_once_and_returns_when_done() {
     let mem = Mem::with_delays(Duration::from_millis(5), Duration::from_millis(5));
     let p = start(&mem);
     let runs: Vec<_> = (0..6)
@@ -519,10 +522,16 @@ async fn stop_saves_the_open_windows_at_once_and_returns_when_done() {
         .collect();
     tokio::time::sleep(Duration::from_millis(10)).await;
     let t0 = Instant::now();
-    p.stop().await;
-    // The windows closed at the stop, not 100 ms after they opened.
+    let report = p.shutdown(None).await;
+    // The windows closed at the shutdown, not 100 ms after they opened.
     assert_eq!(t0.elapsed(), Duration::from_millis(10));
     assert_eq!(mem.saves(), 3);
+    assert_eq!(
+        (report.flushed, report.completed, report.failed),
+        (6, 6, 0),
+        "{report:?}"
+    );
+    assert!(report.abandoned.is_empty(), "{report:?}");
     for run in runs {
         assert!(run.await.unwrap().is_ok());
     }
@@ -530,19 +539,19 @@ async fn stop_saves_the_open_windows_at_once_and_returns_when_done() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn run_after_stop_fails_with_stopped() {
+async fn run_after_shutdown_fails_with_stopped() {
     let mem = Mem::new();
     let p = start(&mem);
-    p.stop().await;
-    assert!(p.is_stopped());
+    p.shutdown(None).await;
+    assert!(p.is_shutting_down());
     let err = p.run(key("a"), push(1)).await.unwrap_err();
     assert!(matches!(err, ProcessorError::Stopped));
     assert_eq!(
         err.to_string(),
-        "the processor is stopped and accepts no new operations"
+        "the processor is shut down and accepts no new operations"
     );
-    // Stopping again returns at once.
-    p.stop().await;
+    // Shutting down again returns at once.
+    p.shutdown(None).await;
 }
 
 // ----- figures --------------------------------------------------------------
@@ -579,63 +588,39 @@ async fn every_batch_reports_its_operations_and_its_load_and_save_times() {
 #[tokio::test]
 async fn settings_that_cannot_work_are_refused_with_the_setting_named() {
     let zero_window = Processor::builder()
-        .min_duration(Duration::ZERO)
+        .linger(Duration::ZERO)
         .build(Mem::new())
         .unwrap_err();
     assert!(matches!(
         zero_window,
         ConfigError::ZeroDuration {
-            setting: "max_duration",
+            setting: "max_store_time",
             ..
         }
     ));
-    let no_keys = Processor::builder()
-        .max_active_keys(0)
-        .build(Mem::new())
-        .unwrap_err();
-    assert!(no_keys.to_string().contains("max_active_keys"));
-    let too_big = Processor::builder()
-        .buffer_size(10)
-        .max_batch_size(11)
-        .build(Mem::new())
-        .unwrap_err();
-    assert!(matches!(
-        too_big,
-        ConfigError::BufferSmallerThanBatch { .. }
-    ));
-    // A zero window is fine with an explicit max_duration.
+    // A zero window is fine with an explicit max_store_time.
     Processor::builder()
-        .min_duration(Duration::ZERO)
-        .max_duration(Duration::from_millis(10))
+        .linger(Duration::ZERO)
+        .max_store_time(Duration::from_millis(10))
         .build(Mem::new())
         .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
 async fn absurd_durations_and_event_capacities_are_refused_not_a_later_panic() {
-    let cases = [
-        (
-            Processor::builder().min_duration(Duration::MAX),
-            "min_duration",
-        ),
-        (
-            Processor::builder().max_duration(Duration::MAX),
-            "max_duration",
-        ),
-        (
-            Processor::builder().event_capacity(usize::MAX),
-            "event_capacity",
-        ),
-    ];
+    let cases = [(
+        Processor::builder().max_store_time(Duration::MAX),
+        "max_store_time",
+    )];
     for (builder, setting) in cases {
         let err = builder.build(Mem::new()).unwrap_err();
         assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
         assert!(err.to_string().starts_with(setting), "{setting}: {err}");
     }
-    // A day's window is the longest, and its default max_duration of two
+    // A day's window is the longest, and its default max_store_time of two
     // days is not held against it.
     Processor::builder()
-        .min_duration(Duration::from_secs(86_400))
+        .linger(Duration::from_secs(86_400))
         .build(Mem::new())
         .unwrap();
 }

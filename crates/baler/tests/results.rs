@@ -364,18 +364,70 @@ async fn with_retry_timeouts_a_timed_out_operation_is_retried_while_attempts_rem
     assert_eq!(b.stats().retried, 2);
 }
 
+/// Every way an operation can end, side by side: each ticket resolves once,
+/// with its own result, by the time its batch is over (none left pending),
+/// and each resolution is counted once: `completed + failed == submitted`.
 #[tokio::test(start_paused = true)]
-async fn a_ticket_resolves_exactly_once() {
+async fn every_way_an_operation_ends_resolves_its_ticket_once_and_counts_it_once() {
+    // One operation per batch; the payload says how its handler ends:
+    // 0 done, 1 failed, 2 retried once then done, 3 retried until exhausted,
+    // 4 a whole-batch error, 5 a panic, 6 past the max operation time.
     let b = Batcher::builder()
-        .build(handler_fn(|batch: Batch<i32>| async move {
-            Ok::<_, String>(batch.done_all(()))
+        .max_batch_size(1)
+        .max_in_flight(8)
+        .max_attempts(2)
+        .backoff(10 * MS, 10 * MS)
+        .max_operation_time(50 * MS)
+        .build(handler_fn(|batch: Batch<u32>| async move {
+            let (n, attempt) = (batch.items()[0], batch.info()[0].attempt);
+            match n {
+                0 => Ok(vec![Outcome::Done(n)]),
+                1 => Ok(vec![Outcome::Failed(format!("{n} failed"))]),
+                2 if attempt > 1 => Ok(vec![Outcome::Done(n)]),
+                2 | 3 => Ok(vec![Outcome::Retry(format!("{n} busy"))]),
+                4 => Err(format!("{n}'s batch failed")),
+                5 => panic!("{n} panicked"),
+                _ => std::future::pending().await,
+            }
         }))
         .unwrap();
-    let mut t = b.submit(1).await.unwrap();
+    let mut tickets = Vec::new();
+    for n in 0..7 {
+        tickets.push(b.submit(n).await.unwrap());
+    }
+    // Every batch is over by then: backoffs of 10 ms, a timeout at 50 ms.
+    tokio::time::sleep(100 * MS).await;
     settle().await;
-    assert!(matches!(common::now_or_never(&mut t), Some(Ok(()))));
-    let s = b.stats();
-    assert_eq!((s.completed, s.failed), (1, 0));
+    let mut results = Vec::new();
+    for (n, t) in tickets.iter_mut().enumerate() {
+        match common::now_or_never(t) {
+            Some(result) => results.push(result),
+            None => panic!("the ticket of operation {n} never resolved"),
+        }
+    }
+    assert!(matches!(results[0], Ok(0)), "{:?}", results[0]);
+    assert!(matches!(&results[1], Err(Error::Handler(e)) if **e == "1 failed"));
+    assert!(matches!(results[2], Ok(2)), "{:?}", results[2]);
+    assert!(
+        matches!(&results[3], Err(Error::Exhausted { attempts: 2, last }) if **last == "3 busy"),
+        "{:?}",
+        results[3]
+    );
+    assert!(matches!(&results[4], Err(Error::Handler(e)) if **e == "4's batch failed"));
+    assert!(matches!(&results[5], Err(Error::Panicked { message }) if message == "5 panicked"));
+    assert!(
+        matches!(results[6], Err(Error::TimedOut { .. })),
+        "{:?}",
+        results[6]
+    );
+    let s = assert_target(&b);
+    assert_eq!(
+        (s.submitted, s.completed, s.failed, s.retried, s.cancelled),
+        (7, 2, 5, 2, 0),
+        "each resolution counted once: {s:?}"
+    );
+    // Nothing is left to resolve a ticket a second time.
+    assert_eq!((s.buffered, s.retrying, s.in_flight), (0, 0, 0), "{s:?}");
 }
 
 /// `Execution::Inline` changes where handler futures are polled, not what

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baler::{
-    handler_fn, Acquired, Batch, Batcher, Capacity, CapacityEvent, Code, ConfigError, Demand,
-    Event, LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore, Operation, Outcome,
-    SharedCapacity,
+    handler_fn,
+    shared::{
+        Acquired, Demand, LeaseFuture, LeaseStore, LeaseStoreError, MemoryLeaseStore,
+        SharedCapacity,
+    },
+    Batch, Batcher, Capacity, CapacityEvent, Code, ConfigError, Event, Operation, Outcome,
 };
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
@@ -125,7 +128,11 @@ fn holding(capacity: &Capacity) -> (Held, watch::Sender<bool>) {
 /// Submits operations worth `cost` in all (500 each).
 fn want(batcher: &Held, cost: u64) -> Vec<baler::Ticket<u64, String>> {
     (0..cost / 500)
-        .map(|i| batcher.try_submit(Operation::new(i).cost(500)).unwrap())
+        .map(|i| {
+            batcher
+                .try_submit(Operation::new(i).with_cost(500))
+                .unwrap()
+        })
         .collect()
 }
 
@@ -479,12 +486,6 @@ async fn settings_that_cannot_work_are_refused_with_what_to_change() {
         e.to_string().starts_with("SharedCapacity::burst_interval"),
         "{e}"
     );
-}
-
-#[test]
-fn building_outside_a_runtime_is_refused() {
-    let e = Capacity::shared(0, 10_000, 1_000, MemoryLeaseStore::new()).unwrap_err();
-    assert_eq!(e, ConfigError::CapacityNoRuntime);
 }
 
 #[tokio::test(start_paused = true)]

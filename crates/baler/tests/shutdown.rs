@@ -108,10 +108,13 @@ async fn shutdown_with_a_deadline_abandons_what_is_left_and_returns_it_in_the_re
             Ok::<_, String>(batch.iter().map(|&n| Outcome::Done(n)).collect())
         }))
         .unwrap();
-    let quick = b.try_submit(Operation::new(1).key("a")).unwrap();
+    let quick = b.try_submit(Operation::new(1).with_key("a")).unwrap();
     settle().await;
     let hung: Vec<_> = (100..104)
-        .map(|i| b.try_submit(Operation::new(i).key("a").cost(2)).unwrap())
+        .map(|i| {
+            b.try_submit(Operation::new(i).with_key("a").with_cost(2))
+                .unwrap()
+        })
         .collect();
     let start = Instant::now();
     let report = b.shutdown(Duration::from_millis(500)).await;
@@ -286,12 +289,40 @@ async fn a_second_shutdown_waits_for_the_same_shutdown_and_the_earliest_deadline
     assert_eq!((first.completed, second.completed), (0, 0));
 }
 
+/// A shutdown called once the engine has stopped cannot ask it: it gets the
+/// counts the finished shutdown reported (not its abandoned payloads, which
+/// went to the first caller).
 #[tokio::test(start_paused = true)]
-async fn shutdown_after_the_engine_stopped_returns_an_empty_report() {
-    let (handler, _log) = Recorder::<u32, ()>::new(Duration::ZERO);
-    let b = Batcher::builder().build(handler).unwrap();
-    b.shutdown(None).await;
+async fn shutdown_after_the_engine_stopped_returns_the_finished_shutdowns_counts() {
+    let (handler, log) = Recorder::<u32, ()>::answering(Duration::ZERO, |n| {
+        if n % 2 == 0 {
+            Outcome::Done(*n)
+        } else {
+            Outcome::Failed(format!("{n} is odd"))
+        }
+    });
+    let b = Batcher::builder()
+        .linger(HOUR)
+        .dispatch(Dispatch::Linger)
+        .build(handler)
+        .unwrap();
+    let tickets: Vec<_> = (0..5).map(|i| b.try_submit(i).unwrap()).collect();
+    settle().await;
+    assert!(
+        sizes(&log).is_empty(),
+        "held by the linger until the shutdown"
+    );
+    let first = b.shutdown(None).await;
+    assert_eq!(
+        (first.flushed, first.completed, first.failed),
+        (5, 3, 2),
+        "{first:?}"
+    );
+    assert!(first.abandoned.is_empty());
+    for (i, t) in tickets.into_iter().enumerate() {
+        assert_eq!(t.await.is_ok(), i % 2 == 0);
+    }
     let again = b.shutdown(None).await;
-    assert!(again.is_clean());
+    assert_eq!(again, first, "the same counts, from the finished shutdown");
     assert!(matches!(b.try_submit(1), Err(SubmitError::Shutdown(1))));
 }

@@ -31,7 +31,7 @@ async fn stats_count_what_was_submitted_held_and_resolved() {
         }))
         .unwrap();
     let mut tickets: Vec<_> = (0..12)
-        .map(|n| b.try_submit(Operation::new(n).cost(2)).unwrap())
+        .map(|n| b.try_submit(Operation::new(n).with_cost(2)).unwrap())
         .collect();
     let cancelled = tickets.pop().unwrap(); // n = 11, still buffered
                                             // The capacity's bucket starts empty: the first batch waits 8 µs for it.

@@ -104,7 +104,10 @@ fn each_batch_has_one_span_with_its_key_size_cost_attempt_and_outcome() {
             }))
             .unwrap();
         let tickets: Vec<_> = (0..25)
-            .map(|i| b.try_submit(Operation::new(i).key("eu").cost(3)).unwrap())
+            .map(|i| {
+                b.try_submit(Operation::new(i).with_key("eu").with_cost(3))
+                    .unwrap()
+            })
             .collect();
         for t in tickets {
             t.await.unwrap();

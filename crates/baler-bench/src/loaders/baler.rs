@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use baler::{BatchFn, Loader};
+use baler::loader::{BatchFn, Loader};
 
 use super::{load_keys, LoaderContender};
 use crate::shared::{BoxError, Shared, LINGER, MAX_BATCH};
 
 pub struct Baler {
-    /// `max_handlers`: how many batch calls may run at once.
+    /// `max_in_flight`: how many batch calls may run at once.
     handlers: usize,
 }
 
@@ -53,9 +53,9 @@ impl LoaderContender for Baler {
 
     fn config(&self) -> &'static str {
         if self.handlers == 1 {
-            "as baler Loader, with `.max_handlers(1)`"
+            "as baler Loader, with `.max_in_flight(1)`"
         } else {
-            "`Loader::builder().max_batch_size(100).linger(1 ms).no_cache()`, default `max_handlers` 8, `load`"
+            "`Loader::builder().max_batch_size(100).linger(1 ms).no_cache()`, default `max_in_flight` 8, `load`"
         }
     }
 
@@ -63,7 +63,7 @@ impl LoaderContender for Baler {
         Loader::builder()
             .max_batch_size(MAX_BATCH)
             .linger(LINGER)
-            .max_handlers(self.handlers)
+            .max_in_flight(self.handlers)
             .no_cache()
             .build(NoOp {
                 shared: shared.clone(),

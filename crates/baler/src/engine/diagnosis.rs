@@ -148,7 +148,7 @@ where
                         batch.id, batch.ops
                     ),
                     numbers: vec![
-                        ("batch", batch.id as f64),
+                        ("batch", batch.id.0 as f64),
                         ("running_seconds", running.as_secs_f64()),
                         ("max_operation_time_seconds", limit.as_secs_f64()),
                     ],
@@ -163,7 +163,7 @@ where
                         batch.id, batch.ops
                     ),
                     numbers: vec![
-                        ("batch", batch.id as f64),
+                        ("batch", batch.id.0 as f64),
                         ("running_seconds", running.as_secs_f64()),
                     ],
                 }),

@@ -92,7 +92,7 @@ impl<T, K, O, E> Flights<T, K, O, E> {
             table: Vec::new(),
             free: Vec::new(),
             running: Vec::new(),
-            next_batch: 0,
+            next_batch: BatchId(0),
             run,
             capacity_wait: None,
             batch_cost_limit,
@@ -260,7 +260,7 @@ where
             oldest.map_or(Duration::ZERO, |at| now.saturating_duration_since(at)),
         );
         let id = self.flights.next_batch;
-        self.flights.next_batch += 1;
+        self.flights.next_batch.0 += 1;
         let attempt = info.iter().map(|i| i.attempt).max().unwrap_or(1);
         let key = &self.slots[slot].key;
         self.emit(|| Event::BatchDispatched {

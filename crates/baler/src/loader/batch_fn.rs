@@ -11,7 +11,7 @@ use crate::handler::{Batch, Handler, HandlerResult, Outcome};
 use crate::loader::error::FetchError;
 use crate::loader::hashed::{ByHash, Hashed, KeyHasher, PassHash};
 
-/// Fetches many keys at once: the one thing a [`Loader`](crate::Loader) needs
+/// Fetches many keys at once: the one thing a [`Loader`](crate::loader::Loader) needs
 /// from its user.
 ///
 /// It receives the keys of one batch (each key once) and answers with
@@ -19,17 +19,17 @@ use crate::loader::hashed::{ByHash, Hashed, KeyHasher, PassHash};
 /// other iterator of pairs. The loader matches answers to callers **by key**,
 /// never by position, so an answer in a different order than the keys still
 /// reaches the right callers. A key missing from the answer resolves as
-/// [`LoadError::NotFound`](crate::LoadError::NotFound); pairs for keys that
+/// [`LoadError::NotFound`](crate::loader::LoadError::NotFound); pairs for keys that
 /// were not asked for are ignored (and not cached); when a key is answered
 /// twice, the first answer counts. An `Err` fails every key of the batch with
-/// [`LoadError::Fetch`](crate::LoadError::Fetch), one error shared by all.
+/// [`LoadError::Fetch`](crate::loader::LoadError::Fetch), one error shared by all.
 ///
 /// Implement it for a type that holds your database pool, or wrap a closure
 /// with [`batch_fn`].
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use baler::BatchFn;
+/// use baler::loader::BatchFn;
 ///
 /// struct Users;
 ///
@@ -69,7 +69,7 @@ impl<F> std::fmt::Debug for BatchFnOf<F> {
 /// ```
 /// use std::collections::HashMap;
 ///
-/// let users = baler::batch_fn(|ids: Vec<u64>| async move {
+/// let users = baler::loader::batch_fn(|ids: Vec<u64>| async move {
 ///     let found: HashMap<u64, String> = ids.into_iter().map(|id| (id, format!("user {id}"))).collect();
 ///     Ok::<_, std::io::Error>(found)
 /// });

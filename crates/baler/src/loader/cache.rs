@@ -9,19 +9,19 @@ use tokio::time::Instant;
 
 use crate::error::ConfigError;
 
-/// Where a [`Loader`](crate::Loader) keeps answers, so that a key loaded
+/// Where a [`Loader`](crate::loader::Loader) keeps answers, so that a key loaded
 /// once is answered at once the next time, without a batch.
 ///
 /// The loader calls it with its own locks released only around `get`; the
 /// other methods are called briefly under the loader's table of loads in
 /// flight, so they must not block for long (no I/O). `V` is what the loader
 /// stores: `Result<V, LoadError<E>>`, where errors are only stored with
-/// [`cache_errors`](crate::LoaderBuilder::cache_errors).
+/// [`cache_errors`](crate::loader::LoaderBuilder::cache_errors).
 ///
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
-/// use baler::Cache;
+/// use baler::loader::Cache;
 ///
 /// /// An unbounded cache (for one request's lifetime, as GraphQL servers do).
 /// #[derive(Default)]
@@ -67,7 +67,7 @@ pub trait Cache<K, V>: Send + Sync + 'static {
 ///
 /// ```
 /// use std::time::Duration;
-/// use baler::{Cache, MemoryCache};
+/// use baler::loader::{Cache, MemoryCache};
 ///
 /// # fn main() -> Result<(), baler::ConfigError> {
 /// let cache = MemoryCache::new(2, None)?;
@@ -121,7 +121,7 @@ impl<K, V> MemoryCache<K, V> {
     /// # Errors
     ///
     /// [`ConfigError::Zero`] for a capacity of 0 (build the loader with
-    /// [`no_cache`](crate::LoaderBuilder::no_cache) instead), and
+    /// [`no_cache`](crate::loader::LoaderBuilder::no_cache) instead), and
     /// [`ConfigError::ZeroDuration`] for a time to live of zero.
     pub fn new(capacity: usize, ttl: Option<Duration>) -> Result<Self, ConfigError> {
         if capacity == 0 {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 
-/// Why a [`Loader::load`](crate::Loader::load) produced no value.
+/// Why a [`Loader::load`](crate::loader::Loader::load) produced no value.
 ///
 /// `E` is the batch function's error. One failed batch answers every key it
 /// was asked for, so its error is shared behind an [`Arc`]: every caller of
@@ -17,9 +17,9 @@ pub enum LoadError<E> {
     NotFound,
     /// The batch function failed the whole batch this key was in.
     Fetch(Arc<E>),
-    /// The batch function ran past the loader's [`timeout`](crate::LoaderBuilder::timeout)
+    /// The batch function ran past the loader's [`max_operation_time`](crate::loader::LoaderBuilder::max_operation_time)
     /// and was cancelled.
-    Timeout {
+    TimedOut {
         /// The timeout that was exceeded.
         after: Duration,
     },
@@ -39,7 +39,7 @@ impl<E> LoadError<E> {
     /// Whether the error says something about the key itself (it was not
     /// found, or the batch function failed on it), as opposed to the loader
     /// giving up on it (timeout, panic, shutdown). Only such errors are cached,
-    /// and only with [`cache_errors`](crate::LoaderBuilder::cache_errors).
+    /// and only with [`cache_errors`](crate::loader::LoaderBuilder::cache_errors).
     pub fn is_answer(&self) -> bool {
         matches!(self, LoadError::NotFound | LoadError::Fetch(_))
     }
@@ -59,7 +59,7 @@ impl<E> LoadError<E> {
                 FetchError::NotFound => LoadError::NotFound,
                 FetchError::Batch(e) => LoadError::Fetch(e.clone()),
             },
-            Error::TimedOut { after, .. } => LoadError::Timeout { after },
+            Error::TimedOut { after, .. } => LoadError::TimedOut { after },
             Error::Panicked { message } => LoadError::Panicked { message },
             Error::Abandoned => LoadError::Abandoned,
             Error::Stopped => LoadError::Stopped,
@@ -88,7 +88,7 @@ impl<E> Clone for LoadError<E> {
         match self {
             LoadError::NotFound => LoadError::NotFound,
             LoadError::Fetch(e) => LoadError::Fetch(e.clone()),
-            LoadError::Timeout { after } => LoadError::Timeout { after: *after },
+            LoadError::TimedOut { after } => LoadError::TimedOut { after: *after },
             LoadError::Panicked { message } => LoadError::Panicked {
                 message: message.clone(),
             },
@@ -105,7 +105,7 @@ impl<E: PartialEq> PartialEq for LoadError<E> {
             | (LoadError::Stopped, LoadError::Stopped)
             | (LoadError::Abandoned, LoadError::Abandoned) => true,
             (LoadError::Fetch(a), LoadError::Fetch(b)) => a == b,
-            (LoadError::Timeout { after: a }, LoadError::Timeout { after: b }) => a == b,
+            (LoadError::TimedOut { after: a }, LoadError::TimedOut { after: b }) => a == b,
             (LoadError::Panicked { message: a }, LoadError::Panicked { message: b }) => a == b,
             _ => false,
         }
@@ -121,10 +121,10 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
                  batch function return an entry for every key it is given",
             ),
             LoadError::Fetch(e) => write!(f, "the batch function failed this key's batch: {e}"),
-            LoadError::Timeout { after } => write!(
+            LoadError::TimedOut { after } => write!(
                 f,
-                "the batch function ran longer than the loader's timeout of {after:?} and was \
-                 cancelled; raise LoaderBuilder::timeout or make the batch function faster"
+                "the batch function ran longer than the loader's max_operation_time of {after:?} and was \
+                 cancelled; raise LoaderBuilder::max_operation_time or make the batch function faster"
             ),
             LoadError::Panicked { message } => {
                 write!(f, "the batch function panicked: {message}")
@@ -146,8 +146,8 @@ impl<E: fmt::Debug> fmt::Debug for LoadError<E> {
         match self {
             LoadError::NotFound => f.write_str("NotFound"),
             LoadError::Fetch(e) => f.debug_tuple("Fetch").field(e).finish(),
-            LoadError::Timeout { after } => {
-                f.debug_struct("Timeout").field("after", after).finish()
+            LoadError::TimedOut { after } => {
+                f.debug_struct("TimedOut").field("after", after).finish()
             }
             LoadError::Panicked { message } => f
                 .debug_struct("Panicked")

@@ -37,7 +37,7 @@
 //! - **No caller's cancellation affects another.** The batch runs on the
 //!   engine, not in any caller's future; a caller that gives up only leaves
 //!   its key's fetch, which goes on while anyone else waits for it. The
-//!   [`timeout`](LoaderBuilder::timeout) is the batch's, not a caller's.
+//!   [`max_operation_time`](LoaderBuilder::max_operation_time) is the batch's, not a caller's.
 //! - **Nothing hangs at shutdown**: [`Loader::shutdown`] dispatches every
 //!   waiting key at once, whatever the minimum batch size, and loads after it
 //!   resolve as [`LoadError::Stopped`].
@@ -87,7 +87,7 @@ type DynCache<K, V, E> = Arc<dyn Cache<K, LoadResult<V, E>>>;
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use baler::{batch_fn, Loader};
+/// use baler::loader::{batch_fn, Loader};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -103,7 +103,7 @@ type DynCache<K, V, E> = Arc<dyn Cache<K, LoadResult<V, E>>>;
 /// let (a, b, zero) = tokio::join!(users.load(1), users.load(2), users.load(0));
 /// assert_eq!(a?, "user 1");
 /// assert_eq!(b?, "user 2");
-/// assert!(matches!(zero, Err(baler::LoadError::NotFound)));
+/// assert!(matches!(zero, Err(baler::loader::LoadError::NotFound)));
 /// assert_eq!(users.stats().batches, 1);
 /// # Ok(())
 /// # }
@@ -170,7 +170,9 @@ impl<K, V, E> fmt::Debug for Loader<K, V, E> {
 }
 
 impl<K, V, E> Loader<K, V, E> {
-    /// Starts configuring a loader, with seed 001's defaults.
+    /// Starts configuring a loader, with the defaults of the Go dataloader
+    /// batchers it follows: at most 100 keys a batch, 8 calls in flight, and
+    /// a 17 ms straggler ticker.
     pub fn builder() -> LoaderBuilder<K, V, E> {
         LoaderBuilder::default()
     }
@@ -561,13 +563,13 @@ enum CacheChoice<K, V, E> {
 
 /// Configures a [`Loader`]. Start from [`Loader::builder`].
 ///
-/// Each option maps onto the engine's: max and min batch size, the straggler
-/// ticker, [`max_handlers`](Self::max_handlers) is the in-flight limit, and
-/// [`timeout`](Self::timeout) the batch's maximum operation time.
+/// Each option is the engine's option of the same name (see
+/// [`Builder`](crate::Builder)): max and min batch size, the straggler
+/// ticker, linger, the in-flight limit and the maximum operation time.
 ///
 /// ```
 /// use std::time::Duration;
-/// use baler::{batch_fn, Loader, MemoryCache};
+/// use baler::loader::{batch_fn, Loader, MemoryCache};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -575,8 +577,8 @@ enum CacheChoice<K, V, E> {
 ///     .max_batch_size(100)
 ///     .min_batch_size(20)
 ///     .ticker(Duration::from_millis(17))
-///     .max_handlers(4)
-///     .timeout(Duration::from_secs(2))
+///     .max_in_flight(4)
+///     .max_operation_time(Duration::from_secs(2))
 ///     .cache(MemoryCache::new(50_000, Some(Duration::from_secs(60)))?)
 ///     .build(batch_fn(|keys: Vec<u32>| async move {
 ///         Ok::<_, std::io::Error>(keys.into_iter().map(|k| (k, k * 2)).collect::<Vec<_>>())
@@ -589,10 +591,10 @@ enum CacheChoice<K, V, E> {
 pub struct LoaderBuilder<K, V, E> {
     max_batch_size: usize,
     min_batch_size: usize,
-    max_handlers: usize,
+    max_in_flight: usize,
     ticker: Duration,
     linger: Duration,
-    timeout: Option<Duration>,
+    max_operation_time: Option<Duration>,
     cache: CacheChoice<K, V, E>,
     cache_errors: bool,
     name: String,
@@ -604,10 +606,10 @@ impl<K, V, E> Default for LoaderBuilder<K, V, E> {
         LoaderBuilder {
             max_batch_size: 100,
             min_batch_size: 1,
-            max_handlers: 8,
+            max_in_flight: 8,
             ticker: Duration::from_millis(17),
             linger: Duration::ZERO,
-            timeout: None,
+            max_operation_time: None,
             cache: CacheChoice::Default,
             cache_errors: false,
             name: "baler-loader".to_owned(),
@@ -626,10 +628,10 @@ impl<K, V, E> fmt::Debug for LoaderBuilder<K, V, E> {
         f.debug_struct("LoaderBuilder")
             .field("max_batch_size", &self.max_batch_size)
             .field("min_batch_size", &self.min_batch_size)
-            .field("max_handlers", &self.max_handlers)
+            .field("max_in_flight", &self.max_in_flight)
             .field("ticker", &self.ticker)
             .field("linger", &self.linger)
-            .field("timeout", &self.timeout)
+            .field("max_operation_time", &self.max_operation_time)
             .field("cache", &cache)
             .field("cache_errors", &self.cache_errors)
             .finish()
@@ -651,9 +653,11 @@ impl<K, V, E> LoaderBuilder<K, V, E> {
         self
     }
 
-    /// The most calls of the batch function running at once. Default 8.
-    pub fn max_handlers(mut self, n: usize) -> Self {
-        self.max_handlers = n;
+    /// The most calls of the batch function running at once: the engine's
+    /// in-flight limit, as [`Builder::max_in_flight`](crate::Builder::max_in_flight).
+    /// Default 8.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
         self
     }
 
@@ -665,7 +669,7 @@ impl<K, V, E> LoaderBuilder<K, V, E> {
     }
 
     /// How long a batch waits for more keys while other batches are in
-    /// flight. Default zero: as in seed 001, keys go as soon as a handler is
+    /// flight. Default zero: as in the Go dataloader batchers, keys go as soon as a handler is
     /// free (and at once when none is busy); keys that arrive while every
     /// handler is busy gather into the next batch anyway. Raise it for
     /// fuller batches at the price of latency.
@@ -675,11 +679,11 @@ impl<K, V, E> LoaderBuilder<K, V, E> {
     }
 
     /// How long one call of the batch function may run; past it, the call is
-    /// cancelled and its keys resolve as [`LoadError::Timeout`]. It is the
+    /// cancelled and its keys resolve as [`LoadError::TimedOut`]. It is the
     /// batch's limit: no caller giving up shortens it. Default: no limit; at
     /// most a day.
-    pub fn timeout(mut self, limit: Duration) -> Self {
-        self.timeout = Some(limit);
+    pub fn max_operation_time(mut self, limit: Duration) -> Self {
+        self.max_operation_time = Some(limit);
         self
     }
 
@@ -730,9 +734,9 @@ where
     where
         F: BatchFn<K, V, Error = E>,
     {
-        if self.max_handlers == 0 {
+        if self.max_in_flight == 0 {
             return Err(ConfigError::Zero {
-                setting: "max_handlers",
+                setting: "max_in_flight",
                 hint: "with 0 the batch function could never be called",
             });
         }
@@ -743,17 +747,17 @@ where
             .ticker(self.ticker)
             .linger(self.linger)
             .dispatch(Dispatch::LoadAware)
-            .max_in_flight(self.max_handlers)
+            .max_in_flight(self.max_in_flight)
             .buffer_size(BUFFER_KEYS.max(self.max_batch_size))
             .max_attempts(1);
-        if let Some(limit) = self.timeout {
+        if let Some(limit) = self.max_operation_time {
             if limit.is_zero() {
                 return Err(ConfigError::ZeroDuration {
-                    setting: "timeout",
+                    setting: "max_operation_time",
                     hint: "leave it unset for no limit",
                 });
             }
-            crate::limits::check_duration("timeout (milliseconds)", limit)?;
+            crate::limits::check_duration("max_operation_time (milliseconds)", limit)?;
             engine = engine.max_operation_time(limit);
         }
         let cache = match self.cache {

@@ -27,10 +27,11 @@ use super::job::{Job, Value};
 use super::report::{BatchOutcome, BatchReport, Figures};
 use super::store::Store;
 use crate::handler::{Batch, Handler, HandlerResult, Outcome};
+use crate::run::panic_message;
 
 pub(crate) struct BatchHandler<S, K> {
     pub(crate) store: S,
-    pub(crate) max_duration: Duration,
+    pub(crate) max_store_time: Duration,
     pub(crate) figures: Arc<Figures<K>>,
     pub(crate) _key: PhantomData<fn(K)>,
 }
@@ -76,7 +77,7 @@ where
         }
 
         let started = Instant::now();
-        let loaded = tokio::time::timeout(self.max_duration, self.store.load(key)).await;
+        let loaded = tokio::time::timeout(self.max_store_time, self.store.load(key)).await;
         report.load_time = started.elapsed();
         let mut resource = match loaded {
             Ok(Ok(resource)) => resource,
@@ -88,7 +89,7 @@ where
             Err(_) => {
                 report.outcome = BatchOutcome::LoadTimedOut;
                 self.figures.record(report);
-                return Err(Failure::LoadTimedOut(self.max_duration));
+                return Err(Failure::LoadTimedOut(self.max_store_time));
             }
         };
 
@@ -138,7 +139,7 @@ where
         }
 
         let started = Instant::now();
-        let saved = tokio::time::timeout(self.max_duration, self.store.save(key, resource)).await;
+        let saved = tokio::time::timeout(self.max_store_time, self.store.save(key, resource)).await;
         report.save_time = Some(started.elapsed());
         match saved {
             Ok(Ok(())) => {
@@ -160,7 +161,7 @@ where
             Err(_) => {
                 report.outcome = BatchOutcome::SaveTimedOut;
                 self.figures.record(report);
-                Err(Failure::SaveTimedOut(self.max_duration))
+                Err(Failure::SaveTimedOut(self.max_store_time))
             }
         }
     }
@@ -170,14 +171,4 @@ fn cancelled_all<O, E>(n: usize) -> Vec<Outcome<O, Failure<E>>> {
     (0..n)
         .map(|_| Outcome::Failed(Failure::Cancelled))
         .collect()
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    }
 }

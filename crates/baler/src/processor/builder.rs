@@ -13,37 +13,38 @@ use crate::error::ConfigError;
 use crate::limits::{check_duration, check_event_capacity};
 use crate::settings::Dispatch;
 
-/// The default window of a batch: 100 ms.
-pub const DEFAULT_MIN_DURATION: Duration = Duration::from_millis(100);
+/// The default [`linger`](ProcessorBuilder::linger) of a processor: a window
+/// of 100 ms per key.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(100);
 
 /// Builds a [`Processor`]. Start from [`Processor::builder`].
 ///
 /// ```
 /// use std::time::Duration;
-/// use baler::{store_fn, Processor};
+/// use baler::processor::{store_fn, Processor};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let processor = Processor::builder()
-///     .min_duration(Duration::from_millis(50))   // a window of 50 ms per key
-///     .max_duration(Duration::from_millis(200))  // load and save may take 200 ms each
-///     .max_batch_size(1_000)                     // or close the window at 1,000 operations
-///     .max_active_keys(32)                       // at most 32 keys loading/applying/saving at once
+///     .linger(Duration::from_millis(50))          // a window of 50 ms per key
+///     .max_store_time(Duration::from_millis(200)) // load and save may take 200 ms each
+///     .max_batch_size(1_000)                      // or close the window at 1,000 operations
+///     .max_in_flight(32)                          // at most 32 batches (keys) at once
 ///     .build(store_fn(
 ///         |_key: String| async move { Ok::<u64, std::io::Error>(0) },
 ///         |_key: String, _total: u64| async move { Ok::<(), std::io::Error>(()) },
 ///     ))?;
-/// # processor.stop().await;
+/// # processor.shutdown(None).await;
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct ProcessorBuilder {
-    min_duration: Duration,
-    max_duration: Option<Duration>,
+    linger: Duration,
+    max_store_time: Option<Duration>,
     max_batch_size: Option<usize>,
-    max_active_keys: usize,
+    max_in_flight: usize,
     buffer_size: usize,
     event_capacity: usize,
     name: String,
@@ -53,10 +54,10 @@ impl Default for ProcessorBuilder {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         ProcessorBuilder {
-            min_duration: DEFAULT_MIN_DURATION,
-            max_duration: None,
+            linger: DEFAULT_LINGER,
+            max_store_time: None,
             max_batch_size: None,
-            max_active_keys: 16 * cpus,
+            max_in_flight: 16 * cpus,
             buffer_size: 10_000,
             event_capacity: 1_024,
             name: "baler-processor".to_owned(),
@@ -67,17 +68,20 @@ impl Default for ProcessorBuilder {
 impl ProcessorBuilder {
     /// How long a key's window stays open, counted from its first operation:
     /// every operation of the key that arrives within it joins the batch.
+    /// It is the engine's [`linger`](crate::Builder::linger), always waited
+    /// out (even when nothing is in flight), because gathering a key's
+    /// operations into one load and one save is the point of a processor.
     /// Default 100 ms; at most a day.
-    pub fn min_duration(mut self, window: Duration) -> Self {
-        self.min_duration = window;
+    pub fn linger(mut self, window: Duration) -> Self {
+        self.linger = window;
         self
     }
 
     /// The longest a load, and separately a save, may take; past it the call
     /// is dropped and the batch fails. Default twice
-    /// [`min_duration`](Self::min_duration); at most a day.
-    pub fn max_duration(mut self, limit: Duration) -> Self {
-        self.max_duration = Some(limit);
+    /// [`linger`](Self::linger); at most a day.
+    pub fn max_store_time(mut self, limit: Duration) -> Self {
+        self.max_store_time = Some(limit);
         self
     }
 
@@ -88,12 +92,14 @@ impl ProcessorBuilder {
         self
     }
 
-    /// How many keys may be active (loading, applying or saving) at once.
-    /// Windows of other keys stay open until a place frees up; a slow key
-    /// holds one place, never the keys behind it. Default 16 × the number of
-    /// CPUs.
-    pub fn max_active_keys(mut self, n: usize) -> Self {
-        self.max_active_keys = n;
+    /// How many batches may be in flight (loading, applying or saving) at
+    /// once. A key has at most one batch in flight, so this is also how many
+    /// keys may be active at once. Windows of other keys stay open until a
+    /// place frees up; a slow key holds one place, never the keys behind it.
+    /// The same limit as [`Builder::max_in_flight`](crate::Builder::max_in_flight).
+    /// Default 16 × the number of CPUs.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
         self
     }
 
@@ -131,22 +137,22 @@ impl ProcessorBuilder {
         S: Store<K>,
         K: Eq + std::hash::Hash + Clone + std::fmt::Debug + Send + Sync + 'static,
     {
-        let max_duration = self
-            .max_duration
-            .unwrap_or_else(|| self.min_duration.saturating_mul(2));
-        if max_duration.is_zero() {
+        let max_store_time = self
+            .max_store_time
+            .unwrap_or_else(|| self.linger.saturating_mul(2));
+        if max_store_time.is_zero() {
             return Err(ConfigError::ZeroDuration {
-                setting: "max_duration",
-                hint: "it bounds every load and save; set it explicitly when min_duration is zero",
+                setting: "max_store_time",
+                hint: "it bounds every load and save; set it explicitly when linger is zero",
             });
         }
-        check_duration("min_duration (milliseconds)", self.min_duration)?;
-        if let Some(limit) = self.max_duration {
-            check_duration("max_duration (milliseconds)", limit)?;
+        check_duration("linger (milliseconds)", self.linger)?;
+        if let Some(limit) = self.max_store_time {
+            check_duration("max_store_time (milliseconds)", limit)?;
         }
-        if self.max_active_keys == 0 {
+        if self.max_in_flight == 0 {
             return Err(ConfigError::Zero {
-                setting: "max_active_keys",
+                setting: "max_in_flight",
                 hint: "with 0 no key could ever be processed",
             });
         }
@@ -160,7 +166,7 @@ impl ProcessorBuilder {
         let figures = Arc::new(Figures::new(self.event_capacity));
         let handler = BatchHandler {
             store,
-            max_duration,
+            max_store_time,
             figures: figures.clone(),
             _key: PhantomData,
         };
@@ -169,10 +175,10 @@ impl ProcessorBuilder {
             // The window counts from the first operation and is waited out
             // even when the key is idle: that is what gathers a batch.
             .dispatch(Dispatch::Linger)
-            .linger(self.min_duration)
+            .linger(self.linger)
             .max_batch_size(self.max_batch_size.unwrap_or(self.buffer_size))
             .buffer_size(self.buffer_size)
-            .max_in_flight(self.max_active_keys)
+            .max_in_flight(self.max_in_flight)
             // Two batches of one key never overlap: each loads what the
             // previous one saved.
             .max_in_flight_per_key(1)

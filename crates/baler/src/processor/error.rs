@@ -18,9 +18,9 @@ pub(crate) enum Failure<E> {
     Cancelled,
 }
 
-/// Why [`Processor::run`](crate::Processor::run) returned no value.
+/// Why [`Processor::run`](crate::processor::Processor::run) returned no value.
 ///
-/// `E` is the [`Store`](crate::Store)'s error type; one load or save error
+/// `E` is the [`Store`](crate::processor::Store)'s error type; one load or save error
 /// reaches every operation of its batch, so it is shared behind an [`Arc`].
 ///
 /// Only an `Ok` from `run` means the operation's effect was saved. Of the
@@ -31,7 +31,7 @@ pub enum ProcessorError<E> {
     /// Loading the resource failed; no operation of the batch ran.
     Load(Arc<E>),
     /// Loading the resource took longer than
-    /// [`max_duration`](crate::ProcessorBuilder::max_duration); no operation
+    /// [`max_store_time`](crate::processor::ProcessorBuilder::max_store_time); no operation
     /// of the batch ran.
     LoadTimedOut {
         /// The limit.
@@ -41,7 +41,7 @@ pub enum ProcessorError<E> {
     /// that of every other operation of its batch) was **not persisted**.
     Save(Arc<E>),
     /// Saving the resource took longer than
-    /// [`max_duration`](crate::ProcessorBuilder::max_duration) and the save
+    /// [`max_store_time`](crate::processor::ProcessorBuilder::max_store_time) and the save
     /// was dropped. Whether it was persisted depends on the store: a save that
     /// commits in one step was either applied whole or not at all.
     SaveTimedOut {
@@ -65,8 +65,14 @@ pub enum ProcessorError<E> {
     /// The caller gave up (its deadline passed) before the operation ran; it
     /// did not run and never will.
     Cancelled,
-    /// The processor is stopped (or stopping) and accepts no new operations.
+    /// The processor is shut down (or shutting down) and accepts no new
+    /// operations.
     Stopped,
+    /// The deadline of [`Processor::shutdown`](crate::processor::Processor::shutdown)
+    /// passed before the operation's batch finished. Whether its effect was
+    /// persisted depends on how far the batch got: its save may have been
+    /// under way.
+    Abandoned,
     /// The engine failed the operation in a way a processor does not expect
     /// (for example the tokio runtime shut down under it).
     Engine {
@@ -77,13 +83,15 @@ pub enum ProcessorError<E> {
 
 impl<E> ProcessorError<E> {
     /// Whether the operation's effect was certainly not persisted (every
-    /// error but [`SaveTimedOut`](Self::SaveTimedOut) and
-    /// [`Engine`](Self::Engine)), so that running it again cannot apply it
+    /// error but [`SaveTimedOut`](Self::SaveTimedOut),
+    /// [`Abandoned`](Self::Abandoned) and [`Engine`](Self::Engine)), so that running it again cannot apply it
     /// twice.
     pub fn is_not_persisted(&self) -> bool {
         !matches!(
             self,
-            ProcessorError::SaveTimedOut { .. } | ProcessorError::Engine { .. }
+            ProcessorError::SaveTimedOut { .. }
+                | ProcessorError::Abandoned
+                | ProcessorError::Engine { .. }
         )
     }
 
@@ -113,6 +121,7 @@ impl<E> ProcessorError<E> {
             // The store's load or save panicked; the engine caught it.
             Error::Panicked { message } => ProcessorError::Aborted { message },
             Error::Stopped => ProcessorError::Stopped,
+            Error::Abandoned => ProcessorError::Abandoned,
             other => ProcessorError::Engine {
                 message: describe(&other),
             },
@@ -126,7 +135,6 @@ fn describe<E>(error: &Error<E>) -> String {
         Error::OutcomeCount { expected, got } => {
             format!("the batch returned {got} outcome(s) for {expected} operation(s)")
         }
-        Error::Abandoned => "the processor was stopped with a deadline".to_owned(),
         _ => "the batch failed".to_owned(),
     }
 }
@@ -150,6 +158,7 @@ impl<E> Clone for ProcessorError<E> {
             },
             ProcessorError::Cancelled => ProcessorError::Cancelled,
             ProcessorError::Stopped => ProcessorError::Stopped,
+            ProcessorError::Abandoned => ProcessorError::Abandoned,
             ProcessorError::Engine { message } => ProcessorError::Engine {
                 message: message.clone(),
             },
@@ -166,8 +175,8 @@ impl<E: fmt::Display> fmt::Display for ProcessorError<E> {
             ),
             ProcessorError::LoadTimedOut { after } => write!(
                 f,
-                "loading the resource took longer than max_duration ({after:?}), so no \
-                 operation of the batch ran; make the load faster or raise max_duration"
+                "loading the resource took longer than max_store_time ({after:?}), so no \
+                 operation of the batch ran; make the load faster or raise max_store_time"
             ),
             ProcessorError::Save(e) => write!(
                 f,
@@ -175,9 +184,9 @@ impl<E: fmt::Display> fmt::Display for ProcessorError<E> {
             ),
             ProcessorError::SaveTimedOut { after } => write!(
                 f,
-                "saving the resource took longer than max_duration ({after:?}) and was \
+                "saving the resource took longer than max_store_time ({after:?}) and was \
                  dropped; whether it was persisted depends on the store; make the save \
-                 faster or raise max_duration"
+                 faster or raise max_store_time"
             ),
             ProcessorError::Panicked { message } => write!(
                 f,
@@ -193,8 +202,13 @@ impl<E: fmt::Display> fmt::Display for ProcessorError<E> {
                 "the caller gave up before the operation ran; it did not run and never will",
             ),
             ProcessorError::Stopped => {
-                f.write_str("the processor is stopped and accepts no new operations")
+                f.write_str("the processor is shut down and accepts no new operations")
             }
+            ProcessorError::Abandoned => f.write_str(
+                "the processor's shutdown deadline passed before this operation's batch \
+                 finished; its effect may or may not have been saved; give shutdown() a \
+                 longer deadline, or none",
+            ),
             ProcessorError::Engine { message } => {
                 write!(f, "the processor's engine failed the operation: {message}")
             }
@@ -224,6 +238,7 @@ impl<E: fmt::Debug> fmt::Debug for ProcessorError<E> {
             }
             ProcessorError::Cancelled => f.write_str("Cancelled"),
             ProcessorError::Stopped => f.write_str("Stopped"),
+            ProcessorError::Abandoned => f.write_str("Abandoned"),
             ProcessorError::Engine { message } => {
                 f.debug_struct("Engine").field("message", message).finish()
             }

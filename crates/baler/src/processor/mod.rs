@@ -4,10 +4,10 @@
 //! # The model
 //!
 //! ```text
-//!  run(key, op) ──► engine: one queue per key ──► window of min_duration from its first op
+//!  run(key, op) ──► engine: one queue per key ──► window of `linger` from its first op
 //!                                                   (or max_batch_size ops), then a batch
 //!                                                             │  at most one batch per key,
-//!                                                             │  at most max_active_keys batches
+//!                                                             │  at most max_in_flight batches
 //!                                                             ▼
 //!                              load(key) ─► op₁(&mut r), op₂(&mut r), … in arrival order ─► save(key, r)
 //!                                                             │
@@ -17,7 +17,7 @@
 //! A [`Processor`] is the [`Batcher`] engine with a handler that loads,
 //! applies and saves. It inherits what the engine guarantees: every `run`
 //! resolves exactly once, operations of one key are batched in arrival
-//! order, and [`stop`](Processor::stop) loses nothing.
+//! order, and [`shutdown`](Processor::shutdown) loses nothing.
 //!
 //! - **Order and exclusion.** Operations of a key run one after the other in
 //!   the order their `run` calls were accepted, on a `&mut` to the loaded
@@ -26,17 +26,17 @@
 //!   the previous save.
 //! - **No head-of-line blocking.** Keys are not pinned to workers by hash:
 //!   any key whose window has closed takes the next free place among
-//!   [`max_active_keys`](ProcessorBuilder::max_active_keys), so a slow key
+//!   [`max_in_flight`](ProcessorBuilder::max_in_flight), so a slow key
 //!   holds up only its own operations.
 //! - **Windows.** A key's window opens with its first operation and stays
-//!   open for [`min_duration`](ProcessorBuilder::min_duration) (100 ms by
+//!   open for [`linger`](ProcessorBuilder::linger) (100 ms by
 //!   default), or until it holds
 //!   [`max_batch_size`](ProcessorBuilder::max_batch_size) operations. Then
 //!   the batch loads, applies and saves; operations that arrive meanwhile
 //!   open the key's next window. A `run` therefore takes about one window
 //!   plus one load and one save.
 //! - **Deadlines.** A load and a save may each take up to
-//!   [`max_duration`](ProcessorBuilder::max_duration) (twice the window by
+//!   [`max_store_time`](ProcessorBuilder::max_store_time) (twice the window by
 //!   default); past it the call is dropped and every operation of the batch
 //!   fails with [`ProcessorError::LoadTimedOut`] or
 //!   [`ProcessorError::SaveTimedOut`].
@@ -59,16 +59,17 @@
 //!   passes) withdraws it: the operation never runs, and `run_timeout`
 //!   returns [`ProcessorError::Cancelled`]. Once an operation has started, it
 //!   is part of its batch and is saved with it; `run_timeout` then waits for
-//!   the save (bounded by `max_duration`) rather than report a result it
+//!   the save (bounded by `max_store_time`) rather than report a result it
 //!   cannot take back.
 //!
-//! # Stopping
+//! # Shutting down
 //!
-//! [`stop`](Processor::stop) closes every open window at once, runs and saves
-//! those batches, waits for the batches already running, and returns. A
-//! `run` accepted before the stop is processed and answered as usual; a `run`
-//! after it fails with [`ProcessorError::Stopped`]. Dropping the last handle
-//! of a processor stops it in the background in the same way.
+//! [`shutdown`](Processor::shutdown) closes every open window at once, runs
+//! and saves those batches, waits for the batches already running, and
+//! returns a [`ShutdownReport`]. A `run` accepted before the shutdown is
+//! processed and answered as usual; a `run` after it fails with
+//! [`ProcessorError::Stopped`]. Dropping the last handle of a processor shuts
+//! it down in the background in the same way.
 //!
 //! # Figures
 //!
@@ -94,12 +95,14 @@ use tokio::time::Instant;
 
 use crate::batcher::Batcher;
 use crate::error::SubmitError;
+use crate::events::Events;
 use crate::operation::Operation;
+use crate::shutdown::{Abandoned, ShutdownReport};
 use crate::stats::Stats;
 
-pub use builder::{ProcessorBuilder, DEFAULT_MIN_DURATION};
+pub use builder::{ProcessorBuilder, DEFAULT_LINGER};
 pub use error::ProcessorError;
-pub use report::{BatchOutcome, BatchReport, ProcessorEvents, ProcessorStats};
+pub use report::{BatchOutcome, BatchReport, ProcessorStats};
 pub use store::{store_fn, Store, StoreFn};
 
 use error::Failure;
@@ -116,7 +119,7 @@ use report::Figures;
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::{Arc, Mutex};
-/// use baler::{store_fn, Processor};
+/// use baler::processor::{store_fn, Processor};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -143,7 +146,7 @@ use report::Figures;
 /// assert_eq!(db.lock().unwrap()["alice"], 15);
 /// assert_eq!(processor.stats().saves, 1);
 ///
-/// processor.stop().await;
+/// processor.shutdown(None).await;
 /// # Ok(())
 /// # }
 /// ```
@@ -195,7 +198,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`ProcessorError::Stopped`] after [`stop`](Self::stop); otherwise the
+    /// [`ProcessorError::Stopped`] after [`shutdown`](Self::shutdown); otherwise the
     /// failure of the operation's batch (see [`ProcessorError`]).
     pub async fn run<V, F>(&self, key: K, op: F) -> Result<V, ProcessorError<E>>
     where
@@ -241,7 +244,7 @@ where
         // `claim` cancels the operation if this future is dropped before the
         // operation started.
         let (job, claim) = Job::new(op);
-        let op = Operation::new(job).key(key);
+        let op = Operation::new(job).with_key(key);
         let submitted = match deadline {
             None => self.batcher.submit(op).await,
             Some(at) => {
@@ -281,24 +284,47 @@ where
         }
     }
 
-    /// Stops the processor: new `run`s fail with [`ProcessorError::Stopped`],
-    /// every open window closes at once and its batch is run and saved, and
-    /// this returns when every batch has finished. Calling it again, or from
-    /// another handle, waits for the same stop.
-    pub async fn stop(&self) {
-        // Without a deadline the engine abandons nothing: every operation it
-        // accepted resolves through its batch. Loads and saves are bounded
-        // by max_duration, so this ends.
-        let _ = self.batcher.shutdown(None).await;
+    /// Shuts the processor down: new `run`s fail with
+    /// [`ProcessorError::Stopped`], every open window closes at once and its
+    /// batch is run and saved, and this returns when every batch has
+    /// finished. Calling it again, or from another handle, waits for the same
+    /// shutdown.
+    ///
+    /// With a `deadline`, operations whose batch has not finished when it
+    /// passes resolve as [`ProcessorError::Abandoned`] and are listed in the report by key; an
+    /// operation is a closure, so the report cannot hand it back. Without
+    /// one, nothing is abandoned: loads and saves are bounded by
+    /// [`max_store_time`](ProcessorBuilder::max_store_time), so this ends.
+    pub async fn shutdown(&self, deadline: impl Into<Option<Duration>>) -> ShutdownReport<(), K> {
+        let report = self.batcher.shutdown(deadline).await;
+        ShutdownReport {
+            flushed: report.flushed,
+            completed: report.completed,
+            failed: report.failed,
+            abandoned: report
+                .abandoned
+                .into_iter()
+                .map(|a| Abandoned {
+                    id: a.id,
+                    key: a.key,
+                    payload: (),
+                    cost: a.cost,
+                })
+                .collect(),
+        }
     }
 
-    /// Whether [`stop`](Self::stop) has been called.
-    pub fn is_stopped(&self) -> bool {
+    /// Whether a [`shutdown`](Self::shutdown) has started (new `run`s are
+    /// refused).
+    pub fn is_shutting_down(&self) -> bool {
         self.batcher.is_shutting_down()
     }
 
-    /// Subscribes to a [`BatchReport`] per batch.
-    pub fn events(&self) -> ProcessorEvents<K> {
+    /// Subscribes to a [`BatchReport`] per batch. Like the engine's events,
+    /// they go out on a bounded broadcast: a listener that falls behind
+    /// misses the oldest reports and is told how many; it never slows the
+    /// processor down.
+    pub fn events(&self) -> Events<BatchReport<K>> {
         self.figures.subscribe()
     }
 

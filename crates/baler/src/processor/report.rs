@@ -1,13 +1,12 @@
 //! Per-batch figures: a [`BatchReport`] for every batch on the processor's
 //! event stream, and running totals in [`ProcessorStats`].
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::events::RecvError;
+use crate::events::Events;
 
 /// How a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,17 +19,17 @@ pub enum BatchOutcome {
     Skipped,
     /// The load failed; no operation ran.
     LoadFailed,
-    /// The load ran past `max_duration`; no operation ran.
+    /// The load ran past `max_store_time`; no operation ran.
     LoadTimedOut,
     /// The save failed; the operations' effects were not persisted.
     SaveFailed,
-    /// The save ran past `max_duration` and was dropped.
+    /// The save ran past `max_store_time` and was dropped.
     SaveTimedOut,
     /// An operation panicked; the resource was thrown away unsaved.
     Panicked,
 }
 
-/// What one batch did, sent on [`Processor::events`](crate::Processor::events).
+/// What one batch did, sent on [`Processor::events`](crate::processor::Processor::events).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BatchReport<K> {
@@ -174,54 +173,10 @@ impl<K: Clone> Figures<K> {
         }
     }
 
-    pub(crate) fn subscribe(&self) -> ProcessorEvents<K> {
-        ProcessorEvents {
-            rx: self.events.subscribe(),
-        }
-    }
-}
-
-/// A listener's stream of [`BatchReport`]s, one per batch. Like the engine's
-/// [`Events`](crate::Events), it is a bounded broadcast: a listener that falls
-/// behind misses the oldest reports and is told how many; it never slows the
-/// processor down.
-pub struct ProcessorEvents<K> {
-    rx: broadcast::Receiver<BatchReport<K>>,
-}
-
-impl<K: Clone> ProcessorEvents<K> {
-    /// Waits for the next batch's report.
-    ///
-    /// # Errors
-    ///
-    /// [`RecvError::Lagged`] if reports were missed, [`RecvError::Closed`]
-    /// once the processor is gone and every report was read.
-    pub async fn recv(&mut self) -> Result<BatchReport<K>, RecvError> {
-        self.rx.recv().await.map_err(|e| match e {
-            broadcast::error::RecvError::Lagged(n) => RecvError::Lagged(n),
-            broadcast::error::RecvError::Closed => RecvError::Closed,
-        })
-    }
-
-    /// The next report if one is waiting: `Ok(None)` if none is.
-    ///
-    /// # Errors
-    ///
-    /// As [`recv`](Self::recv).
-    pub fn try_recv(&mut self) -> Result<Option<BatchReport<K>>, RecvError> {
-        match self.rx.try_recv() {
-            Ok(r) => Ok(Some(r)),
-            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
-            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-            Err(broadcast::error::TryRecvError::Closed) => Err(RecvError::Closed),
-        }
-    }
-}
-
-impl<K> fmt::Debug for ProcessorEvents<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProcessorEvents")
-            .field("pending", &self.rx.len())
-            .finish()
+    pub(crate) fn subscribe(&self) -> Events<BatchReport<K>>
+    where
+        K: Clone + Send + 'static,
+    {
+        Events::new(self.events.subscribe())
     }
 }

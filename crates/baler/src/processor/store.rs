@@ -1,4 +1,4 @@
-//! Stores: where a [`Processor`](crate::Processor) loads a resource from and
+//! Stores: where a [`Processor`](crate::processor::Processor) loads a resource from and
 //! saves it back to.
 
 use std::fmt;
@@ -6,10 +6,10 @@ use std::future::Future;
 
 /// Loads the resource of a key before a batch and saves it after.
 ///
-/// A [`Processor`](crate::Processor) calls [`load`](Self::load) once at the
+/// A [`Processor`](crate::processor::Processor) calls [`load`](Self::load) once at the
 /// start of every batch, runs the batch's operations on the loaded resource in
 /// order, and calls [`save`](Self::save) once at the end. Both calls are bounded
-/// by the processor's [`max_duration`](crate::ProcessorBuilder::max_duration):
+/// by the processor's [`max_store_time`](crate::processor::ProcessorBuilder::max_store_time):
 /// past it the future is dropped and the batch fails. Two batches of the same
 /// key never overlap, so `load` always sees what the previous `save` wrote.
 ///
@@ -17,7 +17,7 @@ use std::future::Future;
 /// wrap two closures with [`store_fn`].
 ///
 /// ```
-/// use baler::Store;
+/// use baler::processor::Store;
 ///
 /// /// Counters kept in memory (a real store talks to a database).
 /// struct Counters(std::sync::Mutex<std::collections::HashMap<String, i64>>);
@@ -73,7 +73,7 @@ impl<L, S> fmt::Debug for StoreFn<L, S> {
 /// `save(key, resource)`, both taking their arguments by value.
 ///
 /// ```
-/// use baler::store_fn;
+/// use baler::processor::store_fn;
 ///
 /// let store = store_fn(
 ///     |_key: u32| async move { Ok::<_, std::io::Error>(Vec::<String>::new()) },

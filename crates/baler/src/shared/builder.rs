@@ -26,7 +26,7 @@ impl Capacity {
     /// this capacity changes.
     ///
     /// ```
-    /// use baler::{Capacity, MemoryLeaseStore};
+    /// use baler::{Capacity, shared::MemoryLeaseStore};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), baler::ConfigError> {
@@ -72,8 +72,8 @@ impl Capacity {
 ///   [`renew_every`](Self::renew_every) of their first announcement);
 /// - takes over the partitions of an instance that died **as soon as its
 ///   leases and its announcement run out** in the store, when the store says
-///   when that is ([`Acquired::Held`](crate::Acquired::Held),
-///   [`Demand::expires_in`](crate::Demand::expires_in)), rather than at its
+///   when that is ([`Acquired::Held`](crate::shared::Acquired::Held),
+///   [`Demand::expires_in`](crate::shared::Demand::expires_in)), rather than at its
 ///   next retry period: within one lease time of the death;
 /// - when the store cannot be reached, keeps its leases only until they
 ///   would expire and falls back to its reserved capacity; it takes
@@ -85,7 +85,7 @@ impl Capacity {
 ///
 /// ```
 /// use std::time::Duration;
-/// use baler::{MemoryLeaseStore, SharedCapacity};
+/// use baler::shared::{MemoryLeaseStore, SharedCapacity};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), baler::ConfigError> {
@@ -208,7 +208,7 @@ impl SharedCapacity {
     /// the store has them, so that other instances can take them at once.
     ///
     /// ```
-    /// use baler::{MemoryLeaseStore, SharedCapacity};
+    /// use baler::shared::{MemoryLeaseStore, SharedCapacity};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), baler::ConfigError> {

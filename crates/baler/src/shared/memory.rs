@@ -14,7 +14,7 @@ use super::store::{Acquired, Demand, LeaseFuture, LeaseStore};
 /// share the same leases.
 ///
 /// ```
-/// use baler::{Capacity, MemoryLeaseStore};
+/// use baler::{Capacity, shared::MemoryLeaseStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), baler::ConfigError> {

@@ -31,10 +31,10 @@ pub type LeaseFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LeaseStoreEr
 ///
 /// ```
 /// use std::time::Duration;
-/// use baler::{Acquired, LeaseStore, MemoryLeaseStore};
+/// use baler::shared::{Acquired, LeaseStore, MemoryLeaseStore};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-/// # async fn main() -> Result<(), baler::LeaseStoreError> {
+/// # async fn main() -> Result<(), baler::shared::LeaseStoreError> {
 /// let store = MemoryLeaseStore::new();
 /// let ten_seconds = Duration::from_secs(10);
 /// assert!(store.acquire(3, "instance-a", ten_seconds).await?.is_granted());
@@ -94,7 +94,7 @@ pub trait LeaseStore: Send + Sync + 'static {
     }
 
     /// The lease times this store can grant, shortest and longest included.
-    /// [`SharedCapacity::build`](crate::SharedCapacity::build) refuses a
+    /// [`SharedCapacity::build`](crate::shared::SharedCapacity::build) refuses a
     /// `lease_time` outside them with
     /// [`ConfigError::LeaseTimeUnsupported`](crate::ConfigError::LeaseTimeUnsupported),
     /// so a store that could not grant it fails when the capacity is built,
@@ -105,7 +105,7 @@ pub trait LeaseStore: Send + Sync + 'static {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use baler::{LeaseStore, MemoryLeaseStore};
+    /// use baler::shared::{LeaseStore, MemoryLeaseStore};
     ///
     /// let times = MemoryLeaseStore::new().lease_times();
     /// assert!(times.contains(&Duration::from_millis(1)));
@@ -143,7 +143,7 @@ impl Acquired {
 ///
 /// ```
 /// use std::time::Duration;
-/// use baler::Demand;
+/// use baler::shared::Demand;
 ///
 /// let demand = Demand::new("instance-a", 3).expires_in(Duration::from_secs(2));
 /// assert_eq!(demand.wanted, 3);

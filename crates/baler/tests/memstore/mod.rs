@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baler::Store;
+use baler::processor::Store;
 
 /// What the store failed with.
 #[derive(Debug, Clone, PartialEq, Eq)]

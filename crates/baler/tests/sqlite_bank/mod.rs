@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use baler::Store;
+use baler::processor::Store;
 use rusqlite::{params, Connection};
 
 /// One account, as loaded.

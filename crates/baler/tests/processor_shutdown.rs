@@ -1,8 +1,8 @@
-//! Property: `run` and `stop` called concurrently never race. Every `run`
-//! either is processed and saved before `stop` returns, or fails with
+//! Property: `run` and `shutdown` called concurrently never race. Every `run`
+//! either is processed and saved before `shutdown` returns, or fails with
 //! `Stopped` and changes nothing; nothing hangs and nothing is lost.
 //!
-//! Runs on a multi-threaded runtime, so that runs and stops really execute at
+//! Runs on a multi-threaded runtime, so that runs and shutdowns really execute at
 //! the same time; each case has a generous time limit that only a hang reaches.
 
 mod memstore;
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baler::{Processor, ProcessorError};
+use baler::processor::{Processor, ProcessorError};
 use memstore::Mem;
 use proptest::prelude::*;
 
@@ -57,9 +57,9 @@ type Running = Arc<Mutex<Option<Processor<String, Vec<u32>, memstore::StoreDown>
 async fn check(case: Case, running: Running) -> Result<(), TestCaseError> {
     let mem = Mem::new();
     let p = Processor::builder()
-        .min_duration(Duration::from_micros(case.window_us))
-        .max_duration(Duration::from_secs(5))
-        .max_active_keys(2)
+        .linger(Duration::from_micros(case.window_us))
+        .max_store_time(Duration::from_secs(5))
+        .max_in_flight(2)
         .build(mem.clone())
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     *running.lock().unwrap() = Some(p.clone());
@@ -84,7 +84,7 @@ async fn check(case: Case, running: Running) -> Result<(), TestCaseError> {
         let (p, mem) = (p.clone(), mem.clone());
         stoppers.push(tokio::spawn(async move {
             yields(wait).await;
-            p.stop().await;
+            p.shutdown(None).await;
             // What was saved when stop returned.
             snapshot(&mem)
         }));
@@ -163,7 +163,7 @@ proptest! {
                 // Say where it stood, for whoever has to find the hang.
                 let p = running.lock().unwrap().clone();
                 let state = p.map(|p| {
-                    format!("{:?}; engine: {:?}; stopped: {}", p.stats(), p.engine_stats(), p.is_stopped())
+                    format!("{:?}; engine: {:?}; stopped: {}", p.stats(), p.engine_stats(), p.is_shutting_down())
                 });
                 prop_assert!(false, "run or stop hung; {:?}", state);
             }
