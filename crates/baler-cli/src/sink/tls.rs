@@ -106,8 +106,7 @@ enum Roots {
 pub(crate) fn split_keywords(text: &str) -> Result<(String, PostgresTls), String> {
     // libpq allows spaces around `=`; join them so that each pair is one word.
     let mut joined = String::with_capacity(text.len());
-    let mut words = text.split_whitespace().peekable();
-    while let Some(word) = words.next() {
+    for word in text.split_whitespace() {
         if !joined.is_empty() && !joined.ends_with('=') && !word.starts_with('=') {
             joined.push(' ');
         }
