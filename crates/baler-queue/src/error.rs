@@ -56,7 +56,7 @@ pub enum ConfigError {
 #[non_exhaustive]
 pub enum ConnectError {
     /// The URL is not a Redis URL.
-    #[error("{url:?} is not a Redis URL ({source}); write it as redis://host:port or redis://host:port/db")]
+    #[error("{url:?} is not a Redis URL ({source}); write it as redis://host:port, or rediss://host:port for TLS, with /db after it if needed")]
     InvalidUrl {
         /// The URL given.
         url: String,
@@ -73,6 +73,49 @@ pub enum ConnectError {
         url: String,
         /// What the Redis client said.
         source: redis::RedisError,
+    },
+    /// A `rediss://` URL, but this build of baler-queue has no TLS.
+    #[error("{url:?} asks for TLS, but baler-queue was built without its `tls` feature; enable it (it is on by default), or use a redis:// URL")]
+    TlsNotEnabled {
+        /// The URL given.
+        url: String,
+    },
+    /// A `rediss://…#insecure` URL: the server's certificate unchecked.
+    #[error("{url:?} asks to skip the server's certificate check (#insecure), which baler does not do; drop #insecure and trust the CA that signed the server's certificate instead (QueueBuilder::with_ca)")]
+    Insecure {
+        /// The URL given.
+        url: String,
+    },
+    /// A CA certificate was given for a URL that is not `rediss://`.
+    #[error("a CA certificate was given for {url:?}, which does not use TLS; write it as rediss://host:port (Redis's tls-port), or give no CA")]
+    CaWithoutTls {
+        /// The URL given.
+        url: String,
+    },
+    /// The CA certificate given is not a PEM certificate.
+    #[error("the CA certificate given for {url:?} is not usable: {reason}; give the PEM file (-----BEGIN CERTIFICATE-----) of the CA that signed the Redis server's certificate")]
+    InvalidCa {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS handshake with the server failed.
+    #[error("the TLS handshake with the Redis server at {server} failed: {reason}; {hint}")]
+    TlsHandshake {
+        /// The server, as host:port.
+        server: String,
+        /// What the TLS library said.
+        reason: String,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// A TLS connection that was never answered: most often a plain
+    /// (non-TLS) port given as `rediss://`.
+    #[error("the Redis server at {server} did not complete a TLS handshake in time; check that the port is Redis's tls-port (rediss:// is for a TLS port, redis:// for a plain one)")]
+    TlsNoAnswer {
+        /// The server, as host:port.
+        server: String,
     },
     /// Redis answered but refused a setup command (an old version without
     /// streams, or a user without the rights).

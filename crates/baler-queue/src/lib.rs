@@ -59,6 +59,22 @@
 //! would delete jobs not yet run); a queue's length is bounded by
 //! [`QueueBuilder::max_length`] instead.
 //!
+//! # TLS
+//!
+//! With the `tls` feature (on by default), a `rediss://host:port` URL
+//! connects to Redis's `tls-port` over TLS (rustls with the ring crypto
+//! provider: no OpenSSL needed), for producers and workers alike. The
+//! server's certificate must name the URL's host and be signed by a CA that
+//! the system trusts, or by the CA whose PEM certificate is given to
+//! [`QueueBuilder::with_ca`]. Certificate checks cannot be turned off (a
+//! `rediss://…#insecure` URL is refused), and clients present no
+//! certificate, so the server must not require one (`tls-auth-clients no`
+//! or `optional`). A handshake that fails is a
+//! [`ConnectError::TlsHandshake`] that names the server and what to check,
+//! or a [`ConnectError::TlsNoAnswer`], most often a plain port given as
+//! `rediss://`. If no rustls crypto provider is installed for the process
+//! when a `rediss://` queue is built, ring's becomes the process's default.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -90,6 +106,7 @@ pub mod observe;
 mod producer;
 mod queue;
 mod scripts;
+mod tls;
 mod worker;
 
 /// The integration tests' Redis harness, for the unit tests that need a server.

@@ -14,6 +14,7 @@ use crate::error::{ConfigError, ConnectError};
 use crate::events::{QueueEvent, QueueEvents};
 use crate::keys::Keys;
 use crate::observe::{ConsumerStats, QueueStats};
+use crate::tls;
 
 /// A job's id: made by the producer before the job is sent, unique across
 /// producers and restarts (producer name, a random start nonce, a counter).
@@ -108,6 +109,8 @@ pub struct QueueBuilder<C = Json> {
     settings: Settings,
     codec: C,
     event_capacity: usize,
+    /// PEM certificates of the CA(s) to trust instead of the system's.
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl QueueBuilder<Json> {
@@ -129,6 +132,7 @@ impl QueueBuilder<Json> {
             },
             codec: Json,
             event_capacity: 1024,
+            ca_pem: None,
         }
     }
 }
@@ -207,6 +211,30 @@ impl<C: Codec> QueueBuilder<C> {
         self
     }
 
+    /// Trusts the CA certificate(s) in `ca_pem` (PEM), instead of the
+    /// system's trust store, for the server's certificate: for a Redis whose
+    /// certificate a private CA signed. The URL must be `rediss://`; the
+    /// file is checked by [`build`](Self::build).
+    ///
+    /// ```no_run
+    /// use baler_queue::Queue;
+    ///
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let queue = Queue::builder("rediss://redis.internal:6380", "mail")
+    ///     .with_ca(&ca)
+    ///     .build()
+    ///     .await?;
+    /// # let _ = queue;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn with_ca(mut self, ca_pem: &[u8]) -> Self {
+        self.ca_pem = Some(ca_pem.to_vec());
+        self
+    }
+
     /// Uses `codec` for payloads and results instead of JSON.
     pub fn codec<D: Codec>(self, codec: D) -> QueueBuilder<D> {
         QueueBuilder {
@@ -215,6 +243,7 @@ impl<C: Codec> QueueBuilder<C> {
             settings: self.settings,
             codec,
             event_capacity: self.event_capacity,
+            ca_pem: self.ca_pem,
         }
     }
 
@@ -252,21 +281,24 @@ impl<C: Codec> QueueBuilder<C> {
     /// # Errors
     ///
     /// [`ConnectError::Unreachable`] (with the URL) when Redis does not
-    /// answer, [`ConnectError::Config`] for a setting that cannot work.
+    /// answer, [`ConnectError::TlsHandshake`] or [`ConnectError::TlsNoAnswer`]
+    /// when a `rediss://` connection fails in TLS,
+    /// [`ConnectError::Config`] for a setting that cannot work, and the other
+    /// variants for a URL or CA certificate that cannot work.
     pub async fn build(self) -> Result<Queue<C>, ConnectError> {
         self.validate()?;
         let url = self.url.clone();
-        let client = Client::open(url.as_str()).map_err(|source| ConnectError::InvalidUrl {
-            url: url.clone(),
-            source,
-        })?;
+        let client = tls::client(&url, self.ca_pem.as_deref())?;
         let timeout = self.settings.timeout;
         let mut conn =
             ConnectionManager::new_with_config(client.clone(), manager_config(timeout, timeout))
                 .await
-                .map_err(|source| ConnectError::Unreachable {
-                    url: url.clone(),
-                    source,
+                .map_err(|source| match tls::handshake_failure(&client, &source) {
+                    Some(tls) => tls,
+                    None => ConnectError::Unreachable {
+                        url: url.clone(),
+                        source,
+                    },
                 })?;
         let keys = Keys::new(&self.name);
         let created: Result<Value, RedisError> = redis::cmd("XGROUP")
@@ -346,7 +378,9 @@ impl<C> fmt::Debug for Queue<C> {
 }
 
 impl Queue<Json> {
-    /// Settings for the queue `name` in the Redis at `url`.
+    /// Settings for the queue `name` in the Redis at `url`:
+    /// `redis://host:port`, or `rediss://host:port` for TLS (the server's
+    /// `tls-port`), either with `/db` after it. See the crate's docs on TLS.
     ///
     /// ```no_run
     /// use std::time::Duration;
