@@ -209,3 +209,22 @@ pub use ticket::Ticket;
 #[cfg(all(doctest, baler_readme))]
 #[doc = include_str!(env!("BALER_README"))]
 pub struct ReadmeDoctests;
+
+/// The examples of the guides in `docs/`, compiled and run as doc tests in a
+/// checkout (the published crate does not ship `docs/`; `build.rs` sets
+/// `baler_guides` only where the guides are).
+#[cfg(all(doctest, baler_guides))]
+pub mod guides {
+    /// `docs/cli.md`.
+    #[doc = include_str!(concat!(env!("BALER_GUIDES"), "/cli.md"))]
+    pub struct Cli;
+    /// `docs/loader.md`.
+    #[doc = include_str!(concat!(env!("BALER_GUIDES"), "/loader.md"))]
+    pub struct Loader;
+    /// `docs/processor.md`.
+    #[doc = include_str!(concat!(env!("BALER_GUIDES"), "/processor.md"))]
+    pub struct Processor;
+    /// `docs/shared-capacity.md`.
+    #[doc = include_str!(concat!(env!("BALER_GUIDES"), "/shared-capacity.md"))]
+    pub struct SharedCapacity;
+}
