@@ -290,7 +290,7 @@ impl<C: Codec> Core<C> {
                 return;
             };
             let mut rooms = vec![first];
-            while rooms.len() < self.claim_count {
+            while rooms.len() < self.read_limit() {
                 match self.room.clone().try_acquire_owned() {
                     Ok(p) => rooms.push(p),
                     Err(_) => break,
@@ -419,6 +419,15 @@ impl<C: Codec> Core<C> {
                 Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying next round"),
             }
         }
+    }
+
+    /// How many places one blocking read may hold: never more than half of
+    /// them (at least one), so that while the claimer waits in `XREADGROUP`
+    /// the keeper still finds room to take over the jobs of a worker that
+    /// died. A read that held every place would leave those jobs unclaimed
+    /// for as long as no new job arrived.
+    fn read_limit(&self) -> usize {
+        self.claim_count.min((self.max_held / 2).max(1))
     }
 
     async fn reclaim(&self, runner: &dyn Runner) {

@@ -627,12 +627,12 @@ fn workers_killed_over_and_over_lose_no_job_and_resolve_each_ticket_once() {
     let scratch = Scratch::new("kills");
     let total = jobs(3000);
     let base = settings(&server, "kills", &scratch);
-    // A claim may take at most 10 of a worker's 40 places (2 batches of 10
-    // in flight, twice over), so that its keeper always finds room to take
-    // over a killed worker's jobs; a claim that takes all of them can leave
-    // those jobs unclaimed for as long as no new job arrives. Set
-    // BALER_QUEUE_PROC_KILL_CLAIM=100 (the default claim) to watch that.
-    let claim = std::env::var("BALER_QUEUE_PROC_KILL_CLAIM").unwrap_or_else(|_| "10".into());
+    // The default claim count (100) is above a worker's 40 places (2 batches
+    // of 10 in flight, twice over): a blocking read holds at most half of
+    // them, so that the keeper always finds room to take over a killed
+    // worker's jobs even while no new job arrives. BALER_QUEUE_PROC_KILL_CLAIM
+    // sets another claim count.
+    let claim = std::env::var("BALER_QUEUE_PROC_KILL_CLAIM").unwrap_or_else(|_| "100".into());
     let worker_settings = with(base.clone(), &[("WORK_MS", "20".into()), ("CLAIM", claim)]);
     let mut workers: Vec<Proc> = (0..4)
         .map(|_| Proc::spawn("worker", &worker_settings))

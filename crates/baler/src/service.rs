@@ -20,7 +20,7 @@
 //!     .timeout(Duration::from_secs(1))
 //!     .service(BatcherService::new(batcher));
 //! assert_eq!(service.ready().await?.call(4.into()).await?, 40);
-//! assert_eq!(service.ready().await?.call(Operation::new(5).cost(2)).await?, 50);
+//! assert_eq!(service.ready().await?.call(Operation::new(5).with_cost(2)).await?, 50);
 //! # Ok(())
 //! # }
 //! ```
