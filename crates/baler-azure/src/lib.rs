@@ -21,7 +21,8 @@
 //! signed with the account key (Shared Key) or carrying a shared access
 //! signature; or over HTTPS only with a Microsoft Entra ID bearer token from
 //! a [`TokenProvider`] (managed identity, workload identity), for accounts
-//! that allow no key. A store that cannot be reached makes the capacity fall back to
+//! that allow no key. With the `azure-identity` feature, `AzureCredential`
+//! makes any of the Azure SDK's credentials a provider. A store that cannot be reached makes the capacity fall back to
 //! its reserved part until it can again.
 //!
 //! ```no_run
@@ -67,12 +68,16 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 
 mod account;
+#[cfg(feature = "azure-identity")]
+mod credential;
 mod demand;
 mod sign;
 mod store;
 mod token;
 
 pub use account::{AzureStoreError, DEVELOPMENT_ACCOUNT, DEVELOPMENT_ENDPOINT, DEVELOPMENT_KEY};
+#[cfg(feature = "azure-identity")]
+pub use credential::AzureCredential;
 pub use store::{AzureLeaseStore, MAX_LEASE_TIME, MIN_LEASE_TIME};
 pub use token::{
     AccessToken, AzureAuthError, TokenError, TokenFuture, TokenProvider, STORAGE_SCOPE,

@@ -39,6 +39,7 @@ fn jwt(audience: &str, issued: SystemTime, expires: SystemTime) -> String {
 }
 
 /// Hands out tokens for `audience` that live `lifetime`, counting calls.
+#[derive(Debug)]
 struct Issuer {
     audience: &'static str,
     lifetime: Duration,
@@ -239,4 +240,54 @@ fn a_bearer_token_is_never_sent_over_plain_http() {
     );
     assert!(e.to_string().contains("https://"), "{e}");
     assert_eq!(issuer.calls(), 0);
+}
+
+#[cfg(feature = "azure-identity")]
+mod azure_sdk {
+    use super::*;
+    use azure_core::credentials::{AccessToken as SdkToken, TokenCredential, TokenRequestOptions};
+    use azure_core::time::OffsetDateTime;
+    use baler_azure::AzureCredential;
+
+    /// An Azure SDK credential, as `azure_identity`'s are, handing out
+    /// tokens the emulator accepts.
+    #[derive(Debug)]
+    struct Sdk(Arc<Issuer>);
+
+    #[async_trait::async_trait]
+    impl TokenCredential for Sdk {
+        async fn get_token(
+            &self,
+            scopes: &[&str],
+            _options: Option<TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<SdkToken> {
+            assert_eq!(scopes, [STORAGE_SCOPE]);
+            self.0.calls.fetch_add(1, Ordering::SeqCst);
+            let now = SystemTime::now();
+            let expires = now + self.0.lifetime;
+            Ok(SdkToken::new(
+                jwt(self.0.audience, now - Duration::from_secs(60), expires),
+                OffsetDateTime::from(expires),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_azure_sdk_credential_is_a_token_provider() {
+        let server = Azurite::start_oauth();
+        let issuer = Issuer::new(AUDIENCE, Duration::from_secs(3600));
+        let store = AzureLeaseStore::with_token_provider(
+            &server.https_endpoint(),
+            AzureCredential::new(Arc::new(Sdk(issuer.clone()))),
+            "entra-sdk",
+        )
+        .unwrap()
+        .trust_certificates(&server.ca_pem())
+        .unwrap();
+        assert!(store.acquire(2, "a", LEASE).await.unwrap().is_granted());
+        assert!(store.renew(2, "a", LEASE).await.unwrap());
+        store.release(2, "a").await.unwrap();
+        assert!(!store.is_leased(2).await.unwrap());
+        assert_eq!(issuer.calls(), 1);
+    }
 }
