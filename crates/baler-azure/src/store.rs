@@ -51,8 +51,11 @@ pub(crate) const DEMAND_PREFIX: &str = "demand-";
 ///   (the blob's `Last-Modified` against the listing's `Date`). Both have a
 ///   resolution of one second.
 ///
-/// Requests are signed with the account key (Shared Key), or carry a shared
-/// access signature. Each is bounded by a [`timeout`](Self::timeout).
+/// Requests are signed with the account key (Shared Key), carry a shared
+/// access signature, or a Microsoft Entra ID bearer token
+/// ([`with_token_provider`](Self::with_token_provider)). Each is bounded by a
+/// [`timeout`](Self::timeout); fetching a token, when one is due, by 30
+/// seconds more, as identity endpoints are slower.
 ///
 /// What a call returns:
 ///
@@ -550,6 +553,11 @@ fn whole_seconds(d: Duration) -> u64 {
 /// error code.
 pub(crate) fn unexpected(what: &str, reply: &Reply) -> LeaseStoreError {
     let hint = match (reply.status, reply.code.as_str()) {
+        // Only for a token: a wrong key is AuthorizationFailure on the emulator.
+        (StatusCode::FORBIDDEN, "AuthorizationPermissionMismatch") => {
+            "; the identity is known but may not do this: give it a data role on the container, \
+             such as Storage Blob Data Contributor (roles take a few minutes to apply)"
+        }
         (StatusCode::FORBIDDEN, _) => {
             "; check the account name and key (or the signature and what it allows), and that \
              this machine's clock is right"

@@ -158,6 +158,9 @@ impl TokenCache {
     /// Drops the cached token, which the service refused, so that the next
     /// request asks the provider again instead of sending it until it
     /// would have been refreshed.
+    ///
+    /// A fetch under way holds the lock; it brings a new token anyway, so
+    /// there is nothing to forget then.
     pub(crate) fn forget(&self) {
         if let Ok(mut cached) = self.cached.try_lock() {
             *cached = None;
