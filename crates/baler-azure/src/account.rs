@@ -1,8 +1,12 @@
 //! Where the blobs are and how requests prove who sends them: connection
 //! strings, account keys and shared access signatures.
 
+use std::sync::Arc;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+
+use crate::token::TokenCache;
 
 /// The account name of the local storage emulator's development account.
 pub const DEVELOPMENT_ACCOUNT: &str = "devstoreaccount1";
@@ -81,6 +85,26 @@ pub enum AzureStoreError {
         /// The rule it breaks.
         reason: &'static str,
     },
+    /// A bearer token was to go over plain HTTP.
+    #[error(
+        "the blob endpoint {endpoint:?} is plain http, and a Microsoft Entra ID bearer token is \
+         sent only over https (anyone on the path could take it and use it as the identity); \
+         write the endpoint as https://..."
+    )]
+    BearerOverHttp {
+        /// The endpoint given.
+        endpoint: String,
+    },
+    /// A certificate to trust is not PEM.
+    #[error(
+        "the certificates to trust are not usable: {reason}; give PEM text \
+         (-----BEGIN CERTIFICATE-----) of the certificate authority that signed the endpoint's \
+         certificate"
+    )]
+    InvalidCertificate {
+        /// What is wrong with them.
+        reason: String,
+    },
     /// The HTTP client could not be made (its TLS configuration).
     #[error("the HTTP client cannot be made: {0}")]
     Client(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -93,6 +117,8 @@ pub(crate) enum Auth {
     SharedKey { account: String, key: Vec<u8> },
     /// A shared access signature appended to every URL (without its `?`).
     Sas(String),
+    /// A Microsoft Entra ID bearer token on every request.
+    Bearer(Arc<TokenCache>),
 }
 
 impl std::fmt::Debug for Auth {
@@ -103,6 +129,7 @@ impl std::fmt::Debug for Auth {
                 .field("account", account)
                 .finish_non_exhaustive(),
             Auth::Sas(_) => f.write_str("Sas(..)"),
+            Auth::Bearer(_) => f.write_str("Bearer(..)"),
         }
     }
 }
@@ -157,6 +184,19 @@ impl Account {
         Ok(Account {
             endpoint: endpoint_of(endpoint)?,
             auth: Auth::Sas(signature.to_owned()),
+        })
+    }
+
+    pub(crate) fn bearer(endpoint: &str, cache: TokenCache) -> Result<Self, AzureStoreError> {
+        let checked = endpoint_of(endpoint)?;
+        if !checked.starts_with("https://") {
+            return Err(AzureStoreError::BearerOverHttp {
+                endpoint: endpoint.to_owned(),
+            });
+        }
+        Ok(Account {
+            endpoint: checked,
+            auth: Auth::Bearer(Arc::new(cache)),
         })
     }
 

@@ -19,7 +19,10 @@
 //!
 //! Requests go over HTTPS (rustls) or plain HTTP for a local emulator,
 //! signed with the account key (Shared Key) or carrying a shared access
-//! signature. A store that cannot be reached makes the capacity fall back to
+//! signature; or over HTTPS only with a Microsoft Entra ID bearer token from
+//! a [`TokenProvider`] (managed identity, workload identity), for accounts
+//! that allow no key. With the `azure-identity` feature, `AzureCredential`
+//! makes any of the Azure SDK's credentials a provider. A store that cannot be reached makes the capacity fall back to
 //! its reserved part until it can again.
 //!
 //! ```no_run
@@ -65,12 +68,20 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 
 mod account;
+#[cfg(feature = "azure-identity")]
+mod credential;
 mod demand;
 mod sign;
 mod store;
+mod token;
 
 pub use account::{AzureStoreError, DEVELOPMENT_ACCOUNT, DEVELOPMENT_ENDPOINT, DEVELOPMENT_KEY};
+#[cfg(feature = "azure-identity")]
+pub use credential::AzureCredential;
 pub use store::{AzureLeaseStore, MAX_LEASE_TIME, MIN_LEASE_TIME};
+pub use token::{
+    AccessToken, AzureAuthError, TokenError, TokenFuture, TokenProvider, STORAGE_SCOPE,
+};
 
 /// The store's own traits and errors, for implementing against it.
 pub use baler::shared::{LeaseStore, LeaseStoreError};

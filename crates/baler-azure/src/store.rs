@@ -10,6 +10,7 @@ use reqwest::{Client, Method, StatusCode};
 
 use crate::account::{check_container, Account, Auth, AzureStoreError};
 use crate::sign;
+use crate::token::{AzureAuthError, TokenCache, TokenProvider};
 
 /// The shortest lease the storage service grants.
 pub const MIN_LEASE_TIME: Duration = Duration::from_secs(15);
@@ -50,8 +51,11 @@ pub(crate) const DEMAND_PREFIX: &str = "demand-";
 ///   (the blob's `Last-Modified` against the listing's `Date`). Both have a
 ///   resolution of one second.
 ///
-/// Requests are signed with the account key (Shared Key), or carry a shared
-/// access signature. Each is bounded by a [`timeout`](Self::timeout).
+/// Requests are signed with the account key (Shared Key), carry a shared
+/// access signature, or a Microsoft Entra ID bearer token
+/// ([`with_token_provider`](Self::with_token_provider)). Each is bounded by a
+/// [`timeout`](Self::timeout); fetching a token, when one is due, by 30
+/// seconds more, as identity endpoints are slower.
 ///
 /// What a call returns:
 ///
@@ -153,27 +157,77 @@ impl AzureLeaseStore {
         Self::with_account(Account::sas(endpoint, sas)?, container)
     }
 
+    /// A store at the blob endpoint `endpoint` (such as
+    /// `https://acme.blob.core.windows.net`) whose requests carry a
+    /// Microsoft Entra ID bearer token from `provider`, for accounts that
+    /// allow no key.
+    ///
+    /// The store asks `provider` for [`STORAGE_SCOPE`](crate::STORAGE_SCOPE)
+    /// when it first sends, keeps the token, and asks again shortly before it
+    /// expires (once for all the requests waiting on it). The identity needs
+    /// a data role on the container, such as Storage Blob Data Contributor.
+    /// The endpoint must be `https://`: a token over plain HTTP is refused
+    /// ([`AzureStoreError::BearerOverHttp`]), since anyone on the path could
+    /// use it.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use baler_azure::{AccessToken, AzureLeaseStore, AzureStoreError, TokenFuture, TokenProvider};
+    ///
+    /// struct Fixed;
+    /// impl TokenProvider for Fixed {
+    ///     fn token<'a>(&'a self, _scope: &'a str) -> TokenFuture<'a> {
+    ///         Box::pin(async { Ok(AccessToken::new("...", SystemTime::now() + Duration::from_secs(3600))) })
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> Result<(), AzureStoreError> {
+    /// let store = AzureLeaseStore::with_token_provider("https://acme.blob.core.windows.net", Fixed, "orders-db")?;
+    /// # let _ = store;
+    /// let refused = AzureLeaseStore::with_token_provider("http://127.0.0.1:10000/devstoreaccount1", Fixed, "orders-db");
+    /// assert!(matches!(refused, Err(AzureStoreError::BearerOverHttp { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_token_provider(
+        endpoint: &str,
+        provider: impl TokenProvider,
+        container: &str,
+    ) -> Result<Self, AzureStoreError> {
+        let cache = TokenCache::new(Arc::new(provider));
+        Self::with_account(Account::bearer(endpoint, cache)?, container)
+    }
+
+    /// Trusts, besides the platform's certificate authorities, those in
+    /// `pem` (PEM text), for an endpoint whose certificate a private
+    /// authority signed (a local emulator over HTTPS, say).
+    pub fn trust_certificates(self, pem: &[u8]) -> Result<Self, AzureStoreError> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let invalid = |reason: String| AzureStoreError::InvalidCertificate { reason };
+        let roots = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(e.to_string()))?;
+        if roots.is_empty() {
+            return Err(invalid("no certificate was found in them".to_owned()));
+        }
+        let client = client(roots)?;
+        Ok(AzureLeaseStore {
+            inner: Arc::new(Inner {
+                account: self.inner.account.clone(),
+                container: self.inner.container.clone(),
+                client,
+            }),
+            timeout: self.timeout,
+        })
+    }
+
     fn with_account(account: Account, container: &str) -> Result<Self, AzureStoreError> {
         check_container(container)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .and_then(|b| {
-                use rustls_platform_verifier::BuilderVerifierExt;
-                b.with_platform_verifier()
-            })
-            .map_err(|e| AzureStoreError::Client(Box::new(e)))?
-            .with_no_client_auth();
-        let client = Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(DEFAULT_TIMEOUT)
-            .build()
-            .map_err(|e| AzureStoreError::Client(Box::new(e)))?;
         Ok(AzureLeaseStore {
             inner: Arc::new(Inner {
                 account,
                 container: container.to_owned(),
-                client,
+                client: client(Vec::new())?,
             }),
             timeout: DEFAULT_TIMEOUT,
         })
@@ -255,10 +309,21 @@ impl AzureLeaseStore {
         for (name, value) in &headers {
             request = request.header(*name, *value);
         }
-        if let Auth::SharedKey { account, key } = &inner.account.auth {
-            let to_sign =
-                sign::string_to_sign(method.as_str(), account, parsed.path(), query, &headers);
-            request = request.header("authorization", sign::authorization(account, key, &to_sign));
+        match &inner.account.auth {
+            Auth::SharedKey { account, key } => {
+                let to_sign =
+                    sign::string_to_sign(method.as_str(), account, parsed.path(), query, &headers);
+                request =
+                    request.header("authorization", sign::authorization(account, key, &to_sign));
+            }
+            Auth::Bearer(cache) => {
+                let token = cache
+                    .token()
+                    .await
+                    .map_err(|e| LeaseStoreError::Protocol(Box::new(e)))?;
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            Auth::Sas(_) => {}
         }
         let failed = |e: reqwest::Error| {
             LeaseStoreError::Unreachable(
@@ -281,6 +346,28 @@ impl AzureLeaseStore {
             headers,
             body,
         };
+        if let (Auth::Bearer(cache), true) = (
+            &inner.account.auth,
+            status == StatusCode::UNAUTHORIZED
+                || (status == StatusCode::FORBIDDEN
+                    && matches!(
+                        reply.code.as_str(),
+                        "AuthenticationFailed" | "InvalidAuthenticationInfo"
+                    )),
+        ) {
+            cache.forget();
+            return Err(LeaseStoreError::Protocol(Box::new(
+                AzureAuthError::Refused {
+                    status: status.as_u16(),
+                    code: reply.code.clone(),
+                    message: service_message(&reply),
+                    detail: xml_value(&reply.body, "AuthenticationErrorDetail")
+                        .or_else(|| reply.header("www-authenticate"))
+                        .map(|d| format!(": {}", d.trim().trim_end_matches('.')))
+                        .unwrap_or_default(),
+                },
+            )));
+        }
         if status.is_server_error() {
             return Err(LeaseStoreError::Unreachable(
                 format!(
@@ -466,6 +553,11 @@ fn whole_seconds(d: Duration) -> u64 {
 /// error code.
 pub(crate) fn unexpected(what: &str, reply: &Reply) -> LeaseStoreError {
     let hint = match (reply.status, reply.code.as_str()) {
+        // Only for a token: a wrong key is AuthorizationFailure on the emulator.
+        (StatusCode::FORBIDDEN, "AuthorizationPermissionMismatch") => {
+            "; the identity is known but may not do this: give it a data role on the container, \
+             such as Storage Blob Data Contributor (roles take a few minutes to apply)"
+        }
         (StatusCode::FORBIDDEN, _) => {
             "; check the account name and key (or the signature and what it allows), and that \
              this machine's clock is right"
@@ -475,12 +567,7 @@ pub(crate) fn unexpected(what: &str, reply: &Reply) -> LeaseStoreError {
         }
         _ => "",
     };
-    let message = xml_value(&reply.body, "Message")
-        .map(|m| {
-            let first = m.lines().next().unwrap_or_default();
-            format!(": {}", first.trim().trim_end_matches('.'))
-        })
-        .unwrap_or_default();
+    let message = service_message(reply);
     LeaseStoreError::protocol(format!(
         "{what}: the storage service answered {} {}{message}{hint}",
         reply.status.as_u16(),
@@ -490,6 +577,38 @@ pub(crate) fn unexpected(what: &str, reply: &Reply) -> LeaseStoreError {
             &reply.code
         },
     ))
+}
+
+/// The first line of the service's message, after `: `, or nothing.
+fn service_message(reply: &Reply) -> String {
+    xml_value(&reply.body, "Message")
+        .map(|m| {
+            let first = m.lines().next().unwrap_or_default();
+            format!(": {}", first.trim().trim_end_matches('.'))
+        })
+        .unwrap_or_default()
+}
+
+/// The HTTP client: rustls with the platform's authorities and `extra`.
+fn client(
+    extra: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<Client, AzureStoreError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+            .map_err(|e| AzureStoreError::Client(Box::new(e)))?,
+    );
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AzureStoreError::Client(Box::new(e)))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(DEFAULT_TIMEOUT)
+        .build()
+        .map_err(|e| AzureStoreError::Client(Box::new(e)))
 }
 
 /// The URL without its query, where a signature would be.

@@ -10,10 +10,15 @@ use std::time::{Duration, Instant};
 
 use baler_azure::{DEVELOPMENT_ACCOUNT, DEVELOPMENT_KEY};
 
+pub mod certs;
+
 pub struct Azurite {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// In OAuth mode: HTTPS with this certificate authority's server
+    /// certificate, and bearer tokens checked.
+    pub certs: Option<certs::Certs>,
 }
 
 /// A port nobody listens on right now.
@@ -62,9 +67,35 @@ impl Azurite {
             port: free_port(),
             dir: scratch("azurite"),
             child: None,
+            certs: None,
         };
         server.launch();
         server
+    }
+
+    /// A server that accepts only HTTPS, with a certificate signed by a CA
+    /// made for it, and checks bearer tokens (`--oauth basic`: a token's
+    /// audience, issuer and lifetime, not its signature).
+    pub fn start_oauth() -> Self {
+        let dir = scratch("azurite-oauth");
+        let mut server = Azurite {
+            port: free_port(),
+            certs: Some(certs::Certs::make(&dir, "azurite")),
+            dir,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// The HTTPS blob endpoint of the development account on this server.
+    pub fn https_endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}/{DEVELOPMENT_ACCOUNT}", self.port)
+    }
+
+    /// The PEM of the CA that signed this server's certificate.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.certs.as_ref().expect("an OAuth server").ca).unwrap()
     }
 
     /// The connection string of the development account on this server.
@@ -76,7 +107,15 @@ impl Azurite {
     /// answers.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(azurite_blob())
+        let mut command = Command::new(azurite_blob());
+        if let Some(certs) = &self.certs {
+            command
+                .args(["--oauth", "basic", "--cert"])
+                .arg(&certs.cert)
+                .arg("--key")
+                .arg(&certs.key);
+        }
+        let child = command
             .args([
                 "--blobHost",
                 "127.0.0.1",
@@ -115,11 +154,14 @@ impl Azurite {
         }
     }
 
-    /// Whether it answers HTTP.
+    /// Whether it answers HTTP (or, over HTTPS, accepts connections).
     fn answers(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.certs.is_some() {
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 5];
         s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
