@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use baler_azure::{DEVELOPMENT_ACCOUNT, DEVELOPMENT_KEY};
 
+/// The certificate maker the Redis lease store's TLS tests use, shared.
+#[path = "../../../baler-redis/tests/common/certs.rs"]
 pub mod certs;
 
 pub struct Azurite {
