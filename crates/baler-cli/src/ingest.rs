@@ -177,8 +177,21 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         }
     };
 
-    let sink = Sink::open(&spec, &args.table, args.max_in_flight).await?;
-    let writer = Writer::new(sink);
+    let mut sink = Sink::open(&spec, &args.table, args.max_in_flight).await?;
+    // A file can be read again: its records are written idempotently and the
+    // sink keeps, with them, how far the file is written. Stdin cannot be.
+    let tracked = match &args.input {
+        Some(path) if path != Path::new("-") => {
+            let identity = input_identity(path)?;
+            Some((path.clone(), sink.track(&identity).await?))
+        }
+        _ => None,
+    };
+    let resume_after = tracked.as_ref().map_or(0, |(_, p)| p.watermark);
+    let writer = match &tracked {
+        Some(_) => Writer::tracking(sink, resume_after),
+        None => Writer::new(sink),
+    };
     let batcher: Batcher<_, Instant, SinkError> = Batcher::builder()
         .name("baler-ingest")
         .max_batch_size(args.batch_size)
@@ -210,6 +223,19 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         },
     ));
 
+    if let Some((path, p)) = &tracked {
+        if p.watermark > 0 {
+            progress.log(&format!(
+                "baler ingest: resuming: lines 1 to {} of {} are in table {} already (an earlier \
+                 run wrote them); going on from line {}",
+                p.watermark,
+                path.display(),
+                args.table,
+                p.watermark + 1
+            ));
+        }
+    }
+
     let start = Instant::now();
     let produced = Arc::new(AtomicU64::new(0));
     let last_produced = Arc::new(AtomicU64::new(0));
@@ -228,8 +254,9 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         tasks: TaskTracker::new(),
         progress: progress.clone(),
     };
+    let skipped = Arc::new(AtomicU64::new(0));
     let producer = tokio::spawn(produce(
-        source,
+        (source, resume_after, skipped.clone(), writer.clone()),
         batcher.clone(),
         args.cost,
         args.bad_lines,
@@ -326,7 +353,14 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         .await
         .ok()
         .and_then(Result::ok);
+    // Records the sink passed over were written by an earlier run: the
+    // tickets said committed, and they are, but not by this run.
+    let already = writer.passed_over().min(collected.written);
+    collected.written -= already;
     Ok(Summary {
+        resumed_after: tracked.as_ref().map(|_| resume_after).filter(|&n| n > 0),
+        skipped: skipped.load(Ordering::SeqCst),
+        already_written: already,
         source: source_text,
         sink: spec.describe(),
         table: args.table.clone(),
@@ -398,7 +432,7 @@ fn listen_for_signals(signals: Arc<Signals>, progress: Arc<Progress>) -> Result<
 /// refused.
 #[allow(clippy::too_many_arguments)]
 async fn produce(
-    mut source: Source,
+    (mut source, resume_after, skipped, writer): (Source, u64, Arc<AtomicU64>, Writer),
     batcher: Batcher<crate::input::Record, Instant, SinkError>,
     cost: u32,
     bad_lines: BadLines,
@@ -416,6 +450,12 @@ async fn produce(
         };
         let record = match item {
             None => return (Ended::InputDone, rejected),
+            Some(Item::Record(record)) if record.seq <= resume_after => {
+                skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // Refused (and counted) by the run that got past it.
+            Some(Item::Bad(bad)) if bad.line() <= resume_after => continue,
             Some(Item::Record(record)) => record,
             Some(Item::Bad(bad)) => {
                 rejected += 1;
@@ -439,6 +479,7 @@ async fn produce(
             }
         };
         let (seq, body) = (record.seq, record.body.clone());
+        writer.produced(seq);
         let submitted = Instant::now();
         let result = tokio::select! {
             biased;
@@ -646,6 +687,30 @@ fn flag_hints(diagnosis: &Diagnosis) -> String {
         .iter()
         .map(|h| format!("\n  baler ingest: {h}"))
         .collect()
+}
+
+/// What says that a file is the same input as a run before: its full path,
+/// its size and a hash of its first 64 KiB. A file changed in place (or
+/// grown) is a new input, written from its first line.
+fn input_identity(path: &Path) -> Result<String, InputError> {
+    use std::io::Read;
+    let open = |source| InputError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let full = std::fs::canonicalize(path).map_err(open)?;
+    let mut file = std::fs::File::open(&full).map_err(open)?;
+    let size = file.metadata().map_err(open)?.len();
+    let mut block = Vec::with_capacity(1 << 16);
+    (&mut file)
+        .take(1 << 16)
+        .read_to_end(&mut block)
+        .map_err(open)?;
+    // FNV-1a: stable across builds and Rust versions, unlike std's hasher.
+    let hash = block.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Ok(format!("{} size={size} fnv64={hash:016x}", full.display()))
 }
 
 /// Writes the records not written as JSON lines, in input order, to `path`

@@ -241,15 +241,34 @@ impl Sink {
         }
     }
 
-    /// Writes `rows` as multi-row inserts in one transaction.
+    /// Makes the writes that follow idempotent and resumable for the input
+    /// whose identity is `input` (see [`Progress`]), and returns where that
+    /// input stands in this table.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Table`] (or [`SinkError::Connect`]) if the table or
+    /// `baler_progress` cannot be set up.
+    pub async fn track(&mut self, input: &str) -> Result<Progress, SinkError> {
+        match self {
+            // Once, before any record: a short block of the runtime is fine.
+            Sink::Sqlite(s) => s.track(input),
+            Sink::Postgres(p) => p.track(input).await,
+        }
+    }
+
+    /// Writes `rows` as multi-row inserts in one transaction and returns how
+    /// many rows were inserted. For a tracked input, rows an earlier run
+    /// wrote are passed over (and not counted), and `watermark`, when given,
+    /// raises the input's watermark in the same transaction.
     ///
     /// # Errors
     ///
     /// [`SinkError::Write`]; nothing of the batch is in the table then.
-    pub async fn write(&self, rows: Vec<Record>) -> Result<(), SinkError> {
+    pub async fn write(&self, rows: Vec<Record>, watermark: Option<u64>) -> Result<u64, SinkError> {
         match self {
-            Sink::Sqlite(s) => s.write(rows).await,
-            Sink::Postgres(p) => p.write(rows).await,
+            Sink::Sqlite(s) => s.write(rows, watermark).await,
+            Sink::Postgres(p) => p.write(rows, watermark).await,
         }
     }
 
@@ -264,6 +283,29 @@ impl Sink {
             Sink::Postgres(p) => p.count().await,
         }
     }
+}
+
+/// Where an input stands in a table: what lets `baler ingest --input FILE`,
+/// killed at any moment, go on from where it was.
+///
+/// A tracked input has a row in `baler_progress` (its identity, the table,
+/// an id and a watermark), and its records carry that id in the table's
+/// `source` column, unique with `seq`. Every batch is written with
+/// insert-or-ignore and raises the watermark in the same transaction, so
+/// the database itself says, after any crash, that every record numbered up
+/// to the watermark is in the table; records above it that an earlier run
+/// wrote are passed over when written again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The input's id, in the table's `source` column.
+    pub source: i64,
+    /// Every record numbered up to this is in the table (0: none known).
+    pub watermark: u64,
+}
+
+/// The name of the unique index on a tracked table's `(source, seq)`.
+pub(crate) fn unique_index_name(table: &str) -> String {
+    format!("{table}_baler_source_seq")
 }
 
 /// Why a sink could not be opened or written.
