@@ -93,6 +93,9 @@ pub enum IngestError {
     /// The signal handlers could not be installed.
     #[error("cannot listen for SIGINT and SIGTERM: {0}")]
     Signals(std::io::Error),
+    /// The `--queue` flags cannot be used, or its Redis cannot be reached.
+    #[error("{0}")]
+    Queue(String),
 }
 
 /// What the tickets said, added up.
@@ -692,7 +695,7 @@ fn flag_hints(diagnosis: &Diagnosis) -> String {
 /// What says that a file is the same input as a run before: its full path,
 /// its size and a hash of its first 64 KiB. A file changed in place (or
 /// grown) is a new input, written from its first line.
-fn input_identity(path: &Path) -> Result<String, InputError> {
+pub(crate) fn input_identity(path: &Path) -> Result<String, InputError> {
     use std::io::Read;
     let open = |source| InputError::Open {
         path: path.to_owned(),

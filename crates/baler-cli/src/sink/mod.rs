@@ -257,6 +257,33 @@ impl Sink {
         }
     }
 
+    /// Gives the table its `source` column, unique with `seq` (and creates
+    /// `baler_progress`), so that [`write_for`](Self::write_for) can be used.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Table`] (or [`SinkError::Connect`]).
+    pub async fn prepare_sources(&self) -> Result<(), SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.prepare_sources(),
+            Sink::Postgres(p) => p.prepare_sources().await,
+        }
+    }
+
+    /// Writes `rows` of the input `source` in one transaction, passing over
+    /// the rows of that input already in the table, and returns how many
+    /// were inserted: what makes a job that runs twice write its records once.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`]; nothing of the batch is in the table then.
+    pub async fn write_for(&self, source: i64, rows: Vec<Record>) -> Result<u64, SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.write_for(source, rows).await,
+            Sink::Postgres(p) => p.write_for(source, rows).await,
+        }
+    }
+
     /// Writes `rows` as multi-row inserts in one transaction and returns how
     /// many rows were inserted. For a tracked input, rows an earlier run
     /// wrote are passed over (and not counted), and `watermark`, when given,

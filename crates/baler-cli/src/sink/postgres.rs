@@ -109,25 +109,14 @@ impl PostgresSink {
     ///
     /// [`SinkError::Connect`] or [`SinkError::Table`].
     pub async fn track(&self, input: &str) -> Result<super::Progress, SinkError> {
+        let client = self.prepare_sources_on().await?;
         let inner = &self.inner;
         let table = &inner.table;
-        let client = connect(&inner.spec, &inner.what).await?;
         let table_err = |e: tokio_postgres::Error| SinkError::Table {
             table: table.clone(),
             what: inner.what.clone(),
             reason: error_chain(&e),
         };
-        client
-            .batch_execute(&format!(
-                "ALTER TABLE \"{table}\" ADD COLUMN IF NOT EXISTS source BIGINT;
-                 CREATE UNIQUE INDEX IF NOT EXISTS \"{}\" ON \"{table}\" (source, seq) \
-                 WHERE source IS NOT NULL;
-                 CREATE TABLE IF NOT EXISTS baler_progress (id BIGSERIAL PRIMARY KEY, input \
-                 TEXT NOT NULL, tbl TEXT NOT NULL, watermark BIGINT NOT NULL, UNIQUE (input, tbl));",
-                super::unique_index_name(table)
-            ))
-            .await
-            .map_err(table_err)?;
         client
             .execute(
                 "INSERT INTO baler_progress (input, tbl, watermark) VALUES ($1, $2, 0) \
@@ -151,6 +140,50 @@ impl PostgresSink {
         })
     }
 
+    /// Gives the table its `source` column, unique with `seq`, and creates
+    /// `baler_progress`, so that [`write_for`](Self::write_for) can be used.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Connect`] or [`SinkError::Table`].
+    pub async fn prepare_sources(&self) -> Result<(), SinkError> {
+        self.prepare_sources_on().await.map(drop)
+    }
+
+    async fn prepare_sources_on(&self) -> Result<Client, SinkError> {
+        let inner = &self.inner;
+        let table = &inner.table;
+        let client = connect(&inner.spec, &inner.what).await?;
+        let table_err = |e: tokio_postgres::Error| SinkError::Table {
+            table: table.clone(),
+            what: inner.what.clone(),
+            reason: error_chain(&e),
+        };
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE \"{table}\" ADD COLUMN IF NOT EXISTS source BIGINT;
+                 CREATE UNIQUE INDEX IF NOT EXISTS \"{}\" ON \"{table}\" (source, seq) \
+                 WHERE source IS NOT NULL;
+                 CREATE TABLE IF NOT EXISTS baler_progress (id BIGSERIAL PRIMARY KEY, input \
+                 TEXT NOT NULL, tbl TEXT NOT NULL, watermark BIGINT NOT NULL, UNIQUE (input, tbl));",
+                super::unique_index_name(table)
+            ))
+            .await
+            .map_err(table_err)?;
+        Ok(client)
+    }
+
+    /// Writes `rows` of the input `source` in one transaction, passing over
+    /// those already in the table; returns how many were inserted. Needs
+    /// [`prepare_sources`](Self::prepare_sources).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub async fn write_for(&self, source: i64, rows: Vec<Record>) -> Result<u64, SinkError> {
+        self.write_tracked(rows, Some(source), None).await
+    }
+
     /// Writes `rows` in one transaction and returns how many were inserted
     /// (for a tracked input, rows written by an earlier run are not).
     ///
@@ -159,6 +192,16 @@ impl PostgresSink {
     /// [`SinkError::Write`], transient when the connection was lost or the
     /// server asked to retry (serialization failure, deadlock).
     pub async fn write(&self, rows: Vec<Record>, watermark: Option<u64>) -> Result<u64, SinkError> {
+        let source = self.inner.source.get().copied();
+        self.write_tracked(rows, source, watermark).await
+    }
+
+    async fn write_tracked(
+        &self,
+        rows: Vec<Record>,
+        source: Option<i64>,
+        watermark: Option<u64>,
+    ) -> Result<u64, SinkError> {
         let inner = &self.inner;
         let n = rows.len();
         let write_err = |reason: String, transient: bool| SinkError::Write {
@@ -189,7 +232,6 @@ impl PostgresSink {
             .map(|r| i64::try_from(r.seq).unwrap_or(i64::MAX))
             .collect();
         let bodies: Vec<&str> = rows.iter().map(|r| &*r.body).collect();
-        let source = inner.source.get().copied();
         let result = async {
             if let (Some(_), None) = (source, &conn.tracked) {
                 conn.tracked = Some(inner.prepare_tracked(&conn.client).await?);

@@ -78,6 +78,41 @@ impl SqliteSink {
     ///
     /// [`SinkError::Table`] if the table or `baler_progress` cannot be set up.
     pub fn track(&mut self, input: &str) -> Result<super::Progress, SinkError> {
+        self.prepare_sources()?;
+        let table = &self.table;
+        let table_err = |e: rusqlite::Error| SinkError::Table {
+            table: table.clone(),
+            what: self.what.clone(),
+            reason: e.to_string(),
+        };
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute(
+            "INSERT OR IGNORE INTO baler_progress (input, tbl, watermark) VALUES (?1, ?2, 0)",
+            (input, table),
+        )
+        .map_err(table_err)?;
+        let (id, watermark): (i64, i64) = conn
+            .query_row(
+                "SELECT id, watermark FROM baler_progress WHERE input = ?1 AND tbl = ?2",
+                (input, table),
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(table_err)?;
+        drop(conn);
+        self.source = Some(id);
+        Ok(super::Progress {
+            source: id,
+            watermark: u64::try_from(watermark).unwrap_or(0),
+        })
+    }
+
+    /// Gives the table its `source` column, unique with `seq`, and creates
+    /// `baler_progress`, so that [`write_for`](Self::write_for) can be used.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Table`].
+    pub fn prepare_sources(&self) -> Result<(), SinkError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let table = &self.table;
         let table_err = |e: rusqlite::Error| SinkError::Table {
@@ -105,24 +140,7 @@ impl SqliteSink {
             super::unique_index_name(table)
         ))
         .map_err(table_err)?;
-        conn.execute(
-            "INSERT OR IGNORE INTO baler_progress (input, tbl, watermark) VALUES (?1, ?2, 0)",
-            (input, table),
-        )
-        .map_err(table_err)?;
-        let (id, watermark): (i64, i64) = conn
-            .query_row(
-                "SELECT id, watermark FROM baler_progress WHERE input = ?1 AND tbl = ?2",
-                (input, table),
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(table_err)?;
-        drop(conn);
-        self.source = Some(id);
-        Ok(super::Progress {
-            source: id,
-            watermark: u64::try_from(watermark).unwrap_or(0),
-        })
+        Ok(())
     }
 
     /// Writes `rows` in one transaction, on the blocking pool.
@@ -131,9 +149,29 @@ impl SqliteSink {
     ///
     /// [`SinkError::Write`], transient when the database was busy or locked.
     pub async fn write(&self, rows: Vec<Record>, watermark: Option<u64>) -> Result<u64, SinkError> {
+        let tracked = self.source.map(|source| (source, watermark));
+        self.write_tracked(rows, tracked).await
+    }
+
+    /// Writes `rows` of the input `source` in one transaction, passing over
+    /// those already in the table; returns how many were inserted. Needs
+    /// [`prepare_sources`](Self::prepare_sources).
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`], transient when the database was busy or locked.
+    pub async fn write_for(&self, source: i64, rows: Vec<Record>) -> Result<u64, SinkError> {
+        self.write_tracked(rows, Some((source, None))).await
+    }
+
+    async fn write_tracked(
+        &self,
+        rows: Vec<Record>,
+        tracked: Option<(i64, Option<u64>)>,
+    ) -> Result<u64, SinkError> {
         let this = self.clone();
         let n = rows.len();
-        tokio::task::spawn_blocking(move || this.write_blocking(&rows, watermark))
+        tokio::task::spawn_blocking(move || this.write_blocking(&rows, tracked))
             .await
             .unwrap_or_else(|e| {
                 Err(SinkError::Write {
@@ -144,9 +182,12 @@ impl SqliteSink {
             })
     }
 
-    fn write_blocking(&self, rows: &[Record], watermark: Option<u64>) -> Result<u64, SinkError> {
+    fn write_blocking(
+        &self,
+        rows: &[Record],
+        tracked: Option<(i64, Option<u64>)>,
+    ) -> Result<u64, SinkError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tracked = self.source.map(|source| (source, watermark));
         insert(&mut conn, &self.table, rows, tracked).map_err(|e| SinkError::Write {
             rows: rows.len(),
             transient: matches!(
