@@ -105,7 +105,7 @@ fn two_workers_one_killed_mid_run_write_every_record_once_and_the_producer_count
         lines,
         "{summary}"
     );
-    assert_eq!(ids(&db, "records"), (1..=lines).collect::<Vec<_>>());
+    common::assert_each_once(&ids(&db, "records"), &(1..=lines).collect::<Vec<_>>());
 
     survivor.running().signal("TERM");
     let report = survivor.0.take().unwrap().finish();

@@ -97,7 +97,7 @@ fn kill_and_rerun(dir: &Path, args: &[&str], kills: u32) -> serde_json::Value {
 
 /// Checks the last run's summary against the table's ids.
 fn check(summary: &serde_json::Value, ids: &[u64], records: &[u64]) {
-    assert_eq!(ids, records, "each input record exactly once in the table");
+    common::assert_each_once(ids, records);
     let produced = summary["produced"].as_u64().unwrap();
     let written = summary["written"].as_u64().unwrap();
     let already = summary["already_written"].as_u64().unwrap();
@@ -212,7 +212,7 @@ fn a_rerun_after_a_kill_says_it_resumes_and_from_which_line() {
         "{}",
         run.stdout
     );
-    assert_eq!(common::ids(&db, "records"), records);
+    common::assert_each_once(&common::ids(&db, "records"), &records);
 }
 
 /// The PostgreSQL test server: `BALER_TEST_POSTGRES_URL`, or the machine's
