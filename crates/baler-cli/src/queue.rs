@@ -91,6 +91,14 @@ pub async fn produce(args: IngestArgs, url: &str) -> Result<Summary, IngestError
     if args.batch_size == 0 {
         return Err(queue_err("--batch-size", "give 1 or more records per job"));
     }
+    if args.capacity.is_some() || args.shared.is_some() {
+        // The producer writes nothing; a pace given here would be ignored.
+        return Err(IngestError::Queue(
+            "with --queue, the workers write: give --capacity and --shared to baler work, not \
+             to baler ingest"
+                .to_owned(),
+        ));
+    }
     let id = source_id(&args)?;
     let queue = Queue::builder(url, &args.queue_name)
         .lease(args.lease)

@@ -262,6 +262,20 @@ impl Handler<Record> for Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_commits_the_watermark_below_the_first_open_record_of_another_batch() {
+        let mut w = Watermark {
+            open: [3, 4, 5, 8, 9].into_iter().collect(),
+            last: 9,
+        };
+        // Records 1, 2, 6 and 7 are committed; 3 is the first still open.
+        assert_eq!(w.for_batch(&[8, 9]), 2);
+        // This batch holds 3, 4 and 5: with it, everything to 7 is in.
+        assert_eq!(w.for_batch(&[3, 4, 5]), 7);
+        w.open.clear();
+        assert_eq!(w.for_batch(&[]), 9, "nothing open: up to the last produced");
+    }
     use crate::sink::SqliteSink;
 
     fn rows(seqs: std::ops::RangeInclusive<u64>) -> Vec<Record> {

@@ -328,6 +328,31 @@ mod tests {
     }
 
     #[test]
+    fn rows_of_a_source_written_again_are_passed_over_and_not_counted() {
+        let dir = std::env::temp_dir().join(format!("baler-sqlite-again-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("again.db");
+        let _ = std::fs::remove_file(&path);
+        let sink = SqliteSink::open(&path, "t").unwrap();
+        sink.prepare_sources().unwrap();
+        let write = |source, range| sink.write_blocking(&rows(range), Some((source, None)));
+        assert_eq!(write(7, 0..10).unwrap(), 10);
+        assert_eq!(write(7, 5..15).unwrap(), 5, "5..10 were there already");
+        assert_eq!(
+            write(8, 0..10).unwrap(),
+            10,
+            "another source's seqs are its own"
+        );
+        let conn = sink.conn.lock().unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 25);
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_table_with_other_columns_is_refused_when_opening() {
         let dir = std::env::temp_dir().join(format!("baler-sqlite-cols-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
