@@ -22,6 +22,11 @@
 //!   `produced == written`. A second signal gives the shutdown a deadline of
 //!   now: what is still buffered or being written is abandoned, and every
 //!   record produced and not committed is saved to the replay file.
+//! - **Resuming.** With `--input FILE`, the sink keeps, in the same
+//!   transaction as each batch, the line up to which the file is written
+//!   (see [`crate::sink::Progress`] and [`Writer::tracking`]); a run killed
+//!   at any moment and started again goes on from there, and writes of
+//!   records an earlier run committed above that line are passed over.
 //! - **Watching.** Progress comes from [`Batcher::stats`]; write times,
 //!   retries and failed batches from [`Batcher::events`]; and when nothing has
 //!   been written for a few seconds while records wait, the findings of
@@ -307,6 +312,12 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
     let _ = status.await;
     let tally = events.await.unwrap_or_default();
     let settled = writer.settle(SETTLE).await;
+    if let Err(e) = writer.save_progress().await {
+        progress.log(&format!(
+            "baler: the input's progress could not be saved ({e}); a run again passes over the \
+             last records written"
+        ));
+    }
     if let Some(leases) = leases {
         if !leases.release().await {
             progress.log(

@@ -151,6 +151,22 @@ impl Writer {
         }
     }
 
+    /// Saves the watermark that the commits so far make good, for a run's
+    /// end: the last batches, written side by side, each committed a
+    /// watermark held back by the others.
+    ///
+    /// # Errors
+    ///
+    /// The sink's [`SinkError`]; the next run then passes over a few
+    /// records more, nothing worse.
+    pub async fn save_progress(&self) -> Result<(), SinkError> {
+        let Some(w) = &self.watermark else {
+            return Ok(());
+        };
+        let mark = w.lock().unwrap_or_else(|p| p.into_inner()).for_batch(&[]);
+        self.sink.save_progress(mark).await
+    }
+
     /// Records given to the sink that were in the table already (written by
     /// a run that was killed before it knew).
     pub fn passed_over(&self) -> u64 {

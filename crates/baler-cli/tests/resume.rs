@@ -213,6 +213,25 @@ fn a_rerun_after_a_kill_says_it_resumes_and_from_which_line() {
         run.stdout
     );
     common::assert_each_once(&common::ids(&db, "records"), &records);
+
+    // A run after a complete one has nothing left to write, and says so.
+    let mut again = args.to_vec();
+    again.push("--json");
+    let child = baler(&dir.0, &again)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let summary = wait_output(child).json();
+    assert_eq!(summary["produced"], 0, "{summary}");
+    assert_eq!(
+        summary["skipped"].as_u64(),
+        Some(records.len() as u64),
+        "{summary}"
+    );
+    assert_eq!(summary["resumed_after"], LINES, "{summary}");
+    common::assert_each_once(&common::ids(&db, "records"), &records);
 }
 
 /// The PostgreSQL test server: `BALER_TEST_POSTGRES_URL`, or the machine's

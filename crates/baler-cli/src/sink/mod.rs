@@ -257,6 +257,19 @@ impl Sink {
         }
     }
 
+    /// Raises the tracked input's watermark to `watermark`, without rows
+    /// (nothing for an input not tracked).
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`].
+    pub async fn save_progress(&self, watermark: u64) -> Result<(), SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.save_progress(watermark),
+            Sink::Postgres(p) => p.save_progress(watermark).await,
+        }
+    }
+
     /// Gives the table its `source` column, unique with `seq` (and creates
     /// `baler_progress`), so that [`write_for`](Self::write_for) can be used.
     ///

@@ -140,6 +140,35 @@ impl PostgresSink {
         })
     }
 
+    /// Raises the tracked input's watermark to `watermark`, without rows.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`].
+    pub async fn save_progress(&self, watermark: u64) -> Result<(), SinkError> {
+        let inner = &self.inner;
+        let Some(&source) = inner.source.get() else {
+            return Ok(());
+        };
+        let fail = |reason: String| SinkError::Write {
+            rows: 0,
+            reason: format!("{}: {reason}", inner.what),
+            transient: false,
+        };
+        let client = connect(&inner.spec, &inner.what)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let watermark = i64::try_from(watermark).unwrap_or(i64::MAX);
+        client
+            .execute(
+                "UPDATE baler_progress SET watermark = GREATEST(watermark, $2) WHERE id = $1",
+                &[&source, &watermark],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| fail(error_chain(&e)))
+    }
+
     /// Gives the table its `source` column, unique with `seq`, and creates
     /// `baler_progress`, so that [`write_for`](Self::write_for) can be used.
     ///

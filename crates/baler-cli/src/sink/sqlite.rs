@@ -106,6 +106,30 @@ impl SqliteSink {
         })
     }
 
+    /// Raises the tracked input's watermark to `watermark`, without rows:
+    /// for the end of a run, when the last batches committed watermarks
+    /// held back by each other.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`].
+    pub fn save_progress(&self, watermark: u64) -> Result<(), SinkError> {
+        let Some(source) = self.source else {
+            return Ok(());
+        };
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute(
+            "UPDATE baler_progress SET watermark = max(watermark, ?2) WHERE id = ?1",
+            (source, i64::try_from(watermark).unwrap_or(i64::MAX)),
+        )
+        .map(drop)
+        .map_err(|e| SinkError::Write {
+            rows: 0,
+            reason: format!("{}: {e}", self.what),
+            transient: false,
+        })
+    }
+
     /// Gives the table its `source` column, unique with `seq`, and creates
     /// `baler_progress`, so that [`write_for`](Self::write_for) can be used.
     ///
