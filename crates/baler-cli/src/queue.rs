@@ -119,18 +119,31 @@ pub async fn produce(args: IngestArgs, url: &str) -> Result<Summary, IngestError
     );
 
     let stop = tokio_util::sync::CancellationToken::new();
+    let force = tokio_util::sync::CancellationToken::new();
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut interrupt = signal(SignalKind::interrupt()).map_err(IngestError::Signals)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(IngestError::Signals)?;
-        let stop = stop.clone();
+        let (stop, force) = (stop.clone(), force.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
+            for (second, token) in [(false, stop), (true, force)] {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+                if second {
+                    eprintln!(
+                        "baler: no more waiting; the jobs still on the queue stay there for the \
+                         workers"
+                    );
+                } else {
+                    eprintln!(
+                        "baler: stopping; no new records, waiting for the results of the jobs \
+                         enqueued (again to stop waiting)"
+                    );
+                }
+                token.cancel();
             }
-            eprintln!("baler: stopping; no new records, waiting for the jobs enqueued");
-            stop.cancel();
         });
     }
 
@@ -138,6 +151,7 @@ pub async fn produce(args: IngestArgs, url: &str) -> Result<Summary, IngestError
     let written = Arc::new(AtomicU64::new(0));
     let already = Arc::new(AtomicU64::new(0));
     let unwritten: Arc<Mutex<Vec<Unwritten>>> = Arc::default();
+    let pending: Pending = Arc::default();
     let tasks = TaskTracker::new();
     let (mut produced, mut rejected, mut last, mut jobs) = (0u64, 0u64, None, 0u64);
     let mut chunk: Vec<(u64, String)> = Vec::with_capacity(args.batch_size);
@@ -165,7 +179,11 @@ pub async fn produce(args: IngestArgs, url: &str) -> Result<Summary, IngestError
         }
         if chunk.len() >= args.batch_size {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(args.batch_size));
-            match enqueue(&producer, id, full, &tasks, &written, &already, &unwritten).await {
+            match enqueue(
+                &producer, id, full, &tasks, &written, &already, &unwritten, &pending,
+            )
+            .await
+            {
                 Ok((n, seq)) => {
                     produced += n;
                     last = Some(seq);
@@ -176,7 +194,11 @@ pub async fn produce(args: IngestArgs, url: &str) -> Result<Summary, IngestError
         }
     };
     if !chunk.is_empty() && !matches!(ended, Ended::Refused(_)) {
-        match enqueue(&producer, id, chunk, &tasks, &written, &already, &unwritten).await {
+        match enqueue(
+            &producer, id, chunk, &tasks, &written, &already, &unwritten, &pending,
+        )
+        .await
+        {
             Ok((n, seq)) => {
                 produced += n;
                 last = Some(seq);
@@ -186,17 +208,63 @@ pub async fn produce(args: IngestArgs, url: &str) -> Result<Summary, IngestError
         }
     }
     tasks.close();
-    tasks.wait().await;
-    let _ = producer.shutdown(Duration::from_secs(5)).await;
+    let mut forced = false;
+    let mut heard = 0;
+    let mut tick = tokio::time::interval(STALL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = tasks.wait() => break,
+            () = force.cancelled() => {
+                forced = true;
+                break;
+            }
+            _ = tick.tick() => {
+                let now = written.load(Ordering::SeqCst) + already.load(Ordering::SeqCst);
+                let waiting = lock(&pending).len();
+                if now == heard && waiting > 0 {
+                    eprintln!(
+                        "baler: no job result for {}s, {waiting} jobs waiting: is a `baler work \
+                         --queue {url} --queue-name {}` running?",
+                        STALL.as_secs(),
+                        args.queue_name
+                    );
+                }
+                heard = now;
+            }
+        }
+    }
+    let mut abandoned = 0;
+    if forced {
+        let reason = "baler stopped waiting for its job's result; the job stays on the queue, and \
+                      a baler work writes it"
+            .to_owned();
+        let mut unwritten = lock(&unwritten);
+        for (_, seqs) in lock(&pending).drain() {
+            abandoned += seqs.len() as u64;
+            unwritten.extend(seqs.into_iter().map(|seq| Unwritten {
+                seq,
+                reason: reason.clone(),
+            }));
+        }
+    }
+    // After a forced stop the results are not wanted; they stay in Redis.
+    let _ = producer
+        .shutdown(if forced {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(5)
+        })
+        .await;
     let mut unwritten = std::mem::take(&mut *unwritten.lock().unwrap_or_else(|p| p.into_inner()));
     unwritten.sort_by_key(|u| u.seq);
-    let failed = unwritten.len() as u64;
+    let failed = unwritten.len() as u64 - abandoned;
     Ok(Summary {
         source: source_text,
         sink: format!("queue {} at {url} (written by baler work)", args.queue_name),
         table: args.table.clone(),
         ended,
-        forced: false,
+        forced,
         produced,
         last_produced: last,
         numbered_by_line: args.input.is_some(),
@@ -205,7 +273,7 @@ pub async fn produce(args: IngestArgs, url: &str) -> Result<Summary, IngestError
         skipped: 0,
         already_written: already.load(Ordering::SeqCst),
         failed,
-        abandoned: 0,
+        abandoned,
         rejected_lines: rejected,
         batches: jobs,
         mean_batch_size: if jobs > 0 {
@@ -225,8 +293,20 @@ pub async fn produce(args: IngestArgs, url: &str) -> Result<Summary, IngestError
     })
 }
 
+/// How long without a job result, jobs waiting, before asking whether a
+/// worker runs.
+const STALL: Duration = Duration::from_secs(5);
+
+/// The record numbers of the jobs whose result has not come, by job.
+type Pending = Arc<Mutex<std::collections::HashMap<u64, Vec<u64>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Enqueues one job and watches its result on a task of its own. Returns
 /// the job's record count and last record number.
+#[allow(clippy::too_many_arguments)]
 async fn enqueue(
     producer: &baler_queue::Producer<JobPayload, JobOutput>,
     id: i64,
@@ -235,6 +315,7 @@ async fn enqueue(
     written: &Arc<AtomicU64>,
     already: &Arc<AtomicU64>,
     unwritten: &Arc<Mutex<Vec<Unwritten>>>,
+    pending: &Pending,
 ) -> Result<(u64, u64), String> {
     let n = records.len() as u64;
     let seqs: Vec<u64> = records.iter().map(|(seq, _)| *seq).collect();
@@ -244,8 +325,17 @@ async fn enqueue(
         .await
         .map_err(|e| format!("a job of {n} records could not be enqueued: {e}"))?;
     let (written, already, unwritten) = (written.clone(), already.clone(), unwritten.clone());
+    let pending = pending.clone();
+    // The first record's number is unique to the job.
+    let key = seqs.first().copied().unwrap_or(0);
+    lock(&pending).insert(key, seqs);
     tasks.spawn(async move {
-        match ticket.await {
+        let result = ticket.await;
+        // Taken by a forced stop already: counted as abandoned there.
+        let Some(seqs) = lock(&pending).remove(&key) else {
+            return;
+        };
+        match result {
             Ok((inserted, there)) => {
                 written.fetch_add(inserted, Ordering::SeqCst);
                 already.fetch_add(there, Ordering::SeqCst);
