@@ -40,6 +40,16 @@ pub enum Command {
     /// or too large).
     Ingest(IngestArgs),
 
+    /// Write the records that `baler ingest --queue` turned into jobs, in
+    /// batches, until SIGINT or SIGTERM.
+    ///
+    /// Takes `--queue` (required), `--queue-name`, `--lease`, and ingest's
+    /// database and pace flags (`--sink`, `--table`, `--capacity`, `--shared`
+    /// and the rest); not `--input` or `--records`. Run as many as you like:
+    /// a job whose worker dies is run again by another once its lease runs
+    /// out, and its records are written once.
+    Work(IngestArgs),
+
     /// Print a shell completion script for baler on stdout.
     ///
     /// bash: `baler completions bash > ~/.local/share/bash-completion/completions/baler`;
@@ -105,6 +115,21 @@ pub struct IngestArgs {
         hide_env_values = true
     )]
     pub sink: Option<String>,
+
+    /// Enqueue the records as jobs (one per --batch-size records) in this
+    /// Redis (redis://HOST:PORT) instead of writing them; `baler work`
+    /// processes write them, and the summary counts what they wrote.
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    pub queue: Option<String>,
+
+    /// With --queue: the queue's name in Redis.
+    #[arg(long, value_name = "NAME", default_value = "baler-ingest")]
+    pub queue_name: String,
+
+    /// With --queue: how long a worker may hold a job without renewing it
+    /// before another worker runs it again (a worker that died).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub lease: Duration,
 
     /// The table to write into (created if missing, with columns
     /// `seq` and `body`).

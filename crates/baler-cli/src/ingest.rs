@@ -22,6 +22,11 @@
 //!   `produced == written`. A second signal gives the shutdown a deadline of
 //!   now: what is still buffered or being written is abandoned, and every
 //!   record produced and not committed is saved to the replay file.
+//! - **Resuming.** With `--input FILE`, the sink keeps, in the same
+//!   transaction as each batch, the line up to which the file is written
+//!   (see [`crate::sink::Progress`] and [`Writer::tracking`]); a run killed
+//!   at any moment and started again goes on from there, and writes of
+//!   records an earlier run committed above that line are passed over.
 //! - **Watching.** Progress comes from [`Batcher::stats`]; write times,
 //!   retries and failed batches from [`Batcher::events`]; and when nothing has
 //!   been written for a few seconds while records wait, the findings of
@@ -93,6 +98,9 @@ pub enum IngestError {
     /// The signal handlers could not be installed.
     #[error("cannot listen for SIGINT and SIGTERM: {0}")]
     Signals(std::io::Error),
+    /// The `--queue` flags cannot be used, or its Redis cannot be reached.
+    #[error("{0}")]
+    Queue(String),
 }
 
 /// What the tickets said, added up.
@@ -177,8 +185,21 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         }
     };
 
-    let sink = Sink::open(&spec, &args.table, args.max_in_flight).await?;
-    let writer = Writer::new(sink);
+    let mut sink = Sink::open(&spec, &args.table, args.max_in_flight).await?;
+    // A file can be read again: its records are written idempotently and the
+    // sink keeps, with them, how far the file is written. Stdin cannot be.
+    let tracked = match &args.input {
+        Some(path) if path != Path::new("-") => {
+            let identity = input_identity(path)?;
+            Some((path.clone(), sink.track(&identity).await?))
+        }
+        _ => None,
+    };
+    let resume_after = tracked.as_ref().map_or(0, |(_, p)| p.watermark);
+    let writer = match &tracked {
+        Some(_) => Writer::tracking(sink, resume_after),
+        None => Writer::new(sink),
+    };
     let batcher: Batcher<_, Instant, SinkError> = Batcher::builder()
         .name("baler-ingest")
         .max_batch_size(args.batch_size)
@@ -210,6 +231,19 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         },
     ));
 
+    if let Some((path, p)) = &tracked {
+        if p.watermark > 0 {
+            progress.log(&format!(
+                "baler ingest: resuming: lines 1 to {} of {} are in table {} already (an earlier \
+                 run wrote them); going on from line {}",
+                p.watermark,
+                path.display(),
+                args.table,
+                p.watermark + 1
+            ));
+        }
+    }
+
     let start = Instant::now();
     let produced = Arc::new(AtomicU64::new(0));
     let last_produced = Arc::new(AtomicU64::new(0));
@@ -228,8 +262,9 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         tasks: TaskTracker::new(),
         progress: progress.clone(),
     };
+    let skipped = Arc::new(AtomicU64::new(0));
     let producer = tokio::spawn(produce(
-        source,
+        (source, resume_after, skipped.clone(), writer.clone()),
         batcher.clone(),
         args.cost,
         args.bad_lines,
@@ -277,6 +312,12 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
     let _ = status.await;
     let tally = events.await.unwrap_or_default();
     let settled = writer.settle(SETTLE).await;
+    if let Err(e) = writer.save_progress().await {
+        progress.log(&format!(
+            "baler: the input's progress could not be saved ({e}); a run again passes over the \
+             last records written"
+        ));
+    }
     if let Some(leases) = leases {
         if !leases.release().await {
             progress.log(
@@ -326,7 +367,14 @@ pub async fn run(args: IngestArgs) -> Result<Summary, IngestError> {
         .await
         .ok()
         .and_then(Result::ok);
+    // Records the sink passed over were written by an earlier run: the
+    // tickets said committed, and they are, but not by this run.
+    let already = writer.passed_over().min(collected.written);
+    collected.written -= already;
     Ok(Summary {
+        resumed_after: tracked.as_ref().map(|_| resume_after).filter(|&n| n > 0),
+        skipped: skipped.load(Ordering::SeqCst),
+        already_written: already,
         source: source_text,
         sink: spec.describe(),
         table: args.table.clone(),
@@ -398,7 +446,7 @@ fn listen_for_signals(signals: Arc<Signals>, progress: Arc<Progress>) -> Result<
 /// refused.
 #[allow(clippy::too_many_arguments)]
 async fn produce(
-    mut source: Source,
+    (mut source, resume_after, skipped, writer): (Source, u64, Arc<AtomicU64>, Writer),
     batcher: Batcher<crate::input::Record, Instant, SinkError>,
     cost: u32,
     bad_lines: BadLines,
@@ -416,6 +464,12 @@ async fn produce(
         };
         let record = match item {
             None => return (Ended::InputDone, rejected),
+            Some(Item::Record(record)) if record.seq <= resume_after => {
+                skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // Refused (and counted) by the run that got past it.
+            Some(Item::Bad(bad)) if bad.line() <= resume_after => continue,
             Some(Item::Record(record)) => record,
             Some(Item::Bad(bad)) => {
                 rejected += 1;
@@ -439,6 +493,7 @@ async fn produce(
             }
         };
         let (seq, body) = (record.seq, record.body.clone());
+        writer.produced(seq);
         let submitted = Instant::now();
         let result = tokio::select! {
             biased;
@@ -646,6 +701,30 @@ fn flag_hints(diagnosis: &Diagnosis) -> String {
         .iter()
         .map(|h| format!("\n  baler ingest: {h}"))
         .collect()
+}
+
+/// What says that a file is the same input as a run before: its full path,
+/// its size and a hash of its first 64 KiB. A file changed in place (or
+/// grown) is a new input, written from its first line.
+pub(crate) fn input_identity(path: &Path) -> Result<String, InputError> {
+    use std::io::Read;
+    let open = |source| InputError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let full = std::fs::canonicalize(path).map_err(open)?;
+    let mut file = std::fs::File::open(&full).map_err(open)?;
+    let size = file.metadata().map_err(open)?.len();
+    let mut block = Vec::with_capacity(1 << 16);
+    (&mut file)
+        .take(1 << 16)
+        .read_to_end(&mut block)
+        .map_err(open)?;
+    // FNV-1a: stable across builds and Rust versions, unlike std's hasher.
+    let hash = block.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Ok(format!("{} size={size} fnv64={hash:016x}", full.display()))
 }
 
 /// Writes the records not written as JSON lines, in input order, to `path`

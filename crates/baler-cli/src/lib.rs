@@ -11,6 +11,8 @@
 //! DATABASE_URL=postgres://me@db/prod PGPASSWORD=… baler ingest --input rows.jsonl
 //! baler ingest --sink 'host=127.0.0.1 user=me dbname=test' --records 1000  # libpq keywords
 //! REDIS_URL=redis://127.0.0.1:6379 baler ingest --capacity 10000 --shared  # Redis from env
+//! baler ingest --input rows.jsonl --queue redis://127.0.0.1:6379       # jobs in Redis,
+//! baler work --queue redis://127.0.0.1:6379 --sink out.db               # written by workers
 //! baler completions bash > ~/.local/share/bash-completion/completions/baler
 //! ```
 //!
@@ -30,6 +32,7 @@ pub mod ingest;
 pub mod input;
 pub mod latency;
 pub mod progress;
+pub mod queue;
 pub mod shared;
 pub mod sink;
 pub mod summary;

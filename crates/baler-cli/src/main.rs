@@ -14,8 +14,10 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "baler", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
-        Command::Ingest(args) => args,
+        Command::Ingest(args) => (args, false),
+        Command::Work(args) => (args, true),
     };
+    let (args, work) = args;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -27,7 +29,32 @@ fn main() -> ExitCode {
         }
     };
     let json = args.json;
-    let code = match runtime.block_on(baler_cli::ingest::run(args)) {
+    if work {
+        let code = match runtime.block_on(baler_cli::queue::work(args)) {
+            Ok(report) => {
+                if json {
+                    println!("{}", report.to_json());
+                } else {
+                    print!("{}", report.to_text());
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("baler: error: {e}");
+                EXIT_SETUP
+            }
+        };
+        runtime.shutdown_timeout(Duration::from_millis(100));
+        return ExitCode::from(code);
+    }
+    let ran = runtime.block_on(async move {
+        if let Some(url) = args.queue.clone() {
+            baler_cli::queue::produce(args, &url).await
+        } else {
+            baler_cli::ingest::run(args).await
+        }
+    });
+    let code = match ran {
         Ok(summary) => {
             if json {
                 println!("{}", summary.to_json());

@@ -63,8 +63,16 @@ pub struct Summary {
     /// Whether records are numbered by their input line (JSON lines) rather
     /// than by a count (synthetic records).
     pub numbered_by_line: bool,
-    /// Records committed to the table.
+    /// Records committed to the table by this run.
     pub written: u64,
+    /// For a resumed `--input FILE`: the line up to which an earlier run had
+    /// written every record, where this run went on from.
+    pub resumed_after: Option<u64>,
+    /// Records up to `resumed_after`, read and not produced again.
+    pub skipped: u64,
+    /// Records produced that an earlier, killed run had written already
+    /// (above its last recorded progress); the table holds each once.
+    pub already_written: u64,
     /// Records whose write failed (after retries).
     pub failed: u64,
     /// Records not written because baler stopped waiting for them.
@@ -109,7 +117,7 @@ impl Summary {
 
     /// Whether every record produced was written.
     pub fn all_written(&self) -> bool {
-        self.unwritten.is_empty() && self.written == self.produced
+        self.unwritten.is_empty() && self.written + self.already_written == self.produced
     }
 
     /// The process's exit code: [`EXIT_OK`], [`EXIT_UNWRITTEN`] or
@@ -155,6 +163,14 @@ impl Summary {
             stopped.push_str(", then a second signal: stopped waiting");
         }
         let _ = writeln!(out, "{stopped}");
+        if let Some(line) = self.resumed_after {
+            let _ = writeln!(
+                out,
+                "  resumed      after line {line}: {} records there were written by an earlier \
+                 run, not read again",
+                self.skipped
+            );
+        }
         let _ = writeln!(out, "  produced     {} records", self.produced);
         if self.ended != Ended::InputDone {
             match self.last_produced {
@@ -174,7 +190,15 @@ impl Summary {
                 }
             }
         }
-        let _ = writeln!(out, "  written      {}", self.written);
+        if self.already_written > 0 {
+            let _ = writeln!(
+                out,
+                "  written      {} ({} more were in the table already, from an earlier run)",
+                self.written, self.already_written
+            );
+        } else {
+            let _ = writeln!(out, "  written      {}", self.written);
+        }
         let _ = writeln!(
             out,
             "  failed       {} (write errors){}",
@@ -257,12 +281,21 @@ impl Summary {
             }
         }
         if self.all_written() {
-            let _ = writeln!(out, "OK: produced == written ({})", self.written);
+            if self.already_written > 0 {
+                let _ = writeln!(
+                    out,
+                    "OK: produced == written ({} + {} already in the table)",
+                    self.written, self.already_written
+                );
+            } else {
+                let _ = writeln!(out, "OK: produced == written ({})", self.written);
+            }
         } else {
             let _ = writeln!(
                 out,
                 "NOT WRITTEN: {} of {} produced records",
-                self.produced.saturating_sub(self.written),
+                self.produced
+                    .saturating_sub(self.written + self.already_written),
                 self.produced
             );
         }
@@ -283,6 +316,9 @@ impl Summary {
             "produced": self.produced,
             "last_produced": self.last_produced,
             "written": self.written,
+            "resumed_after": self.resumed_after,
+            "skipped": self.skipped,
+            "already_written": self.already_written,
             "failed": self.failed,
             "abandoned": self.abandoned,
             "rejected_lines": self.rejected_lines,

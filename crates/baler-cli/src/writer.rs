@@ -21,6 +21,7 @@
 //! writes to finish, and the records not written are the abandoned ones less
 //! the late commits: nothing is both in the table and in the replay file.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,35 @@ pub struct Writer {
     sink: Arc<Sink>,
     tracker: TaskTracker,
     late: Arc<Mutex<Vec<u64>>>,
+    /// For a tracked input: which records are produced and not yet
+    /// committed, from which each write works out the watermark it commits.
+    watermark: Option<Arc<Mutex<Watermark>>>,
+    /// Records given to the sink that an earlier run had written already.
+    passed_over: Arc<AtomicU64>,
+}
+
+/// The records produced and not yet committed, in input order.
+///
+/// Invariant: every record numbered up to `last` that is not in `open` is in
+/// the table. So a batch may commit, with its rows, the watermark "everything
+/// below the first open record that is not in this batch": the records of
+/// this batch are in the table once its transaction is, and the others below
+/// were committed before. Records leave `open` only after their commit, so a
+/// watermark is never ahead of the table; a record that fails stays open and
+/// holds the watermark back, to be written again by the next run.
+#[derive(Debug, Default)]
+struct Watermark {
+    open: std::collections::BTreeSet<u64>,
+    last: u64,
+}
+
+impl Watermark {
+    fn for_batch(&self, batch: &[u64]) -> u64 {
+        self.open
+            .iter()
+            .find(|seq| batch.binary_search(seq).is_err())
+            .map_or(self.last, |first| first - 1)
+    }
 }
 
 /// Where one batch's write stands, as the handler and its write task see it.
@@ -92,7 +122,55 @@ impl Writer {
             sink: Arc::new(sink),
             tracker: TaskTracker::new(),
             late: Arc::default(),
+            watermark: None,
+            passed_over: Arc::default(),
         }
+    }
+
+    /// A handler writing into `sink`, which [`Sink::track`]s an input whose
+    /// records up to `resume_after` are in the table: each batch commits the
+    /// input's watermark with its rows. [`produced`](Self::produced) must be
+    /// told of every record before it is submitted.
+    pub fn tracking(sink: Sink, resume_after: u64) -> Self {
+        let mut writer = Writer::new(sink);
+        writer.watermark = Some(Arc::new(Mutex::new(Watermark {
+            open: Default::default(),
+            last: resume_after,
+        })));
+        writer
+    }
+
+    /// Notes that record `seq` is about to be submitted. Records must be
+    /// produced in increasing order.
+    pub fn produced(&self, seq: u64) {
+        if let Some(w) = &self.watermark {
+            let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+            debug_assert!(seq > w.last, "records are produced in order");
+            w.open.insert(seq);
+            w.last = seq;
+        }
+    }
+
+    /// Saves the watermark that the commits so far make good, for a run's
+    /// end: the last batches, written side by side, each committed a
+    /// watermark held back by the others.
+    ///
+    /// # Errors
+    ///
+    /// The sink's [`SinkError`]; the next run then passes over a few
+    /// records more, nothing worse.
+    pub async fn save_progress(&self) -> Result<(), SinkError> {
+        let Some(w) = &self.watermark else {
+            return Ok(());
+        };
+        let mark = w.lock().unwrap_or_else(|p| p.into_inner()).for_batch(&[]);
+        self.sink.save_progress(mark).await
+    }
+
+    /// Records given to the sink that were in the table already (written by
+    /// a run that was killed before it knew).
+    pub fn passed_over(&self) -> u64 {
+        self.passed_over.load(Ordering::SeqCst)
     }
 
     /// The sink written to.
@@ -136,8 +214,29 @@ impl Writer {
         };
         let sink = self.sink.clone();
         let n = rows.len();
+        let watermark = self.watermark.clone();
+        let passed_over = self.passed_over.clone();
         let task = self.tracker.spawn(async move {
-            let result = sink.write(rows).await.map(|()| Instant::now());
+            // Only a tracked input pays for the bookkeeping.
+            let batch = watermark.as_ref().map(|_| {
+                let mut batch = shared.seqs.clone();
+                batch.sort_unstable();
+                batch
+            });
+            let mark = watermark
+                .as_ref()
+                .zip(batch.as_deref())
+                .map(|(w, batch)| w.lock().unwrap_or_else(|p| p.into_inner()).for_batch(batch));
+            let result = sink.write(rows, mark).await.map(|inserted| {
+                passed_over.fetch_add((n as u64).saturating_sub(inserted), Ordering::SeqCst);
+                if let Some((w, batch)) = watermark.as_ref().zip(batch.as_deref()) {
+                    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+                    for seq in batch {
+                        w.open.remove(seq);
+                    }
+                }
+                Instant::now()
+            });
             let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             if *state == State::Dropped {
                 if result.is_ok() {
@@ -179,6 +278,20 @@ impl Handler<Record> for Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_commits_the_watermark_below_the_first_open_record_of_another_batch() {
+        let mut w = Watermark {
+            open: [3, 4, 5, 8, 9].into_iter().collect(),
+            last: 9,
+        };
+        // Records 1, 2, 6 and 7 are committed; 3 is the first still open.
+        assert_eq!(w.for_batch(&[8, 9]), 2);
+        // This batch holds 3, 4 and 5: with it, everything to 7 is in.
+        assert_eq!(w.for_batch(&[3, 4, 5]), 7);
+        w.open.clear();
+        assert_eq!(w.for_batch(&[]), 9, "nothing open: up to the last produced");
+    }
     use crate::sink::SqliteSink;
 
     fn rows(seqs: std::ops::RangeInclusive<u64>) -> Vec<Record> {

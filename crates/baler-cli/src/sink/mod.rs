@@ -241,15 +241,74 @@ impl Sink {
         }
     }
 
-    /// Writes `rows` as multi-row inserts in one transaction.
+    /// Makes the writes that follow idempotent and resumable for the input
+    /// whose identity is `input` (see [`Progress`]), and returns where that
+    /// input stands in this table.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Table`] (or [`SinkError::Connect`]) if the table or
+    /// `baler_progress` cannot be set up.
+    pub async fn track(&mut self, input: &str) -> Result<Progress, SinkError> {
+        match self {
+            // Once, before any record: a short block of the runtime is fine.
+            Sink::Sqlite(s) => s.track(input),
+            Sink::Postgres(p) => p.track(input).await,
+        }
+    }
+
+    /// Raises the tracked input's watermark to `watermark`, without rows
+    /// (nothing for an input not tracked).
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`].
+    pub async fn save_progress(&self, watermark: u64) -> Result<(), SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.save_progress(watermark),
+            Sink::Postgres(p) => p.save_progress(watermark).await,
+        }
+    }
+
+    /// Gives the table its `source` column, unique with `seq` (and creates
+    /// `baler_progress`), so that [`write_for`](Self::write_for) can be used.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Table`] (or [`SinkError::Connect`]).
+    pub async fn prepare_sources(&self) -> Result<(), SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.prepare_sources(),
+            Sink::Postgres(p) => p.prepare_sources().await,
+        }
+    }
+
+    /// Writes `rows` of the input `source` in one transaction, passing over
+    /// the rows of that input already in the table, and returns how many
+    /// were inserted: what makes a job that runs twice write its records once.
     ///
     /// # Errors
     ///
     /// [`SinkError::Write`]; nothing of the batch is in the table then.
-    pub async fn write(&self, rows: Vec<Record>) -> Result<(), SinkError> {
+    pub async fn write_for(&self, source: i64, rows: Vec<Record>) -> Result<u64, SinkError> {
         match self {
-            Sink::Sqlite(s) => s.write(rows).await,
-            Sink::Postgres(p) => p.write(rows).await,
+            Sink::Sqlite(s) => s.write_for(source, rows).await,
+            Sink::Postgres(p) => p.write_for(source, rows).await,
+        }
+    }
+
+    /// Writes `rows` as multi-row inserts in one transaction and returns how
+    /// many rows were inserted. For a tracked input, rows an earlier run
+    /// wrote are passed over (and not counted), and `watermark`, when given,
+    /// raises the input's watermark in the same transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`]; nothing of the batch is in the table then.
+    pub async fn write(&self, rows: Vec<Record>, watermark: Option<u64>) -> Result<u64, SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.write(rows, watermark).await,
+            Sink::Postgres(p) => p.write(rows, watermark).await,
         }
     }
 
@@ -264,6 +323,29 @@ impl Sink {
             Sink::Postgres(p) => p.count().await,
         }
     }
+}
+
+/// Where an input stands in a table: what lets `baler ingest --input FILE`,
+/// killed at any moment, go on from where it was.
+///
+/// A tracked input has a row in `baler_progress` (its identity, the table,
+/// an id and a watermark), and its records carry that id in the table's
+/// `source` column, unique with `seq`. Every batch is written with
+/// insert-or-ignore and raises the watermark in the same transaction, so
+/// the database itself says, after any crash, that every record numbered up
+/// to the watermark is in the table; records above it that an earlier run
+/// wrote are passed over when written again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The input's id, in the table's `source` column.
+    pub source: i64,
+    /// Every record numbered up to this is in the table (0: none known).
+    pub watermark: u64,
+}
+
+/// The name of the unique index on a tracked table's `(source, seq)`.
+pub(crate) fn unique_index_name(table: &str) -> String {
+    format!("{table}_baler_source_seq")
 }
 
 /// Why a sink could not be opened or written.

@@ -28,12 +28,17 @@ struct Inner {
     /// One permit per connection, so that a taker always finds one.
     permits: Semaphore,
     idle: Mutex<Vec<Conn>>,
+    /// The input's id in `baler_progress`, once [`PostgresSink::track`]ed.
+    source: std::sync::OnceLock<i64>,
 }
 
 #[derive(Debug)]
 struct Conn {
     client: Client,
     insert: Statement,
+    /// The insert-or-ignore and the progress update of a tracked input,
+    /// prepared on first use.
+    tracked: Option<(Statement, Statement)>,
 }
 
 impl PostgresSink {
@@ -73,6 +78,7 @@ impl PostgresSink {
             // would abort; the server refuses connections long before either.
             permits: Semaphore::new(connections.min(Semaphore::MAX_PERMITS)),
             idle: Mutex::new(Vec::new()),
+            source: std::sync::OnceLock::new(),
         };
         let mut idle = vec![inner.prepare(first).await?];
         while idle.len() < connections {
@@ -96,13 +102,135 @@ impl PostgresSink {
         })
     }
 
-    /// Writes `rows` in one transaction.
+    /// Makes every later write idempotent and resumable for the input
+    /// `input` (see [`super::Progress`]).
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Connect`] or [`SinkError::Table`].
+    pub async fn track(&self, input: &str) -> Result<super::Progress, SinkError> {
+        let client = self.prepare_sources_on().await?;
+        let inner = &self.inner;
+        let table = &inner.table;
+        let table_err = |e: tokio_postgres::Error| SinkError::Table {
+            table: table.clone(),
+            what: inner.what.clone(),
+            reason: error_chain(&e),
+        };
+        client
+            .execute(
+                "INSERT INTO baler_progress (input, tbl, watermark) VALUES ($1, $2, 0) \
+                 ON CONFLICT DO NOTHING",
+                &[&input, table],
+            )
+            .await
+            .map_err(table_err)?;
+        let row = client
+            .query_one(
+                "SELECT id, watermark FROM baler_progress WHERE input = $1 AND tbl = $2",
+                &[&input, table],
+            )
+            .await
+            .map_err(table_err)?;
+        let (id, watermark): (i64, i64) = (row.get(0), row.get(1));
+        let id = *inner.source.get_or_init(|| id);
+        Ok(super::Progress {
+            source: id,
+            watermark: u64::try_from(watermark).unwrap_or(0),
+        })
+    }
+
+    /// Raises the tracked input's watermark to `watermark`, without rows.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`].
+    pub async fn save_progress(&self, watermark: u64) -> Result<(), SinkError> {
+        let inner = &self.inner;
+        let Some(&source) = inner.source.get() else {
+            return Ok(());
+        };
+        let fail = |reason: String| SinkError::Write {
+            rows: 0,
+            reason: format!("{}: {reason}", inner.what),
+            transient: false,
+        };
+        let client = connect(&inner.spec, &inner.what)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let watermark = i64::try_from(watermark).unwrap_or(i64::MAX);
+        client
+            .execute(
+                "UPDATE baler_progress SET watermark = GREATEST(watermark, $2) WHERE id = $1",
+                &[&source, &watermark],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| fail(error_chain(&e)))
+    }
+
+    /// Gives the table its `source` column, unique with `seq`, and creates
+    /// `baler_progress`, so that [`write_for`](Self::write_for) can be used.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Connect`] or [`SinkError::Table`].
+    pub async fn prepare_sources(&self) -> Result<(), SinkError> {
+        self.prepare_sources_on().await.map(drop)
+    }
+
+    async fn prepare_sources_on(&self) -> Result<Client, SinkError> {
+        let inner = &self.inner;
+        let table = &inner.table;
+        let client = connect(&inner.spec, &inner.what).await?;
+        let table_err = |e: tokio_postgres::Error| SinkError::Table {
+            table: table.clone(),
+            what: inner.what.clone(),
+            reason: error_chain(&e),
+        };
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE \"{table}\" ADD COLUMN IF NOT EXISTS source BIGINT;
+                 CREATE UNIQUE INDEX IF NOT EXISTS \"{}\" ON \"{table}\" (source, seq) \
+                 WHERE source IS NOT NULL;
+                 CREATE TABLE IF NOT EXISTS baler_progress (id BIGSERIAL PRIMARY KEY, input \
+                 TEXT NOT NULL, tbl TEXT NOT NULL, watermark BIGINT NOT NULL, UNIQUE (input, tbl));",
+                super::unique_index_name(table)
+            ))
+            .await
+            .map_err(table_err)?;
+        Ok(client)
+    }
+
+    /// Writes `rows` of the input `source` in one transaction, passing over
+    /// those already in the table; returns how many were inserted. Needs
+    /// [`prepare_sources`](Self::prepare_sources).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub async fn write_for(&self, source: i64, rows: Vec<Record>) -> Result<u64, SinkError> {
+        self.write_tracked(rows, Some(source), None).await
+    }
+
+    /// Writes `rows` in one transaction and returns how many were inserted
+    /// (for a tracked input, rows written by an earlier run are not).
     ///
     /// # Errors
     ///
     /// [`SinkError::Write`], transient when the connection was lost or the
     /// server asked to retry (serialization failure, deadlock).
-    pub async fn write(&self, rows: Vec<Record>) -> Result<(), SinkError> {
+    pub async fn write(&self, rows: Vec<Record>, watermark: Option<u64>) -> Result<u64, SinkError> {
+        let source = self.inner.source.get().copied();
+        self.write_tracked(rows, source, watermark).await
+    }
+
+    async fn write_tracked(
+        &self,
+        rows: Vec<Record>,
+        source: Option<i64>,
+        watermark: Option<u64>,
+    ) -> Result<u64, SinkError> {
         let inner = &self.inner;
         let n = rows.len();
         let write_err = |reason: String, transient: bool| SinkError::Write {
@@ -134,9 +262,22 @@ impl PostgresSink {
             .collect();
         let bodies: Vec<&str> = rows.iter().map(|r| &*r.body).collect();
         let result = async {
+            if let (Some(_), None) = (source, &conn.tracked) {
+                conn.tracked = Some(inner.prepare_tracked(&conn.client).await?);
+            }
             let tx = conn.client.transaction().await?;
-            tx.execute(&conn.insert, &[&seqs, &bodies]).await?;
-            tx.commit().await
+            let inserted = match (source, &conn.tracked) {
+                (Some(source), Some((insert, progress))) => {
+                    let inserted = tx.execute(insert, &[&seqs, &bodies, &source]).await?;
+                    if let Some(watermark) = watermark {
+                        let watermark = i64::try_from(watermark).unwrap_or(i64::MAX);
+                        tx.execute(progress, &[&source, &watermark]).await?;
+                    }
+                    inserted
+                }
+                _ => tx.execute(&conn.insert, &[&seqs, &bodies]).await?,
+            };
+            tx.commit().await.map(|()| inserted)
         }
         .await;
         let closed = conn.client.is_closed();
@@ -195,7 +336,28 @@ impl Inner {
                 what: self.what.clone(),
                 reason: error_chain(&e),
             })?;
-        Ok(Conn { client, insert })
+        Ok(Conn {
+            client,
+            insert,
+            tracked: None,
+        })
+    }
+
+    async fn prepare_tracked(
+        &self,
+        client: &Client,
+    ) -> Result<(Statement, Statement), tokio_postgres::Error> {
+        let insert = client
+            .prepare(&format!(
+                "INSERT INTO \"{}\" (seq, body, source) SELECT s, b, $3::bigint FROM \
+                 unnest($1::bigint[], $2::text[]) AS u (s, b) ON CONFLICT DO NOTHING",
+                self.table
+            ))
+            .await?;
+        let progress = client
+            .prepare("UPDATE baler_progress SET watermark = GREATEST(watermark, $2) WHERE id = $1")
+            .await?;
+        Ok((insert, progress))
     }
 }
 

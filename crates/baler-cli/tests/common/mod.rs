@@ -251,3 +251,36 @@ pub fn id_of(body: &str) -> u64 {
     let v: Value = serde_json::from_str(body).unwrap();
     v["id"].as_u64().unwrap()
 }
+
+/// Panics, with what is wrong in a few words, unless `ids` (sorted) holds
+/// each of `expected` (sorted) exactly once and nothing else.
+pub fn assert_each_once(ids: &[u64], expected: &[u64]) {
+    let twice: Vec<u64> = ids
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    let missing: Vec<u64> = expected
+        .iter()
+        .filter(|id| ids.binary_search(id).is_err())
+        .copied()
+        .collect();
+    let extra: Vec<u64> = ids
+        .iter()
+        .filter(|id| expected.binary_search(id).is_err())
+        .copied()
+        .collect();
+    assert!(
+        twice.is_empty() && missing.is_empty() && extra.is_empty(),
+        "the table holds {} rows for {} records: {} written twice (first {:?}), {} missing \
+         (first {:?}), {} not in the input (first {:?})",
+        ids.len(),
+        expected.len(),
+        twice.len(),
+        twice.iter().take(5).collect::<Vec<_>>(),
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>(),
+    );
+}
