@@ -28,7 +28,9 @@ pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local maxlen = tonumber(ARGV[1])
 local producer = ARGV[2]
-local len = redis.call('XLEN', KEYS[1])
+-- The length is read only when the queue is bounded: one command less per call.
+local len = 0
+if maxlen > 0 then len = redis.call('XLEN', KEYS[1]) end
 local out = {}
 for i = 1, #KEYS - 1 do
   local b = 2 + (i - 1) * 4
@@ -121,8 +123,8 @@ return out
 pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Redis's clock, read only when a retry is scheduled.
+local now = nil
 local out = {}
 local n = (#ARGV - 2) / 10
 for i = 1, n do
@@ -144,6 +146,10 @@ for i = 1, n do
         redis.call('SET', marker, producer .. '\n' .. id .. '\n' .. kind .. '\n' .. attempts .. '\n' .. data, 'KEEPTTL')
       end
     elseif kind == 'retry' then
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
       redis.call('HSET', KEYS[3], id, producer .. '\n' .. attempts .. '\n' .. key .. '\n' .. body)
       redis.call('ZADD', KEYS[2], now + delay, id)
     elseif kind == 'handback' then
