@@ -46,6 +46,23 @@ pub enum ConfigError {
         /// The claim's block time.
         block: Duration,
     },
+    /// More shards than a queue may have.
+    #[error(
+        "a queue may have at most {max} shards, but {shards} were asked for; use about as \
+         many shards as the cluster has masters (QueueBuilder::shards)"
+    )]
+    TooManyShards {
+        /// The number asked for.
+        shards: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// A cluster builder was given no node URL.
+    #[error(
+        "no Redis Cluster node URL was given; pass at least one (redis://host:port) to \
+         Queue::cluster_builder, or use Queue::builder for a single Redis"
+    )]
+    NoClusterNodes,
     /// The internal batcher refused its settings.
     #[error("the batching settings are invalid: {0}")]
     Batcher(#[from] baler::ConfigError),

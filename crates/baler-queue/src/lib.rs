@@ -99,6 +99,7 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 
 mod codec;
+mod conn;
 mod error;
 mod events;
 mod keys;

@@ -11,7 +11,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use crate::codec::{Codec, Json};
 use crate::error::{ConfigError, EnqueueError, JobError};
 use crate::events::QueueEvent;
+use crate::keys::shard_of_key;
 use crate::observe;
 use crate::queue::{as_bytes, as_string, as_u64, check_name, pairs, Queue, Shared};
 use crate::scripts::ENQUEUE;
@@ -76,9 +77,9 @@ impl<P> From<P> for Job<P> {
 /// A job's result as stored in the results stream, before decoding.
 #[derive(Debug, Clone)]
 struct RawResult {
-    /// Its entry in the results stream; none for a result read from an
-    /// idempotency key's marker.
-    entry: Option<String>,
+    /// Its shard and its entry in that shard's results stream; none for a
+    /// result read from an idempotency key's marker.
+    entry: Option<(usize, String)>,
     status: String,
     attempts: u32,
     data: Vec<u8>,
@@ -148,7 +149,7 @@ impl<O: DeserializeOwned + Send + 'static, C: Codec> Results<O, C> {
 
     /// Delivers what one read brought; answers the entry ids that may be
     /// deleted.
-    fn deliver(&self, results: Vec<(JobId, RawResult)>) -> Vec<String> {
+    fn deliver(&self, results: Vec<(JobId, RawResult)>) -> Vec<(usize, String)> {
         let mut done = Vec::new();
         let mut book = self.book();
         for (id, raw) in results {
@@ -185,28 +186,41 @@ impl<O: DeserializeOwned + Send + 'static, C: Codec> Results<O, C> {
         done
     }
 
-    async fn delete(&self, entries: Vec<String>) {
-        if entries.is_empty() {
-            return;
+    /// Deletes delivered results: one `XDEL` per shard they are on.
+    async fn delete(&self, entries: Vec<(usize, String)>) {
+        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shared.shards.len()];
+        for (shard, entry) in entries {
+            if let Some(list) = by_shard.get_mut(shard) {
+                list.push(entry);
+            }
         }
-        let mut conn = self.shared.conn.clone();
-        let key = self.shared.keys.results(&self.producer);
-        // A failed delete leaves a result that was already delivered; the
-        // next start of this producer finds no ticket for it and reports it
-        // as unclaimed, which is harmless, so one try is enough.
-        let _: Result<Value, RedisError> = redis::cmd("XDEL")
-            .arg(&key)
-            .arg(&entries)
-            .query_async(&mut conn)
-            .await;
+        for (shard, entries) in by_shard.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let mut conn = self.shared.conn.clone();
+            let key = self.shared.keys(shard).results(&self.producer);
+            // A failed delete leaves a result that was already delivered; the
+            // next start of this producer finds no ticket for it and reports it
+            // as unclaimed, which is harmless, so one try is enough.
+            let _: Result<Value, RedisError> = redis::cmd("XDEL")
+                .arg(&key)
+                .arg(&entries)
+                .query_async(&mut conn)
+                .await;
+        }
     }
 }
 
+/// Reads one shard's results stream for ever: each shard has a reader (and
+/// a blocking connection) of its own, so that a shard whose node is away
+/// holds up no other shard's results.
 async fn read_results<O: DeserializeOwned + Send + 'static, C: Codec>(
     results: Arc<Results<O, C>>,
+    shard: usize,
     block: Duration,
 ) {
-    let key = results.shared.keys.results(&results.producer);
+    let key = results.shared.keys(shard).results(&results.producer);
     let mut cursor = String::from("0-0");
     let mut conn = None;
     let mut pause = Duration::from_millis(50);
@@ -257,7 +271,7 @@ async fn read_results<O: DeserializeOwned + Send + 'static, C: Codec>(
                 Some((
                     id,
                     RawResult {
-                        entry: Some(entry),
+                        entry: Some((shard, entry)),
                         status: get("s").and_then(as_string).unwrap_or_default(),
                         attempts: get("a")
                             .and_then(as_u64)
@@ -300,9 +314,10 @@ pub(crate) fn entry(value: &Value) -> Option<(String, Vec<(String, Value)>)> {
     }
 }
 
-/// A job on its way in: its position in the answers, payload, id,
-/// idempotency key, body and the receiving half of its registered ticket.
+/// A job on its way in: its position in the answers, its shard, payload,
+/// id, idempotency key, body and the receiving half of its registered ticket.
 type Outgoing<P, O> = (
+    usize,
     usize,
     P,
     JobId,
@@ -349,8 +364,10 @@ struct Item {
     key: Option<String>,
 }
 
+/// Sends the batches of one shard.
 struct EnqueueHandler<C> {
     shared: Arc<Shared<C>>,
+    shard: usize,
     producer: String,
 }
 
@@ -362,13 +379,15 @@ enum SendError {
     Answer(String),
 }
 
-/// Sends one batch of jobs in one script call: one ack per job, in order.
+/// Sends one batch of jobs to one shard in one script call: one ack per
+/// job, in order.
 async fn send<C>(
     shared: &Shared<C>,
+    shard: usize,
     producer: &str,
     items: &[Item],
 ) -> Result<Vec<Ack>, SendError> {
-    let keys = &shared.keys;
+    let keys = shared.keys(shard);
     let s = &shared.settings;
     let mut invocation = ENQUEUE.key(keys.jobs());
     for item in items {
@@ -377,7 +396,9 @@ async fn send<C>(
             None => keys.sent(item.id.as_str()),
         });
     }
-    invocation.arg(s.max_length.unwrap_or(0)).arg(producer);
+    invocation
+        .arg(shared.shard_max_length().unwrap_or(0))
+        .arg(producer);
     for item in items {
         // A marker that only guards against a resend lives only as long
         // as a resend can come: one per job for a day would be most of
@@ -427,7 +448,7 @@ impl<C: Codec> Handler<Item> for EnqueueHandler<C> {
     type Error = String;
 
     async fn handle(&self, batch: Batch<Item>) -> HandlerResult<Ack, String> {
-        match send(&self.shared, &self.producer, batch.items()).await {
+        match send(&self.shared, self.shard, &self.producer, batch.items()).await {
             Ok(acks) => Ok(acks.into_iter().map(Outcome::Done).collect()),
             Err(SendError::Answer(message)) => Err(message),
             // Retrying is safe whatever happened: the script adds nothing
@@ -567,18 +588,26 @@ impl<C: Codec> ProducerBuilder<C> {
             });
         }
         let shared = self.queue.shared.clone();
-        let batcher = Batcher::builder()
-            .name(format!("baler-queue:{}:producer", shared.name))
-            .max_batch_size(self.max_batch_size)
-            .buffer_size(self.max_batch_size.max(self.max_outstanding))
-            .linger(self.linger)
-            .dispatch(self.dispatch)
-            .max_attempts(self.redis_attempts)
-            .backoff(Duration::from_millis(50), Duration::from_secs(2))
-            .build(EnqueueHandler {
-                shared: shared.clone(),
-                producer: self.name.clone(),
-            })?;
+        // A batcher per shard: a shard's batch is one script call on its
+        // node, and a shard whose node is away holds up only its own jobs.
+        let mut batchers = Vec::with_capacity(shared.shards.len());
+        for shard in 0..shared.shards.len() {
+            batchers.push(
+                Batcher::builder()
+                    .name(format!("baler-queue:{}:producer", shared.name))
+                    .max_batch_size(self.max_batch_size)
+                    .buffer_size(self.max_batch_size.max(self.max_outstanding))
+                    .linger(self.linger)
+                    .dispatch(self.dispatch)
+                    .max_attempts(self.redis_attempts)
+                    .backoff(Duration::from_millis(50), Duration::from_secs(2))
+                    .build(EnqueueHandler {
+                        shared: shared.clone(),
+                        shard,
+                        producer: self.name.clone(),
+                    })?,
+            );
+        }
         let results = Arc::new(Results {
             shared: shared.clone(),
             producer: self.name.clone(),
@@ -589,7 +618,9 @@ impl<C: Codec> ProducerBuilder<C> {
             max_unclaimed: self.max_unclaimed,
             resolved: Notify::new(),
         });
-        let reader = tokio::spawn(read_results(results.clone(), self.block_time));
+        let readers = (0..shared.shards.len())
+            .map(|shard| tokio::spawn(read_results(results.clone(), shard, self.block_time)))
+            .collect();
         Ok(Producer {
             inner: Arc::new(Inner {
                 shared,
@@ -598,9 +629,10 @@ impl<C: Codec> ProducerBuilder<C> {
                 seq: AtomicU64::new(0),
                 permits: Arc::new(Semaphore::new(self.max_outstanding)),
                 max_outstanding: self.max_outstanding,
-                batcher,
+                batchers,
+                next_shard: AtomicUsize::new(0),
                 results,
-                reader,
+                readers,
                 closed: AtomicBool::new(false),
             }),
             _payload: PhantomData,
@@ -629,15 +661,21 @@ struct Inner<O, C> {
     seq: AtomicU64,
     permits: Arc<Semaphore>,
     max_outstanding: usize,
-    batcher: Batcher<Item, Ack, String>,
+    /// One per shard, in shard order.
+    batchers: Vec<Batcher<Item, Ack, String>>,
+    /// Where the next job without an idempotency key goes.
+    next_shard: AtomicUsize,
     results: Arc<Results<O, C>>,
-    reader: JoinHandle<()>,
+    /// One results reader per shard.
+    readers: Vec<JoinHandle<()>>,
     closed: AtomicBool,
 }
 
 impl<O, C> Drop for Inner<O, C> {
     fn drop(&mut self) {
-        self.reader.abort();
+        for reader in &self.readers {
+            reader.abort();
+        }
     }
 }
 
@@ -696,6 +734,7 @@ pub struct ProducerReport {
 #[must_use = "a ticket is how the job's result arrives"]
 pub struct JobTicket<O> {
     id: JobId,
+    shard: Option<usize>,
     rx: oneshot::Receiver<Result<O, JobError>>,
 }
 
@@ -703,6 +742,13 @@ impl<O> JobTicket<O> {
     /// The job's id.
     pub fn id(&self) -> &JobId {
         &self.id
+    }
+
+    /// The shard the job was sent to (always 0 for a queue of one shard;
+    /// see [`QueueBuilder::shards`](crate::QueueBuilder::shards)); unknown
+    /// for a ticket from [`Producer::reattach`].
+    pub fn shard(&self) -> Option<usize> {
+        self.shard
     }
 }
 
@@ -807,7 +853,11 @@ where
                 let results = results.clone();
                 let entries = raw.entry.into_iter().collect();
                 tokio::spawn(async move { results.delete(entries).await });
-                return JobTicket { id, rx };
+                return JobTicket {
+                    id,
+                    shard: None,
+                    rx,
+                };
             }
         }
         book.waiting.entry(id.clone()).or_default().push(Waiter {
@@ -815,7 +865,11 @@ where
             origin: id.clone(),
             _permit: None,
         });
-        JobTicket { id, rx }
+        JobTicket {
+            id,
+            shard: None,
+            rx,
+        }
     }
 
     /// Takes the results that arrived for jobs nobody holds a ticket for
@@ -842,7 +896,9 @@ where
         self.inner.closed.store(true, Ordering::SeqCst);
         let inner = &self.inner;
         let _ = tokio::time::timeout(deadline, async {
-            inner.batcher.shutdown(None).await;
+            for batcher in &inner.batchers {
+                batcher.shutdown(None).await;
+            }
             loop {
                 let notified = inner.results.resolved.notified();
                 if inner.results.outstanding() == 0 {
@@ -853,7 +909,9 @@ where
         })
         .await;
         let left: Vec<(JobId, Vec<Waiter<O>>)> = inner.results.book().waiting.drain().collect();
-        inner.reader.abort();
+        for reader in &inner.readers {
+            reader.abort();
+        }
         let mut outstanding = Vec::new();
         for (id, waiters) in left {
             for w in waiters {
@@ -928,12 +986,12 @@ where
     /// marker once more, because the job may have finished (and its result
     /// been delivered to the earlier ticket) since the enqueue script
     /// answered. Whoever takes the waiter out resolves it: exactly once.
-    async fn join_earlier(&self, id: &JobId, earlier: &JobId, key: Option<&str>) {
+    async fn join_earlier(&self, id: &JobId, earlier: &JobId, shard: usize, key: Option<&str>) {
         self.rebind(id, earlier);
         let Some(key) = key else { return };
         let mut conn = self.inner.shared.conn.clone();
         let marker: Result<Option<Vec<u8>>, RedisError> = redis::cmd("GET")
-            .arg(self.inner.shared.keys.idem(key))
+            .arg(self.inner.shared.keys(shard).idem(key))
             .query_async(&mut conn)
             .await;
         if let Ok(Some(value)) = marker {
@@ -1004,35 +1062,44 @@ where
             // The ticket exists before the job can reach any worker.
             let id = self.next_id();
             let rx = self.register(&id, permit);
-            ready.push((i, job.payload, id, job.key, body, rx));
+            let shard = self.shard_for(job.key.as_deref());
+            ready.push((i, shard, job.payload, id, job.key, body, rx));
         }
         let mut pause = Duration::from_millis(10);
         while !ready.is_empty() {
             let mut sent = Vec::with_capacity(ready.len());
-            for (i, payload, id, key, body, rx) in ready.drain(..) {
+            for (i, shard, payload, id, key, body, rx) in ready.drain(..) {
                 let item = Item {
                     id: id.clone(),
                     body: body.clone(),
                     key: key.clone(),
                 };
-                match self.inner.batcher.submit(item).await {
-                    Ok(ticket) => sent.push((i, payload, id, key, body, rx, ticket)),
+                match self.inner.batchers[shard].submit(item).await {
+                    Ok(ticket) => sent.push((i, shard, payload, id, key, body, rx, ticket)),
                     Err(_) => {
                         self.unregister(&id);
                         answers[i] = Some(Err(EnqueueError::Shutdown { payload }));
                     }
                 }
             }
-            for (i, payload, id, key, body, rx, ticket) in sent {
+            for (i, shard, payload, id, key, body, rx, ticket) in sent {
                 match ticket.await {
                     Ok(Ack::Added) => {
                         self.added(&id);
-                        answers[i] = Some(Ok(JobTicket { id, rx }));
+                        answers[i] = Some(Ok(JobTicket {
+                            id,
+                            shard: Some(shard),
+                            rx,
+                        }));
                     }
                     Ok(Ack::Duplicate { job_id, .. }) if job_id == id => {
                         // Our own earlier attempt went through; its reply was lost.
                         self.added(&id);
-                        answers[i] = Some(Ok(JobTicket { id, rx }));
+                        answers[i] = Some(Ok(JobTicket {
+                            id,
+                            shard: Some(shard),
+                            rx,
+                        }));
                     }
                     Ok(Ack::Duplicate {
                         job_id,
@@ -1043,14 +1110,22 @@ where
                         self.unregister(&id);
                         let (tx, rx) = oneshot::channel();
                         let _ = tx.send(decode(&self.inner.shared.codec, &job_id, &raw));
-                        answers[i] = Some(Ok(JobTicket { id: job_id, rx }));
+                        answers[i] = Some(Ok(JobTicket {
+                            id: job_id,
+                            shard: Some(shard),
+                            rx,
+                        }));
                     }
                     Ok(Ack::Duplicate {
                         producer, job_id, ..
                     }) => {
                         if producer == self.inner.name {
-                            self.join_earlier(&id, &job_id, key.as_deref()).await;
-                            answers[i] = Some(Ok(JobTicket { id: job_id, rx }));
+                            self.join_earlier(&id, &job_id, shard, key.as_deref()).await;
+                            answers[i] = Some(Ok(JobTicket {
+                                id: job_id,
+                                shard: Some(shard),
+                                rx,
+                            }));
                         } else {
                             self.unregister(&id);
                             let (tx, rx) = oneshot::channel();
@@ -1058,10 +1133,14 @@ where
                                 job_id: job_id.clone(),
                                 producer,
                             }));
-                            answers[i] = Some(Ok(JobTicket { id: job_id, rx }));
+                            answers[i] = Some(Ok(JobTicket {
+                                id: job_id,
+                                shard: Some(shard),
+                                rx,
+                            }));
                         }
                     }
-                    Ok(Ack::Full) if wait => ready.push((i, payload, id, key, body, rx)),
+                    Ok(Ack::Full) if wait => ready.push((i, shard, payload, id, key, body, rx)),
                     Ok(Ack::Full) => {
                         self.unregister(&id);
                         answers[i] = Some(Err(EnqueueError::QueueFull { payload }));
@@ -1094,6 +1173,17 @@ where
             .into_iter()
             .map(|a| a.unwrap_or_else(|| unreachable!("every job is answered")))
             .collect()
+    }
+
+    /// The shard a job goes to: the one its idempotency key hashes to, so
+    /// that enqueuing the key again meets the marker the first enqueue
+    /// left; else the next in turn.
+    fn shard_for(&self, key: Option<&str>) -> usize {
+        let n = self.inner.batchers.len();
+        match key {
+            Some(key) => shard_of_key(key, n),
+            None => self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % n.max(1),
+        }
     }
 
     fn added(&self, id: &JobId) {
@@ -1131,11 +1221,11 @@ mod tests {
         let server = common::RedisServer::start();
         let queue = Queue::connect(&server.url(), "lost").await.unwrap();
         let items = [item("p-1", None), item("p-2", Some("order-9"))];
-        let first = send(&queue.shared, "p", &items).await.ok().unwrap();
+        let first = send(&queue.shared, 0, "p", &items).await.ok().unwrap();
         assert!(matches!(first[..], [Ack::Added, Ack::Added]));
         // The same call again, as a retry after its reply was lost: every
         // job is recognised as its own, nothing is added.
-        let again = send(&queue.shared, "p", &items).await.ok().unwrap();
+        let again = send(&queue.shared, 0, "p", &items).await.ok().unwrap();
         for (ack, it) in again.iter().zip(&items) {
             match ack {
                 Ack::Duplicate {
@@ -1159,7 +1249,7 @@ mod tests {
             .await
             .unwrap();
         let items = [item("p-1", None), item("p-2", Some("order-9"))];
-        send(&queue.shared, "p", &items).await.ok().unwrap();
+        send(&queue.shared, 0, "p", &items).await.ok().unwrap();
         let mut conn = common::connection(&server.url()).await;
         let keys = queue.keys();
         for (key, max) in [
@@ -1184,7 +1274,7 @@ mod tests {
             .await
             .unwrap();
         let items = [item("a", None), item("b", None), item("c", None)];
-        let acks = send(&queue.shared, "p", &items).await.ok().unwrap();
+        let acks = send(&queue.shared, 0, "p", &items).await.ok().unwrap();
         assert!(matches!(acks[..], [Ack::Added, Ack::Added, Ack::Full]));
         assert_eq!(jobs(&server, &queue).await, 2);
     }

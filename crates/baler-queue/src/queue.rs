@@ -5,14 +5,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Value};
+use redis::cluster::ClusterClientBuilder;
+use redis::{RedisError, Value};
 use tokio::sync::broadcast;
 
 use crate::codec::{Codec, Json};
+use crate::conn::{Backend, Conn};
 use crate::error::{ConfigError, ConnectError};
 use crate::events::{QueueEvent, QueueEvents};
-use crate::keys::Keys;
+use crate::keys::{Keys, MAX_SHARDS};
 use crate::observe::{ConsumerStats, QueueStats};
 use crate::tls;
 
@@ -64,10 +65,12 @@ pub(crate) struct Settings {
 pub(crate) struct Shared<C> {
     pub(crate) url: String,
     pub(crate) name: String,
-    pub(crate) keys: Keys,
+    /// The keys of each shard, in shard order (one for an unsharded queue).
+    pub(crate) shards: Vec<Keys>,
     pub(crate) settings: Settings,
-    pub(crate) client: Client,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) backend: Backend,
+    /// The connection every non-blocking command goes through.
+    pub(crate) conn: Conn,
     pub(crate) codec: C,
     pub(crate) events: broadcast::Sender<QueueEvent>,
 }
@@ -79,33 +82,43 @@ impl<C> Shared<C> {
     }
 
     /// A connection of its own, for a blocking read that must not hold up
-    /// the shared connection's other commands. `block` is added to the
-    /// answer timeout.
-    pub(crate) async fn blocking_connection(
-        &self,
-        block: Duration,
-    ) -> Result<ConnectionManager, RedisError> {
-        ConnectionManager::new_with_config(
-            self.client.clone(),
-            manager_config(self.settings.timeout, self.settings.timeout + block),
-        )
-        .await
+    /// the shared connection's other commands (each blocking reader of each
+    /// shard has one). `block` is added to the answer timeout.
+    pub(crate) async fn blocking_connection(&self, block: Duration) -> Result<Conn, RedisError> {
+        self.backend
+            .connect(self.settings.timeout, self.settings.timeout + block)
+            .await
+    }
+
+    /// The keys of shard `index` (shard 0 if there is no such shard, which
+    /// the callers, holding indexes below the shard count, never ask for).
+    pub(crate) fn keys(&self, index: usize) -> &Keys {
+        &self.shards[index.min(self.shards.len() - 1)]
+    }
+
+    /// The most jobs one shard's stream may hold: the queue's bound spread
+    /// over its shards (rounded up).
+    pub(crate) fn shard_max_length(&self) -> Option<u64> {
+        let n = self.shards.len() as u64;
+        self.settings.max_length.map(|m| m.div_ceil(n.max(1)))
     }
 }
 
-fn manager_config(connect: Duration, answer: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(connect))
-        .set_response_timeout(Some(answer))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1))
+/// Where a queue's Redis is.
+#[derive(Debug, Clone)]
+enum Target {
+    /// One server, by its URL.
+    Single(String),
+    /// A Redis Cluster, by the URLs of some of its nodes.
+    Cluster(Vec<String>),
 }
 
 /// Settings for a [`Queue`]; see [`Queue::builder`].
 #[derive(Debug, Clone)]
 pub struct QueueBuilder<C = Json> {
-    url: String,
+    target: Target,
     name: String,
+    shards: usize,
     settings: Settings,
     codec: C,
     event_capacity: usize,
@@ -114,10 +127,11 @@ pub struct QueueBuilder<C = Json> {
 }
 
 impl QueueBuilder<Json> {
-    fn new(url: &str, name: &str) -> Self {
+    fn new(target: Target, name: &str) -> Self {
         QueueBuilder {
-            url: url.to_owned(),
+            target,
             name: name.to_owned(),
+            shards: 1,
             settings: Settings {
                 lease: Duration::from_secs(30),
                 max_deliveries: 5,
@@ -138,6 +152,36 @@ impl QueueBuilder<Json> {
 }
 
 impl<C: Codec> QueueBuilder<C> {
+    /// Splits the queue into `n` shards (default 1), each with keys of its
+    /// own hash tag (see [`Keys`]), for a Redis Cluster: give it the number
+    /// of masters, and each shard lives on a master of its own when the
+    /// cluster's slots are split evenly (as `redis-cli --cluster create`
+    /// does). Producers spread jobs over the shards (a job with an
+    /// idempotency key always goes to the shard its key hashes to); workers
+    /// claim from all of them. With one shard the keys are `{q}:…`, exactly
+    /// as a queue that was never sharded.
+    ///
+    /// Every producer and worker of a queue must use the same number: the
+    /// jobs of a shard nobody reads wait forever. [`max_length`](Self::max_length)
+    /// is spread over the shards (each holds at most its share, rounded up).
+    /// See the crate's docs, "Sharding on Redis Cluster", for what the loss
+    /// of a master means for its shard.
+    ///
+    /// ```no_run
+    /// use baler_queue::Queue;
+    ///
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let nodes = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"];
+    /// let queue = Queue::cluster_builder(nodes, "mail").shards(3).build().await?;
+    /// assert_eq!(queue.shards().len(), 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = n;
+        self
+    }
+
     /// How long a worker's claim on a job lasts without renewal (default
     /// 30 s). Live workers renew their claims every third of it; a job whose
     /// worker died is taken over by another once its lease has run out.
@@ -238,8 +282,9 @@ impl<C: Codec> QueueBuilder<C> {
     /// Uses `codec` for payloads and results instead of JSON.
     pub fn codec<D: Codec>(self, codec: D) -> QueueBuilder<D> {
         QueueBuilder {
-            url: self.url,
+            target: self.target,
             name: self.name,
+            shards: self.shards,
             settings: self.settings,
             codec,
             event_capacity: self.event_capacity,
@@ -267,12 +312,57 @@ impl<C: Codec> QueueBuilder<C> {
             ("max_payload_bytes", s.max_payload_bytes as u64),
             ("max_length", s.max_length.unwrap_or(1)),
             ("event_capacity", self.event_capacity as u64),
+            ("shards", self.shards as u64),
         ] {
             if n == 0 {
                 return Err(ConfigError::Zero { setting });
             }
         }
+        if self.shards > MAX_SHARDS {
+            return Err(ConfigError::TooManyShards {
+                shards: self.shards,
+                max: MAX_SHARDS,
+            });
+        }
+        if matches!(&self.target, Target::Cluster(urls) if urls.is_empty()) {
+            return Err(ConfigError::NoClusterNodes);
+        }
         Ok(())
+    }
+
+    /// The client for the target, and the URL(s) to name in errors.
+    fn backend(&self) -> Result<(Backend, String), ConnectError> {
+        let ca = self.ca_pem.as_deref();
+        match &self.target {
+            Target::Single(url) => Ok((Backend::Single(tls::client(url, ca)?), url.clone())),
+            Target::Cluster(urls) => {
+                // Each URL is checked as a single server's would be, for the
+                // same errors (a bad URL, #insecure, a CA without TLS).
+                for url in urls {
+                    tls::client(url, ca)?;
+                }
+                let timeout = self.settings.timeout;
+                let mut builder = ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .min_retry_wait(50)
+                    .max_retry_wait(1000);
+                #[cfg(feature = "tls")]
+                if let Some(ca) = ca {
+                    builder = builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.to_vec()),
+                    });
+                }
+                let joined = urls.join(",");
+                let client = builder.build().map_err(|source| ConnectError::InvalidUrl {
+                    url: joined.clone(),
+                    source,
+                })?;
+                Ok((Backend::Cluster(client), joined))
+            }
+        }
     }
 
     /// Checks the settings, connects, and makes sure the jobs stream and its
@@ -287,31 +377,37 @@ impl<C: Codec> QueueBuilder<C> {
     /// variants for a URL or CA certificate that cannot work.
     pub async fn build(self) -> Result<Queue<C>, ConnectError> {
         self.validate()?;
-        let url = self.url.clone();
-        let client = tls::client(&url, self.ca_pem.as_deref())?;
+        let (backend, url) = self.backend()?;
         let timeout = self.settings.timeout;
-        let mut conn =
-            ConnectionManager::new_with_config(client.clone(), manager_config(timeout, timeout))
-                .await
-                .map_err(|source| match tls::handshake_failure(&client, &source) {
-                    Some(tls) => tls,
-                    None => ConnectError::Unreachable {
-                        url: url.clone(),
-                        source,
-                    },
-                })?;
-        let keys = Keys::new(&self.name);
-        let created: Result<Value, RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(keys.jobs())
-            .arg(keys.group())
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        if let Err(source) = created {
-            if source.code() != Some("BUSYGROUP") {
-                return Err(ConnectError::Refused { url, source });
+        let mut conn = backend.connect(timeout, timeout).await.map_err(|source| {
+            let tls = match &backend {
+                Backend::Single(client) => tls::handshake_failure(client, &source),
+                Backend::Cluster(_) => None,
+            };
+            match tls {
+                Some(tls) => tls,
+                None => ConnectError::Unreachable {
+                    url: url.clone(),
+                    source,
+                },
+            }
+        })?;
+        let shards: Vec<Keys> = (0..self.shards)
+            .map(|i| Keys::for_shard(&self.name, i, self.shards))
+            .collect();
+        for keys in &shards {
+            let created: Result<Value, RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(keys.jobs())
+                .arg(keys.group())
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            if let Err(source) = created {
+                if source.code() != Some("BUSYGROUP") {
+                    return Err(ConnectError::Refused { url, source });
+                }
             }
         }
         let (events, _) = broadcast::channel(self.event_capacity);
@@ -319,9 +415,9 @@ impl<C: Codec> QueueBuilder<C> {
             shared: Arc::new(Shared {
                 url,
                 name: self.name,
-                keys,
+                shards,
                 settings: self.settings,
-                client,
+                backend,
                 conn,
                 codec: self.codec,
                 events,
@@ -397,7 +493,37 @@ impl Queue<Json> {
     /// # }
     /// ```
     pub fn builder(url: &str, name: &str) -> QueueBuilder<Json> {
-        QueueBuilder::new(url, name)
+        QueueBuilder::new(Target::Single(url.to_owned()), name)
+    }
+
+    /// Settings for the queue `name` in the Redis Cluster that the nodes at
+    /// `urls` belong to (one is enough to find the others; give several in
+    /// case one is down). The same settings as [`builder`](Self::builder),
+    /// and [`QueueBuilder::shards`] to spread the queue over the cluster's
+    /// masters. Commands go to the node that holds their keys, following
+    /// the cluster as its slots move.
+    ///
+    /// ```no_run
+    /// use baler_queue::Queue;
+    ///
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let queue = Queue::cluster_builder(
+    ///     ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001", "redis://127.0.0.1:7002"],
+    ///     "mail",
+    /// )
+    /// .shards(3)
+    /// .build()
+    /// .await?;
+    /// # let _ = queue;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cluster_builder<U: AsRef<str>>(
+        urls: impl IntoIterator<Item = U>,
+        name: &str,
+    ) -> QueueBuilder<Json> {
+        let urls = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        QueueBuilder::new(Target::Cluster(urls), name)
     }
 
     /// The queue `name` in the Redis at `url`, with default settings.
@@ -416,9 +542,16 @@ impl<C: Codec> Queue<C> {
         &self.shared.name
     }
 
-    /// The queue's key names.
+    /// The queue's key names (of its first shard: of the only one unless
+    /// the queue is split; see [`shards`](Self::shards)).
     pub fn keys(&self) -> &Keys {
-        &self.shared.keys
+        self.shared.keys(0)
+    }
+
+    /// The key names of every shard, in shard order: one entry unless the
+    /// queue was split with [`QueueBuilder::shards`].
+    pub fn shards(&self) -> &[Keys] {
+        &self.shared.shards
     }
 
     /// A listener for the queue's events (of the producers and workers made
@@ -428,13 +561,43 @@ impl<C: Codec> Queue<C> {
     }
 
     /// The queue as Redis sees it now: lengths, pending claims, delayed and
-    /// dead jobs, and every consumer with its idle time.
+    /// dead jobs, and every consumer with its idle time. For a split queue,
+    /// the sums over its shards (a consumer's idle time is its shortest).
     ///
     /// # Errors
     ///
     /// The Redis error when it cannot be asked.
     pub async fn stats(&self) -> Result<QueueStats, RedisError> {
-        let keys = &self.shared.keys;
+        let mut total = QueueStats {
+            length: 0,
+            pending: 0,
+            waiting: 0,
+            delayed: 0,
+            dead: 0,
+            consumers: Vec::new(),
+        };
+        for keys in &self.shared.shards {
+            let shard = self.shard_stats(keys).await?;
+            total.length += shard.length;
+            total.pending += shard.pending;
+            total.waiting += shard.waiting;
+            total.delayed += shard.delayed;
+            total.dead += shard.dead;
+            // A worker is one consumer, of the same name, in every shard.
+            for consumer in shard.consumers {
+                match total.consumers.iter_mut().find(|c| c.name == consumer.name) {
+                    Some(c) => {
+                        c.pending += consumer.pending;
+                        c.idle = c.idle.min(consumer.idle);
+                    }
+                    None => total.consumers.push(consumer),
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    async fn shard_stats(&self, keys: &Keys) -> Result<QueueStats, RedisError> {
         let mut conn = self.shared.conn.clone();
         let (length, pending, delayed, dead, consumers): (u64, Value, u64, u64, Value) =
             redis::pipe()

@@ -7,9 +7,35 @@
 //! consumer and raises the count, so a worker whose lease lapsed finds a
 //! different token and writes nothing.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use redis::Script;
+
+/// Every script made so far, by its SHA1: the source to send with `EVAL`
+/// to a node that does not have it cached (see `conn.rs`).
+static SOURCES: LazyLock<Mutex<HashMap<String, &'static str>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Makes a script and remembers its source by its hash. A script is made on
+/// first use, so any hash a command carries is known here.
+fn script(source: &'static str) -> Script {
+    let script = Script::new(source);
+    SOURCES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(script.get_hash().to_owned(), source);
+    script
+}
+
+/// The source of the script whose SHA1 is `hash`, if it is one of these.
+pub(crate) fn source_of(hash: &str) -> Option<&'static str> {
+    SOURCES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(hash)
+        .copied()
+}
 
 /// Adds a batch of jobs.
 ///
@@ -24,7 +50,7 @@ use redis::Script;
 /// which makes a retry after a lost reply safe: the retry sees its own id
 /// and reports it as added.
 pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 local maxlen = tonumber(ARGV[1])
 local producer = ARGV[2]
@@ -64,7 +90,7 @@ return out
 /// of the pending list per call, so the cursor must carry over between
 /// calls, or entries past the first part would never be looked at.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[5], 'COUNT', ARGV[4])
 local out = {r[1]}
@@ -88,7 +114,7 @@ return out
 /// KEYS: jobs. ARGV: group, consumer, then entry id and delivery count per
 /// entry. Answers 1 (extended) or 0 (lost) per entry.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 local out = {}
 local n = (#ARGV - 2) / 2
@@ -121,7 +147,7 @@ return out
 /// still exists, so that enqueuing the key again later gets the result.
 /// Answers 1 (written) or 0 (stale: written nothing) per job.
 pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 -- Redis's clock, read only when a retry is scheduled.
 local now = nil
@@ -176,7 +202,7 @@ return out
 /// KEYS: jobs, delayed, parked. ARGV: how many at most. Answers how many
 /// were moved.
 pub(crate) static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -209,7 +235,7 @@ return #ids
 ///
 /// KEYS: jobs. ARGV: group, consumer. Answers 1 if removed.
 pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
 if #p == 0 then
@@ -227,7 +253,7 @@ return 0
 ///
 /// KEYS: jobs. ARGV: group, min idle ms. Answers how many were removed.
 pub(crate) static PRUNE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 local removed = 0
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do

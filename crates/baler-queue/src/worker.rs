@@ -1,7 +1,7 @@
 //! Workers: claim jobs in batches, run them through the user's handler by
 //! way of a baler [`Batcher`], and complete each batch in one fenced script.
 //!
-//! A worker is three tasks and the batcher:
+//! A worker is three tasks per shard of the queue and the batcher:
 //!
 //! - the **claimer** reads new jobs (`XREADGROUP .. COUNT n BLOCK t`) while
 //!   it has room (at most `max_held` jobs held), decodes them and submits
@@ -12,6 +12,11 @@
 //! - the **completer** takes the outcome of every job as it resolves and
 //!   writes them in batches with one script call each. A job's room is given
 //!   back only once its completion is written (or found stale).
+//!
+//! Each shard has its own three, so that a shard whose Redis node is away
+//! holds up no other shard: its claims, renewals and completions wait and
+//! retry while the others go on. The room (`max_held`) and the batcher are
+//! shared by all shards.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -46,6 +51,8 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A job this worker holds: what it read, and the fencing token of its claim.
 #[derive(Debug, Clone)]
 struct Held {
+    /// The shard it was read from.
+    shard: usize,
     entry: String,
     job_id: JobId,
     producer: String,
@@ -173,10 +180,25 @@ trait Runner: Send + Sync + 'static {
     fn stop(&self, deadline: Duration) -> BoxFuture<'_, ()>;
 }
 
+/// Where completions go: the completer of each job's shard.
+#[derive(Clone)]
+struct Done(Arc<[mpsc::UnboundedSender<Completion>]>);
+
+impl Done {
+    fn send(&self, completion: Completion) {
+        if let Some(tx) = self.0.get(completion.held.shard) {
+            // The completer ends only when the worker is dropped.
+            let _ = tx.send(completion);
+        }
+    }
+}
+
 struct Core<C> {
     shared: Arc<Shared<C>>,
     consumer: String,
-    held: Mutex<HashMap<String, u64>>,
+    /// Held jobs by shard and entry id (entry ids are unique per stream
+    /// only), with their delivery counts.
+    held: Mutex<HashMap<(usize, String), u64>>,
     room: Arc<Semaphore>,
     max_held: usize,
     claim_count: usize,
@@ -184,19 +206,19 @@ struct Core<C> {
     stopping: AtomicBool,
     /// Set once, when shutdown begins: wakes the claimer if it waits for room.
     stop: tokio::sync::watch::Sender<bool>,
-    /// Where the next reclaim's scan of the pending list starts.
-    reclaim_cursor: Mutex<String>,
+    /// Per shard, where the next reclaim's scan of the pending list starts.
+    reclaim_cursors: Vec<Mutex<String>>,
     counters: Counters,
-    done: mpsc::UnboundedSender<Completion>,
+    done: Done,
 }
 
 impl<C: Codec> Core<C> {
-    fn held(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+    fn held(&self) -> MutexGuard<'_, HashMap<(usize, String), u64>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn reclaim_cursor(&self) -> MutexGuard<'_, String> {
-        self.reclaim_cursor
+    fn reclaim_cursor(&self, shard: usize) -> MutexGuard<'_, String> {
+        self.reclaim_cursors[shard]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
@@ -222,7 +244,7 @@ impl<C: Codec> Core<C> {
     /// attempt: the job may have run (and stopped its worker) before.
     fn dead(&self, held: Held, reason: String, room: OwnedSemaphorePermit) {
         let attempts = held.attempts + 1;
-        let _ = self.done.send(Completion::new(
+        self.done.send(Completion::new(
             held,
             Kind::Dead,
             attempts,
@@ -236,6 +258,7 @@ impl<C: Codec> Core<C> {
     async fn take(
         &self,
         runner: &dyn Runner,
+        shard: usize,
         id: String,
         fields: Vec<(String, Value)>,
         deliveries: u64,
@@ -246,6 +269,7 @@ impl<C: Codec> Core<C> {
         let job_id = get("id").and_then(as_string);
         let body = get("b").and_then(as_bytes);
         let held = Held {
+            shard,
             entry: id.clone(),
             job_id: JobId(job_id.clone().unwrap_or_else(|| id.clone())),
             producer: get("p").and_then(as_string).unwrap_or_default(),
@@ -257,7 +281,7 @@ impl<C: Codec> Core<C> {
             key: get("k").and_then(as_string).unwrap_or_default(),
             body: body.clone().unwrap_or_default(),
         };
-        self.held().insert(id, deliveries);
+        self.held().insert((shard, id), deliveries);
         let max = self.shared.settings.max_deliveries;
         if job_id.is_none() || body.is_none() {
             let reason =
@@ -274,8 +298,9 @@ impl<C: Codec> Core<C> {
         }
     }
 
-    async fn claim_loop(self: Arc<Self>, runner: Arc<dyn Runner>) {
-        let keys = &self.shared.keys;
+    /// Claims new jobs of one shard, on a blocking connection of its own.
+    async fn claim_loop(self: Arc<Self>, runner: Arc<dyn Runner>, shard: usize) {
+        let keys = self.shared.keys(shard);
         let mut conn = None;
         let mut pause = Duration::from_millis(50);
         let mut stop = self.stop.subscribe();
@@ -327,12 +352,12 @@ impl<C: Codec> Core<C> {
                     for (id, fields) in stream_entries(&value) {
                         let Some(room) = rooms.pop() else { break };
                         // A new delivery's count is 1.
-                        self.take(&*runner, id, fields, 1, room).await;
+                        self.take(&*runner, shard, id, fields, 1, room).await;
                     }
                 }
                 Err(e) => {
                     if e.code() == Some("NOGROUP") {
-                        self.create_group().await;
+                        self.create_group(shard).await;
                     }
                     tracing::warn!(error = %e, "worker's claim failed; retrying");
                     tokio::time::sleep(pause).await;
@@ -344,8 +369,8 @@ impl<C: Codec> Core<C> {
 
     /// Makes the group again: a Redis that restarted without persistence
     /// comes back without it.
-    async fn create_group(&self) {
-        let keys = &self.shared.keys;
+    async fn create_group(&self, shard: usize) {
+        let keys = self.shared.keys(shard);
         let mut conn = self.shared.conn.clone();
         let _: Result<Value, RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -357,7 +382,8 @@ impl<C: Codec> Core<C> {
             .await;
     }
 
-    async fn keep_loop(self: Arc<Self>, runner: Arc<dyn Runner>) {
+    /// Renews, reclaims, promotes and prunes for one shard.
+    async fn keep_loop(self: Arc<Self>, runner: Arc<dyn Runner>, shard: usize) {
         let s = &self.shared.settings;
         let renew_every = s.lease / 3;
         let reclaim_every = s.lease / 2;
@@ -377,29 +403,34 @@ impl<C: Codec> Core<C> {
             tokio::time::sleep(tick).await;
             if renewed.elapsed() >= renew_every {
                 renewed = Instant::now();
-                self.renew().await;
+                self.renew(shard).await;
             }
             if self.stopping.load(Ordering::SeqCst) {
                 continue;
             }
             if reclaimed.elapsed() >= reclaim_every {
                 reclaimed = Instant::now();
-                self.reclaim(&*runner).await;
+                self.reclaim(&*runner, shard).await;
             }
             if promoted.elapsed() >= promote_every {
                 promoted = Instant::now();
-                self.promote().await;
+                self.promote(shard).await;
             }
             if pruned.elapsed() >= prune_every {
                 pruned = Instant::now();
-                self.prune().await;
+                self.prune(shard).await;
             }
         }
     }
 
-    async fn renew(&self) {
-        let held: Vec<(String, u64)> = self.held().iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let keys = &self.shared.keys;
+    async fn renew(&self, shard: usize) {
+        let held: Vec<(String, u64)> = self
+            .held()
+            .iter()
+            .filter(|((s, _), _)| *s == shard)
+            .map(|((_, entry), v)| (entry.clone(), *v))
+            .collect();
+        let keys = self.shared.keys(shard);
         for chunk in held.chunks(500) {
             let mut call = EXTEND.key(keys.jobs());
             call.arg(keys.group()).arg(&self.consumer);
@@ -426,11 +457,15 @@ impl<C: Codec> Core<C> {
     /// the keeper still finds room to take over the jobs of a worker that
     /// died. A read that held every place would leave those jobs unclaimed
     /// for as long as no new job arrived.
+    ///
+    /// With several shards, each shard's claimer blocks at once: together
+    /// they hold at most half, each its share.
     fn read_limit(&self) -> usize {
-        self.claim_count.min((self.max_held / 2).max(1))
+        let shards = self.shared.shards.len().max(1);
+        self.claim_count.min((self.max_held / (2 * shards)).max(1))
     }
 
-    async fn reclaim(&self, runner: &dyn Runner) {
+    async fn reclaim(&self, runner: &dyn Runner, shard: usize) {
         let mut rooms = Vec::new();
         while rooms.len() < self.claim_count {
             match self.room.clone().try_acquire_owned() {
@@ -441,9 +476,9 @@ impl<C: Codec> Core<C> {
         if rooms.is_empty() {
             return;
         }
-        let keys = &self.shared.keys;
+        let keys = self.shared.keys(shard);
         let mut conn = self.shared.conn.clone();
-        let cursor = self.reclaim_cursor().clone();
+        let cursor = self.reclaim_cursor(shard).clone();
         let answer: Result<Value, RedisError> = RECLAIM
             .key(keys.jobs())
             .arg(keys.group())
@@ -461,7 +496,7 @@ impl<C: Codec> Core<C> {
         };
         let mut answer = answer.into_iter();
         if let Some(next) = answer.next().as_ref().and_then(as_string) {
-            *self.reclaim_cursor() = next;
+            *self.reclaim_cursor(shard) = next;
         }
         for item in answer {
             let Value::Array(parts) = item else { continue };
@@ -484,14 +519,14 @@ impl<C: Codec> Core<C> {
                 job_id: JobId(job_id),
                 deliveries,
             });
-            self.take(runner, id, fields, deliveries, room).await;
+            self.take(runner, shard, id, fields, deliveries, room).await;
         }
     }
 
     /// Keeps the group's consumer list from growing with every crashed
     /// process start.
-    async fn prune(&self) {
-        let keys = &self.shared.keys;
+    async fn prune(&self, shard: usize) {
+        let keys = self.shared.keys(shard);
         let mut conn = self.shared.conn.clone();
         let idle = self
             .shared
@@ -509,8 +544,8 @@ impl<C: Codec> Core<C> {
         }
     }
 
-    async fn promote(&self) {
-        let keys = &self.shared.keys;
+    async fn promote(&self, shard: usize) {
+        let keys = self.shared.keys(shard);
         let mut conn = self.shared.conn.clone();
         let moved: Result<i64, RedisError> = PROMOTE
             .key(keys.jobs())
@@ -524,7 +559,12 @@ impl<C: Codec> Core<C> {
         }
     }
 
-    async fn complete_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Completion>) {
+    /// Writes the completions of one shard: one script call per batch.
+    async fn complete_loop(
+        self: Arc<Self>,
+        shard: usize,
+        mut rx: mpsc::UnboundedReceiver<Completion>,
+    ) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while batch.len() < 200 {
@@ -533,15 +573,15 @@ impl<C: Codec> Core<C> {
                     Err(_) => break,
                 }
             }
-            self.write(batch).await;
+            self.write(shard, batch).await;
         }
     }
 
     /// Writes one batch of completions, retrying while Redis is away. A
     /// stopping worker gives up after a few tries: its claims stay pending
     /// and are reclaimed by others once their lease runs out.
-    async fn write(&self, batch: Vec<Completion>) {
-        let keys = &self.shared.keys;
+    async fn write(&self, shard: usize, batch: Vec<Completion>) {
+        let keys = self.shared.keys(shard);
         let mut pause = Duration::from_millis(50);
         let mut tries = 0;
         loop {
@@ -581,7 +621,7 @@ impl<C: Codec> Core<C> {
                     if self.stopping.load(Ordering::SeqCst) && tries >= 5 {
                         let mut held = self.held();
                         for c in &batch {
-                            held.remove(&c.held.entry);
+                            held.remove(&(c.held.shard, c.held.entry.clone()));
                         }
                         self.counters
                             .unwritten
@@ -600,7 +640,7 @@ impl<C: Codec> Core<C> {
         let c = &self.counters;
         let mut held = self.held();
         for (i, done) in batch.into_iter().enumerate() {
-            held.remove(&done.held.entry);
+            held.remove(&(done.held.shard, done.held.entry.clone()));
             let job_id = done.held.job_id.clone();
             if written.get(i) != Some(&1) {
                 c.stale.fetch_add(1, Ordering::Relaxed);
@@ -654,7 +694,7 @@ impl<C: Codec> Core<C> {
 struct Typed<P, O, E, C> {
     shared: Arc<Shared<C>>,
     batcher: Batcher<P, O, E>,
-    done: mpsc::UnboundedSender<Completion>,
+    done: Done,
 }
 
 /// A failed attempt: another one after a backoff if attempts remain, else
@@ -690,7 +730,7 @@ where
                     // Never run: it could only fail the same way every time.
                     let reason = format!("undecodable payload: {message}");
                     let attempts = held.attempts;
-                    let _ = self.done.send(Completion::new(
+                    self.done.send(Completion::new(
                         held,
                         Kind::Dead,
                         attempts,
@@ -705,7 +745,7 @@ where
                 Err(_) => {
                     // The batcher is shutting down: another worker takes it.
                     let attempts = held.attempts;
-                    let _ = self.done.send(Completion::new(
+                    self.done.send(Completion::new(
                         held,
                         Kind::HandBack,
                         attempts,
@@ -747,7 +787,7 @@ where
                     // Timed out, panicked, wrong outcome count, engine stopped.
                     Err(other) => retry_or_fail(&shared.settings, held, other.to_string(), room),
                 };
-                let _ = done.send(completion);
+                done.send(completion);
             });
         })
     }
@@ -918,7 +958,10 @@ impl<C: Codec> WorkerBuilder<C> {
             builder = builder.capacity(capacity);
         }
         let batcher = builder.build(handler)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let shards = shared.shards.len();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
+        let done = Done(senders.into());
         let consumer = format!(
             "{}-{}-{:x}",
             self.consumer.as_deref().unwrap_or("worker"),
@@ -935,24 +978,32 @@ impl<C: Codec> WorkerBuilder<C> {
             block_time: self.block_time,
             stopping: AtomicBool::new(false),
             stop: tokio::sync::watch::channel(false).0,
-            reclaim_cursor: Mutex::new("0-0".to_owned()),
+            reclaim_cursors: (0..shards).map(|_| Mutex::new("0-0".to_owned())).collect(),
             counters: Counters::default(),
-            done: tx.clone(),
+            done: done.clone(),
         });
         let runner: Arc<dyn Runner> = Arc::new(Typed {
             shared,
             batcher,
-            done: tx,
+            done,
         });
-        let claimer = tokio::spawn(core.clone().claim_loop(runner.clone()));
-        let keeper = tokio::spawn(core.clone().keep_loop(runner.clone()));
-        let completer = tokio::spawn(core.clone().complete_loop(rx));
+        let claimers = (0..shards)
+            .map(|shard| tokio::spawn(core.clone().claim_loop(runner.clone(), shard)))
+            .collect();
+        let keepers = (0..shards)
+            .map(|shard| tokio::spawn(core.clone().keep_loop(runner.clone(), shard)))
+            .collect();
+        let completers = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(shard, rx)| tokio::spawn(core.clone().complete_loop(shard, rx)))
+            .collect();
         Ok(Worker {
             core,
             runner,
-            claimer: Some(claimer),
-            keeper,
-            completer,
+            claimers,
+            keepers,
+            completers,
         })
     }
 }
@@ -999,9 +1050,10 @@ fn unique() -> u64 {
 pub struct Worker<C = Json> {
     core: Arc<Core<C>>,
     runner: Arc<dyn Runner>,
-    claimer: Option<JoinHandle<()>>,
-    keeper: JoinHandle<()>,
-    completer: JoinHandle<()>,
+    /// Per shard: emptied by shutdown, which waits for them.
+    claimers: Vec<JoinHandle<()>>,
+    keepers: Vec<JoinHandle<()>>,
+    completers: Vec<JoinHandle<()>>,
 }
 
 impl<C> fmt::Debug for Worker<C> {
@@ -1030,7 +1082,7 @@ impl<C: Codec> Worker<C> {
         let core = self.core.clone();
         core.stopping.store(true, Ordering::SeqCst);
         core.stop.send_replace(true);
-        if let Some(claimer) = self.claimer.take() {
+        for claimer in std::mem::take(&mut self.claimers) {
             // The claim in progress ends within the block time; what it
             // brings is run or handed back like the rest.
             let _ = claimer.await;
@@ -1039,17 +1091,19 @@ impl<C: Codec> Worker<C> {
         // Every held job's room comes back once its completion is written.
         let max = u32::try_from(core.max_held).unwrap_or(u32::MAX);
         let _ = core.room.acquire_many(max).await;
-        self.keeper.abort();
-        self.completer.abort();
+        for task in self.keepers.iter().chain(&self.completers) {
+            task.abort();
+        }
         // A clean exit leaves no consumer behind in the group's list.
-        let keys = &core.shared.keys;
-        let mut conn = core.shared.conn.clone();
-        let _: Result<i64, RedisError> = LEAVE
-            .key(keys.jobs())
-            .arg(keys.group())
-            .arg(&core.consumer)
-            .invoke_async(&mut conn)
-            .await;
+        for keys in &core.shared.shards {
+            let mut conn = core.shared.conn.clone();
+            let _: Result<i64, RedisError> = LEAVE
+                .key(keys.jobs())
+                .arg(keys.group())
+                .arg(&core.consumer)
+                .invoke_async(&mut conn)
+                .await;
+        }
         WorkerReport {
             consumer: core.consumer.clone(),
             stats: core.stats(),
@@ -1060,10 +1114,13 @@ impl<C: Codec> Worker<C> {
 
 impl<C> Drop for Worker<C> {
     fn drop(&mut self) {
-        if let Some(claimer) = &self.claimer {
-            claimer.abort();
+        for task in self
+            .claimers
+            .iter()
+            .chain(&self.keepers)
+            .chain(&self.completers)
+        {
+            task.abort();
         }
-        self.keeper.abort();
-        self.completer.abort();
     }
 }
