@@ -18,7 +18,9 @@ use redis::{Arg, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::scripts;
 
-/// How a queue reaches Redis.
+/// How a queue reaches Redis. One per queue, kept in its shared state: the
+/// variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum Backend {
     /// One server.

@@ -565,6 +565,7 @@ impl<C: Codec> Core<C> {
         shard: usize,
         mut rx: mpsc::UnboundedReceiver<Completion>,
     ) {
+        let mut away = false;
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while batch.len() < 200 {
@@ -573,14 +574,19 @@ impl<C: Codec> Core<C> {
                     Err(_) => break,
                 }
             }
-            self.write(shard, batch).await;
+            // Once a stopping worker has given up on its shard's Redis, it
+            // tries each later batch once: a shard whose node is away must
+            // not hold the shutdown for five tries per batch.
+            let tries = if away { 1 } else { 5 };
+            away = !self.write(shard, batch, tries).await;
         }
     }
 
     /// Writes one batch of completions, retrying while Redis is away. A
-    /// stopping worker gives up after a few tries: its claims stay pending
-    /// and are reclaimed by others once their lease runs out.
-    async fn write(&self, shard: usize, batch: Vec<Completion>) {
+    /// stopping worker gives up after `stopping_tries` tries: its claims stay
+    /// pending and are reclaimed by others once their lease runs out.
+    /// Answers whether the batch was written (false: given up).
+    async fn write(&self, shard: usize, batch: Vec<Completion>, stopping_tries: u32) -> bool {
         let keys = self.shared.keys(shard);
         let mut pause = Duration::from_millis(50);
         let mut tries = 0;
@@ -613,12 +619,12 @@ impl<C: Codec> Core<C> {
             match answer {
                 Ok(written) => {
                     self.settle(batch, &written);
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     tries += 1;
                     tracing::warn!(error = %e, tries, "writing completions failed; retrying");
-                    if self.stopping.load(Ordering::SeqCst) && tries >= 5 {
+                    if self.stopping.load(Ordering::SeqCst) && tries >= stopping_tries {
                         let mut held = self.held();
                         for c in &batch {
                             held.remove(&(c.held.shard, c.held.entry.clone()));
@@ -626,7 +632,7 @@ impl<C: Codec> Core<C> {
                         self.counters
                             .unwritten
                             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        return;
+                        return false;
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
