@@ -59,8 +59,9 @@ fn target_slots(index: usize, count: usize) -> std::ops::Range<u16> {
 }
 
 /// The names of a queue's Redis keys. Every key carries the hash tag
-/// `{<queue>}`, so that all keys of a queue live in one Redis Cluster slot and
-/// one script may touch any of them.
+/// `{<queue>}` (a tag per shard for a queue split into shards, `{q}` in the
+/// table below), so that all keys of a queue (of a shard) live in one Redis
+/// Cluster slot and one script may touch any of them.
 ///
 /// | key | type | holds |
 /// |---|---|---|

@@ -18,7 +18,8 @@
 //!
 //! **Keys.** All keys of a queue share the hash tag `{q}` (see [`Keys`]), so
 //! one Redis Cluster slot holds them and every script may touch any of them;
-//! every key a script touches is passed in `KEYS`.
+//! every key a script touches is passed in `KEYS`. A queue split into shards
+//! has one such tag per shard (see "Sharding on Redis Cluster" below).
 //!
 //! **The life of a job.**
 //! 1. The producer makes the job's id and registers its ticket, *then* sends
@@ -58,6 +59,73 @@
 //! of the Redis host. The jobs stream is never capped with `MAXLEN` (that
 //! would delete jobs not yet run); a queue's length is bounded by
 //! [`QueueBuilder::max_length`] instead.
+//!
+//! # Sharding on Redis Cluster
+//!
+//! One queue is one hash tag, so one slot, so one Redis node: a single
+//! master carries all of its traffic. [`QueueBuilder::shards`] splits it
+//! into `n` shards, each a complete queue of its own hash tag (jobs stream
+//! and group, delayed jobs, dead letters, results streams, idempotency
+//! markers), and [`Queue::cluster_builder`] reaches a Redis Cluster through
+//! any of its nodes:
+//!
+//! ```no_run
+//! use baler_queue::Queue;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let nodes = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"];
+//! let queue = Queue::cluster_builder(nodes, "mail").shards(3).build().await?;
+//! # let _ = queue;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - **Placement.** Shard `i`'s tag is chosen (client-side, the same in every
+//!   process) so that its slot lies in the `i`-th of `n` equal slot ranges;
+//!   with the slots split evenly between `n` masters, as
+//!   `redis-cli --cluster create` does, each shard has a master of its own.
+//!   See [`Keys`] for the rule. A queue of one shard keeps the keys `{q}:…`
+//!   and does exactly what it did before sharding existed.
+//! - **Producers** send a job without an idempotency key to the shards in
+//!   turn, and one with a key always to the shard the key hashes to, so that
+//!   enqueuing the key again finds its marker. Each shard has its own
+//!   enqueue batcher (one script call per batch and shard) and its own
+//!   results reader: a worker writes a job's result into the results stream
+//!   of the job's own shard (`{q.i}:res:<producer>`), in the same script
+//!   that completes it, and the producer reads every shard's stream.
+//!   [`Producer::reattach`], [`Producer::take_unclaimed`] and a restart
+//!   under the same name work across shards.
+//! - **Workers** claim from every shard: per shard a claimer (with a
+//!   blocking connection of its own), a keeper (lease renewal, reclaim,
+//!   promotion of due retries) and a completer (one completion script per
+//!   batch and shard). [`Queue::stats`] and [`Queue::diagnose`] sum over the
+//!   shards.
+//! - **Every producer and worker of a queue must use the same shard count**:
+//!   a shard nobody reads keeps its jobs. Changing the count of a queue that
+//!   holds jobs strands the jobs of the shards that go away; drain it first.
+//!
+//! **What the loss of a master means.** Each shard lives on one master, and
+//! Redis replication is asynchronous: a master acknowledges a write (an
+//! enqueue, a completion and its result) before any replica has it. A
+//! master that dies before replicating loses those writes, even when a
+//! replica takes over: jobs whose enqueue was lost vanish (their tickets
+//! never resolve by themselves and end as outstanding at the producer's
+//! shutdown), an idempotency key whose marker was lost enqueues anew, and a
+//! completion that was lost leaves its job pending as before, so it is
+//! reclaimed and runs again, and a result the producer had already read
+//! comes a second time (as an unclaimed one). Only `WAIT` (or `WAITAOF`)
+//! after a write narrows that window, and baler-queue does not issue it.
+//! Without replicas, the shard is unavailable until its master comes back,
+//! with what its AOF kept if it had one (see "Durability" above) and
+//! nothing otherwise. Meanwhile the other shards go on: their
+//! jobs are enqueued, run and answered; producers retry the dead shard's
+//! enqueues and then fail them with [`EnqueueError::Unconfirmed`], a
+//! producer's shutdown reports the dead shard's jobs as outstanding (their
+//! tickets end with [`JobError::Shutdown`]), and a worker's shutdown counts
+//! the completions it could not write as `unwritten`. For the other
+//! masters to keep serving while one is down, the cluster must run with
+//! `cluster-require-full-coverage no`; with the default `yes`, the whole
+//! cluster refuses commands once it has marked a master as failed.
 //!
 //! # TLS
 //!

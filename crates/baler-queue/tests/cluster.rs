@@ -505,6 +505,82 @@ async fn a_dead_master_stops_only_its_shard_and_its_tickets_end_at_shutdown() {
     assert_eq!(report.unwritten, lost.len() as u64);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_restarted_under_its_name_gets_its_results_from_every_shard() {
+    let cluster = Cluster::start();
+    let queue = sharded_queue(&cluster, "restart").await;
+    let before = queue.producer("api").build::<u64, u64>().unwrap();
+    let mut ids = Vec::new();
+    let mut shards = HashSet::new();
+    for t in before.enqueue_many(1..=9u64).await {
+        let t = t.unwrap();
+        ids.push(t.id().clone());
+        shards.insert(t.shard());
+    }
+    assert_eq!(shards.len(), 3);
+    drop(before); // no shutdown: as if the process had died
+
+    let worker = start_doubler(&queue);
+    // Each shard's results stream holds its own jobs' results.
+    let mut owners = Vec::new();
+    for keys in queue.shards() {
+        owners.push((
+            keys.results("api"),
+            owner_of(cluster.ports[0], keys.slot()).await,
+        ));
+    }
+    let stored = || async {
+        let mut total = 0;
+        for (key, port) in &owners {
+            let mut conn = node(*port).await;
+            let n: u64 = redis::cmd("XLEN")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("XLEN");
+            total += n;
+        }
+        total
+    };
+    eventually(PATIENCE, "the nine results stored", || async {
+        stored().await == 9
+    })
+    .await;
+
+    let after = queue.producer("api").build::<u64, u64>().unwrap();
+    for (n, id) in (1..=5u64).zip(&ids) {
+        let t = after.reattach(id.clone());
+        assert_eq!(within(PATIENCE, "a reattached result", t).await, Ok(n * 2));
+    }
+    // The four results nobody reattached are held for the taking.
+    let mut rest = HashMap::new();
+    let deadline = Instant::now() + PATIENCE;
+    while rest.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "unclaimed results did not arrive"
+        );
+        for (id, r) in after.take_unclaimed().await {
+            rest.insert(id, r);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (n, id) in (6..=9u64).zip(&ids[5..]) {
+        assert_eq!(rest[id], Ok(n * 2));
+    }
+    assert_eq!(after.outstanding(), 0);
+    eventually(PATIENCE, "every shard's results stream emptied", || async {
+        stored().await == 0
+    })
+    .await;
+    within(
+        PATIENCE,
+        "worker shutdown",
+        worker.shutdown(Duration::from_secs(5)),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn shard_settings_that_cannot_work_are_config_errors() {
     let zero = Queue::builder("redis://127.0.0.1:1", "q")
