@@ -34,12 +34,15 @@ use crate::events::QueueEvent;
 use crate::observe;
 use crate::producer::stream_entries;
 use crate::queue::{as_bytes, as_string, as_u64, pairs, Queue, Settings, Shared};
-use crate::scripts::{COMPLETE, EXTEND, LEAVE, PROMOTE, PRUNE, RECLAIM};
+use crate::scripts::{COMPLETE, EXTEND, LEAVE, PROMOTE, PRUNE, RECLAIM, TRIM};
 use crate::JobId;
 
 /// A consumer holding nothing and silent for this many leases is taken for
 /// dead and removed from the group.
 const PRUNE_AFTER_LEASES: u32 = 10;
+/// How often a worker removes finished entries from the jobs stream. They
+/// are acknowledged at once and cost only memory until then.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -367,7 +370,8 @@ impl<C: Codec> Core<C> {
             .max(Duration::from_millis(10));
         let tick = renew_every.min(promote_every);
         let prune_every = s.lease.saturating_mul(PRUNE_AFTER_LEASES);
-        let (mut renewed, mut reclaimed, mut promoted, mut pruned) = (
+        let (mut renewed, mut reclaimed, mut promoted, mut pruned, mut trimmed) = (
+            Instant::now(),
             Instant::now(),
             Instant::now(),
             Instant::now(),
@@ -393,6 +397,10 @@ impl<C: Codec> Core<C> {
             if pruned.elapsed() >= prune_every {
                 pruned = Instant::now();
                 self.prune().await;
+            }
+            if trimmed.elapsed() >= TRIM_EVERY {
+                trimmed = Instant::now();
+                self.trim().await;
             }
         }
     }
@@ -506,6 +514,20 @@ impl<C: Codec> Core<C> {
             .await;
         if let Err(e) = removed {
             tracing::warn!(error = %e, "pruning dead consumers failed; retrying later");
+        }
+    }
+
+    /// Removes finished entries from the jobs stream (see [`TRIM`]).
+    async fn trim(&self) {
+        let keys = &self.shared.keys;
+        let mut conn = self.shared.conn.clone();
+        let removed: Result<i64, RedisError> = TRIM
+            .key(keys.jobs())
+            .arg(keys.group())
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "trimming finished jobs failed; retrying later");
         }
     }
 
@@ -1050,6 +1072,8 @@ impl<C: Codec> Worker<C> {
             .arg(&core.consumer)
             .invoke_async(&mut conn)
             .await;
+        // Nor the entries it finished last.
+        core.trim().await;
         WorkerReport {
             consumer: core.consumer.clone(),
             stats: core.stats(),
