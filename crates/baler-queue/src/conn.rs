@@ -12,21 +12,58 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{Arg, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::scripts;
 
-/// How a queue reaches Redis. One per queue, kept in its shared state: the
-/// variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
+/// How a queue reaches Redis.
 #[derive(Clone)]
 pub(crate) enum Backend {
     /// One server.
     Single(Client),
     /// A Redis Cluster, reached through any of its nodes.
-    Cluster(ClusterClient),
+    Cluster(ClusterNodes),
+}
+
+/// What a cluster client is made from. A client is made per connection,
+/// because the cluster client fixes the bound on a whole request (retries
+/// included) when it is built: a client made for quick commands would cut
+/// every blocking read short.
+#[derive(Clone)]
+pub(crate) struct ClusterNodes {
+    /// The nodes' URLs, checked.
+    pub(crate) urls: Vec<String>,
+    /// PEM certificates of the CA(s) to trust instead of the system's.
+    pub(crate) ca_pem: Option<Vec<u8>>,
+}
+
+impl ClusterNodes {
+    /// A client whose every answer may take up to `answer`, and a whole
+    /// request (retries and redirections included) twice that.
+    pub(crate) fn client(
+        &self,
+        connect: Duration,
+        answer: Duration,
+    ) -> Result<ClusterClient, RedisError> {
+        #[allow(unused_mut)]
+        let mut builder = ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
+            .connection_timeout(connect)
+            .response_timeout(answer)
+            .overall_response_timeout(Some(answer.saturating_mul(2)))
+            .retries(2)
+            .min_retry_wait(50)
+            .max_retry_wait(1000);
+        #[cfg(feature = "tls")]
+        if let Some(ca) = &self.ca_pem {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            });
+        }
+        builder.build()
+    }
 }
 
 impl Backend {
@@ -42,12 +79,9 @@ impl Backend {
                     .await
                     .map(Conn::Single)
             }
-            Backend::Cluster(client) => client
-                .get_async_connection_with_config(
-                    ClusterConfig::new()
-                        .set_connection_timeout(connect)
-                        .set_response_timeout(answer),
-                )
+            Backend::Cluster(nodes) => nodes
+                .client(connect, answer)?
+                .get_async_connection()
                 .await
                 .map(Conn::Cluster),
         }

@@ -71,7 +71,7 @@ fn target_slots(index: usize, count: usize) -> std::ops::Range<u16> {
 /// | `{q}:dead` | stream | dead letters, with the reason |
 /// | `{q}:res:<producer>` | stream | results for one producer, read and deleted by it |
 /// | `{q}:idem:<key>` | string with a TTL | the producer and job id an idempotency key was first enqueued as, and the job's result once it has finished |
-/// | `{q}:sent:<job id>` | string with a short TTL | marks a job id as added, so that an enqueue retried after a lost reply adds nothing twice (see [`QueueBuilder::resend_window`](crate::QueueBuilder::resend_window)) |
+/// | `{q}:sent:<job id>` | string with a short TTL | only with a [`resend_window`](crate::QueueBuilder::resend_window): marks a job id as added, so that an enqueue retried after a lost reply adds nothing twice |
 ///
 /// ```
 /// use baler_queue::Keys;

@@ -34,7 +34,8 @@
 //!    schedules a retry in `{q}:delayed`, or dead-letters the job; and
 //!    acknowledges and deletes the entry. A stale worker writes nothing.
 //! 4. The producer reads its results stream from a cursor it owns, resolves
-//!    the ticket, and deletes the entry.
+//!    the ticket, and deletes the entry (entries are deleted together, at
+//!    most half a second after their delivery).
 //!
 //! **Why no result can be lost.** A result is never a message sent to
 //! whoever happens to listen (as a pub/sub event is): it is a stream entry
@@ -52,6 +53,20 @@
 //! `max_deliveries` times is dead-lettered instead, so a job that kills its
 //! worker cannot loop forever. Jobs therefore run *at least once*; the
 //! fencing makes sure that only one run's result is written.
+//!
+//! **Resends.** An enqueue whose reply was lost (the connection dropped
+//! during the call) is sent again. A job with an
+//! [idempotency key](Job::idempotency_key) is not added twice; one without
+//! may be, and then runs twice, unless the queue has a
+//! [`resend_window`](QueueBuilder::resend_window), which costs a marker key
+//! and a script call per enqueue. Either way its ticket resolves once: the
+//! second result is recognised as the second copy of a job this producer
+//! already resolved, and deleted.
+//!
+//! **Results are delivered at least once across a producer's crash.** A
+//! producer killed within half a second of delivering a result may not have
+//! deleted it yet; its next start finds it and offers it through
+//! [`Producer::take_unclaimed`] again.
 //!
 //! **Durability** is Redis's: with `appendonly yes` and `appendfsync always`,
 //! everything a script call acknowledged survives a Redis restart. With

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `baler_queue_enqueued_total` | counter | jobs added by producers of this process |
 //! | `baler_queue_results_total` | counter | results producers of this process received (label `status`: `ok`, `failed`, `dead`) |
+//! | `baler_queue_duplicate_results_total` | counter | second results of a job added twice (an enqueue sent again after a lost reply), deleted on arrival |
 //! | `baler_queue_completed_total` | counter | results workers of this process wrote (label `status`: `ok`, `failed`) |
 //! | `baler_queue_retried_total` | counter | attempts scheduled again |
 //! | `baler_queue_dead_lettered_total` | counter | jobs moved to `{q}:dead` |
@@ -24,11 +25,12 @@ pub use baler::Severity;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueStats {
-    /// Entries in the jobs stream: waiting plus being run.
+    /// Jobs in the jobs stream that have not finished: waiting plus being
+    /// run.
     pub length: u64,
     /// Jobs claimed by a worker and not yet completed.
     pub pending: u64,
-    /// Jobs no worker has claimed yet (`length - pending`).
+    /// Jobs no worker has claimed yet (the consumer group's lag).
     pub waiting: u64,
     /// Jobs waiting out a retry backoff.
     pub delayed: u64,

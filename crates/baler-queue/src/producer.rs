@@ -130,10 +130,17 @@ struct Book<O> {
 struct Results<O, C> {
     shared: Arc<Shared<C>>,
     producer: String,
+    /// The prefix of the job ids this run of the producer makes
+    /// (`<name>-<nonce>-`). A result for one of them that nobody waits for
+    /// is a second copy of a job already resolved (added twice after a lost
+    /// reply): it is deleted, not kept as unclaimed.
+    own: String,
     book: Mutex<Book<O>>,
     max_unclaimed: usize,
     /// Woken whenever a ticket resolves, for shutdown to wait on.
     resolved: Notify,
+    /// Delivered results not yet deleted from Redis.
+    deletions: Mutex<Deletions>,
 }
 
 impl<O: DeserializeOwned + Send + 'static, C: Codec> Results<O, C> {
@@ -141,6 +148,10 @@ impl<O: DeserializeOwned + Send + 'static, C: Codec> Results<O, C> {
         // A panic while holding the lock cannot leave the map half-updated
         // in a way that matters more than losing the producer: go on.
         self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deletions(&self) -> MutexGuard<'_, Deletions> {
+        self.deletions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn outstanding(&self) -> usize {
@@ -169,6 +180,10 @@ impl<O: DeserializeOwned + Send + 'static, C: Codec> Results<O, C> {
                         status,
                         1,
                     );
+                    done.extend(raw.entry);
+                }
+                None if id.as_str().starts_with(&self.own) => {
+                    observe::count("baler_queue_duplicate_results_total", &self.shared.name, 1);
                     done.extend(raw.entry);
                 }
                 None => {
@@ -248,6 +263,14 @@ async fn read_results<O: DeserializeOwned + Send + 'static, C: Codec>(
             .query_async(c)
             .await;
         let value = match read {
+            Ok(Value::Nil) => {
+                // Nothing came within the block time: a quiet moment to
+                // delete what is due.
+                let due = results.deletions().take();
+                results.delete(due).await;
+                pause = Duration::from_millis(50);
+                continue;
+            }
             Ok(v) => {
                 pause = Duration::from_millis(50);
                 v
@@ -283,7 +306,51 @@ async fn read_results<O: DeserializeOwned + Send + 'static, C: Codec>(
             })
             .collect();
         let done = results.deliver(parsed);
-        results.delete(done).await;
+        let due = results.deletions().add(done);
+        if let Some(due) = due {
+            results.delete(due).await;
+        }
+    }
+}
+
+/// Result entries already delivered, waiting to be deleted in one `XDEL`.
+///
+/// Deleting after every read would cost one command per read, which is one
+/// per job when jobs come one at a time. They are deleted together once
+/// [`DELETE_EVERY`] have gathered, or [`DELETE_AFTER`] has passed since the
+/// first of them, or the stream is quiet, or the producer shuts down.
+/// A producer killed before that leaves them in Redis: its next start
+/// reads them again, finds no ticket for them and keeps them as unclaimed
+/// (see [`Producer::take_unclaimed`]), so a crash can deliver a result a
+/// second time, never lose one.
+#[derive(Default)]
+struct Deletions {
+    /// Each with its shard.
+    entries: Vec<(usize, String)>,
+    since: Option<tokio::time::Instant>,
+}
+
+/// How many delivered results are deleted in one `XDEL` at most.
+const DELETE_EVERY: usize = 500;
+/// How long a delivered result may wait in Redis to be deleted.
+const DELETE_AFTER: Duration = Duration::from_millis(500);
+
+impl Deletions {
+    /// Adds delivered entries; answers the batch to delete if one is due.
+    fn add(&mut self, entries: Vec<(usize, String)>) -> Option<Vec<(usize, String)>> {
+        if entries.is_empty() && self.entries.is_empty() {
+            return None;
+        }
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+        self.entries.extend(entries);
+        let due = self.entries.len() >= DELETE_EVERY
+            || self.since.is_some_and(|t| t.elapsed() >= DELETE_AFTER);
+        due.then(|| self.take())
+    }
+
+    fn take(&mut self) -> Vec<(usize, String)> {
+        self.since = None;
+        std::mem::take(&mut self.entries)
     }
 }
 
@@ -379,8 +446,10 @@ enum SendError {
     Answer(String),
 }
 
-/// Sends one batch of jobs to one shard in one script call: one ack per
-/// job, in order.
+/// Sends one batch of jobs to one shard: one ack per job, in order. Jobs
+/// that need nothing but an `XADD` (no idempotency key, no resend marker, no
+/// bound on the queue's length) go as a pipeline of `XADD`s: one command per
+/// job and no script. Otherwise the batch is one script call.
 async fn send<C>(
     shared: &Shared<C>,
     shard: usize,
@@ -389,27 +458,63 @@ async fn send<C>(
 ) -> Result<Vec<Ack>, SendError> {
     let keys = shared.keys(shard);
     let s = &shared.settings;
+    let plain = s.max_length.is_none()
+        && s.resend_window.is_none()
+        && items.iter().all(|i| i.key.is_none());
+    if plain {
+        let mut pipe = redis::pipe();
+        for item in items {
+            pipe.cmd("XADD")
+                .arg(keys.jobs())
+                .arg("*")
+                .arg("id")
+                .arg(item.id.as_str())
+                .arg("p")
+                .arg(producer)
+                .arg("a")
+                .arg("0")
+                .arg("b")
+                .arg(&item.body[..]);
+        }
+        let mut conn = shared.conn.clone();
+        let ids: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(SendError::Redis)?;
+        if ids.len() != items.len() {
+            return Err(SendError::Answer(format!(
+                "Redis answered {} entry ids for {} jobs",
+                ids.len(),
+                items.len()
+            )));
+        }
+        return Ok(items.iter().map(|_| Ack::Added).collect());
+    }
     let mut invocation = ENQUEUE.key(keys.jobs());
     for item in items {
-        invocation.key(match &item.key {
-            Some(k) => keys.idem(k),
-            None => keys.sent(item.id.as_str()),
+        invocation.key(match (&item.key, s.resend_window) {
+            (Some(k), _) => keys.idem(k),
+            (None, Some(_)) => keys.sent(item.id.as_str()),
+            // No marker: the script skips it (TTL 0).
+            (None, None) => keys.jobs(),
         });
     }
     invocation
         .arg(shared.shard_max_length().unwrap_or(0))
-        .arg(producer);
+        .arg(producer)
+        .arg(keys.group());
     for item in items {
         // A marker that only guards against a resend lives only as long
         // as a resend can come: one per job for a day would be most of
         // Redis's memory on a busy queue.
-        let ttl = match item.key {
-            Some(_) => s.idempotency_ttl,
-            None => s.resend_window,
+        let ttl = match (&item.key, s.resend_window) {
+            (Some(_), _) => s.idempotency_ttl.as_millis() as u64,
+            (None, Some(window)) => window.as_millis() as u64,
+            (None, None) => 0,
         };
         invocation
             .arg(item.id.as_str())
-            .arg(ttl.as_millis() as u64)
+            .arg(ttl)
             .arg(item.key.as_deref().unwrap_or(""))
             .arg(&item.body[..]);
     }
@@ -451,8 +556,9 @@ impl<C: Codec> Handler<Item> for EnqueueHandler<C> {
         match send(&self.shared, self.shard, &self.producer, batch.items()).await {
             Ok(acks) => Ok(acks.into_iter().map(Outcome::Done).collect()),
             Err(SendError::Answer(message)) => Err(message),
-            // Retrying is safe whatever happened: the script adds nothing
-            // for a job id it has already added.
+            // The outcome is unknown: send again. A job with a marker (an
+            // idempotency key, or a resend window) is not added twice; one
+            // without may be (see `QueueBuilder::resend_window`).
             Err(SendError::Redis(e)) => Ok(batch
                 .iter()
                 .map(|_| Outcome::Retry(e.to_string()))
@@ -588,7 +694,7 @@ impl<C: Codec> ProducerBuilder<C> {
             });
         }
         let shared = self.queue.shared.clone();
-        // A batcher per shard: a shard's batch is one script call on its
+        // A batcher per shard: a shard's batch is one round trip to its
         // node, and a shard whose node is away holds up only its own jobs.
         let mut batchers = Vec::with_capacity(shared.shards.len());
         for shard in 0..shared.shards.len() {
@@ -608,15 +714,18 @@ impl<C: Codec> ProducerBuilder<C> {
                     })?,
             );
         }
+        let nonce = nonce();
         let results = Arc::new(Results {
             shared: shared.clone(),
             producer: self.name.clone(),
+            own: job_id_prefix(&self.name, nonce),
             book: Mutex::new(Book {
                 waiting: HashMap::new(),
                 unclaimed: VecDeque::new(),
             }),
             max_unclaimed: self.max_unclaimed,
             resolved: Notify::new(),
+            deletions: Mutex::new(Deletions::default()),
         });
         let readers = (0..shared.shards.len())
             .map(|shard| tokio::spawn(read_results(results.clone(), shard, self.block_time)))
@@ -625,7 +734,7 @@ impl<C: Codec> ProducerBuilder<C> {
             inner: Arc::new(Inner {
                 shared,
                 name: self.name,
-                nonce: nonce(),
+                nonce,
                 seq: AtomicU64::new(0),
                 permits: Arc::new(Semaphore::new(self.max_outstanding)),
                 max_outstanding: self.max_outstanding,
@@ -638,6 +747,11 @@ impl<C: Codec> ProducerBuilder<C> {
             _payload: PhantomData,
         })
     }
+}
+
+/// What every job id of one run of a producer starts with.
+fn job_id_prefix(name: &str, nonce: u64) -> String {
+    format!("{name}-{nonce:016x}-")
 }
 
 /// A number that differs between process starts, for job ids.
@@ -801,7 +915,7 @@ where
             .unwrap_or_else(|| unreachable!("one job in, one answer out"))
     }
 
-    /// Enqueues several jobs; they travel together, in as few script calls
+    /// Enqueues several jobs; they travel together, in as few round trips
     /// as the batch size allows. One answer per job, in order.
     pub async fn enqueue_many(
         &self,
@@ -912,6 +1026,8 @@ where
         for reader in &inner.readers {
             reader.abort();
         }
+        let delivered = inner.results.deletions().take();
+        inner.results.delete(delivered).await;
         let mut outstanding = Vec::new();
         for (id, waiters) in left {
             for w in waiters {
@@ -926,8 +1042,8 @@ where
     fn next_id(&self) -> JobId {
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         JobId(format!(
-            "{}-{:016x}-{seq}",
-            self.inner.name, self.inner.nonce
+            "{}{seq}",
+            job_id_prefix(&self.inner.name, self.inner.nonce)
         ))
     }
 
@@ -1219,7 +1335,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_sent_again_after_a_lost_reply_adds_nothing_twice() {
         let server = common::RedisServer::start();
-        let queue = Queue::connect(&server.url(), "lost").await.unwrap();
+        let queue = Queue::builder(&server.url(), "lost")
+            .resend_window(Duration::from_secs(60))
+            .build()
+            .await
+            .unwrap();
         let items = [item("p-1", None), item("p-2", Some("order-9"))];
         let first = send(&queue.shared, 0, "p", &items).await.ok().unwrap();
         assert!(matches!(first[..], [Ack::Added, Ack::Added]));
@@ -1277,5 +1397,78 @@ mod tests {
         let acks = send(&queue.shared, 0, "p", &items).await.ok().unwrap();
         assert!(matches!(acks[..], [Ack::Added, Ack::Added, Ack::Full]));
         assert_eq!(jobs(&server, &queue).await, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_job_leaves_no_marker_behind() {
+        let server = common::RedisServer::start();
+        let queue = Queue::builder(&server.url(), "full-key")
+            .max_length(1)
+            .build()
+            .await
+            .unwrap();
+        let items = [item("a", None), item("b", Some("order-1"))];
+        let acks = send(&queue.shared, 0, "p", &items).await.ok().unwrap();
+        assert!(matches!(acks[..], [Ack::Added, Ack::Full]));
+        // The key was not taken by the refused job: once there is room, the
+        // same key is added, not reported as a duplicate of a job that never was.
+        let mut conn = common::connection(&server.url()).await;
+        let _: () = redis::cmd("DEL")
+            .arg(queue.keys().jobs())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let acks = send(&queue.shared, 0, "p", &[item("c", Some("order-1"))])
+            .await
+            .ok()
+            .unwrap();
+        assert!(matches!(acks[..], [Ack::Added]), "{acks:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_resend_window_keyless_jobs_are_plain_adds_and_keys_still_dedupe() {
+        let server = common::RedisServer::start();
+        let queue = Queue::connect(&server.url(), "plain").await.unwrap();
+        let mut conn = common::connection(&server.url()).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let keyless = [item("p-1", None), item("p-2", None)];
+        let acks = send(&queue.shared, 0, "p", &keyless).await.ok().unwrap();
+        assert!(matches!(acks[..], [Ack::Added, Ack::Added]));
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // Two XADDs and nothing else: no script, no marker.
+        let called: Vec<&str> = stats
+            .lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_"))
+            .filter_map(|l| l.split(':').next())
+            .filter(|c| {
+                !c.starts_with("config") && !matches!(*c, "info" | "hello" | "client" | "ping")
+            })
+            .collect();
+        assert_eq!(called, ["xadd"], "{stats}");
+        assert!(stats.contains("cmdstat_xadd:calls=2,"), "{stats}");
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.sort();
+        assert_eq!(keys, [queue.keys().jobs()]);
+        // A keyed job in a mixed batch is still recognised when sent again.
+        let mixed = [item("p-3", None), item("p-4", Some("order-9"))];
+        send(&queue.shared, 0, "p", &mixed).await.ok().unwrap();
+        let again = send(&queue.shared, 0, "p", &mixed).await.ok().unwrap();
+        assert!(
+            matches!(again[..], [Ack::Added, Ack::Duplicate { .. }]),
+            "{again:?}"
+        );
+        assert_eq!(jobs(&server, &queue).await, 5);
     }
 }

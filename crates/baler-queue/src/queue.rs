@@ -5,12 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::cluster::ClusterClientBuilder;
 use redis::{RedisError, Value};
 use tokio::sync::broadcast;
 
 use crate::codec::{Codec, Json};
-use crate::conn::{Backend, Conn};
+use crate::conn::{Backend, ClusterNodes, Conn};
 use crate::error::{ConfigError, ConnectError};
 use crate::events::{QueueEvent, QueueEvents};
 use crate::keys::{Keys, MAX_SHARDS};
@@ -58,7 +57,8 @@ pub(crate) struct Settings {
     pub(crate) max_payload_bytes: usize,
     pub(crate) max_length: Option<u64>,
     pub(crate) idempotency_ttl: Duration,
-    pub(crate) resend_window: Duration,
+    /// `None`: no resend markers (the default; see `resend_window`).
+    pub(crate) resend_window: Option<Duration>,
     pub(crate) timeout: Duration,
 }
 
@@ -141,7 +141,7 @@ impl QueueBuilder<Json> {
                 max_payload_bytes: 1 << 20,
                 max_length: None,
                 idempotency_ttl: Duration::from_secs(24 * 3600),
-                resend_window: Duration::from_secs(600),
+                resend_window: None,
                 timeout: Duration::from_secs(2),
             },
             codec: Json,
@@ -232,13 +232,26 @@ impl<C: Codec> QueueBuilder<C> {
         self
     }
 
-    /// How long a job id without an idempotency key is remembered as added
-    /// (default 10 min), so that an enqueue sent again after its reply was
-    /// lost adds nothing twice. Keep it above the longest a producer retries
+    /// Remembers every job id without an idempotency key as added for
+    /// `window`, so that an enqueue sent again after its reply was lost adds
+    /// nothing twice. Off by default.
+    ///
+    /// Without it, a job whose enqueue reply was lost (the connection
+    /// dropped during the call, and the producer sent the batch again) may
+    /// be added twice and so run twice. Its ticket still resolves once, and
+    /// the second result is deleted when it arrives. Jobs run at least once
+    /// anyway (a worker that dies mid-job has its jobs run again), so most
+    /// handlers already tolerate that. Where they do not, prefer an
+    /// [idempotency key](crate::Job::idempotency_key), which also
+    /// recognises a job enqueued twice by your own code.
+    ///
+    /// The price: each enqueue call becomes a script, and each job costs a
+    /// small key for `window` plus one command. Keep `window` above the
+    /// longest a producer retries
     /// ([`ProducerBuilder::redis_attempts`](crate::ProducerBuilder::redis_attempts)
-    /// × up to 2 s each); it costs one small key per job for its length.
+    /// × up to 2 s each).
     pub fn resend_window(mut self, window: Duration) -> Self {
-        self.settings.resend_window = window;
+        self.settings.resend_window = Some(window);
         self
     }
 
@@ -299,7 +312,10 @@ impl<C: Codec> QueueBuilder<C> {
             ("lease", s.lease),
             ("backoff", s.backoff_base),
             ("idempotency_ttl", s.idempotency_ttl),
-            ("resend_window", s.resend_window),
+            (
+                "resend_window",
+                s.resend_window.unwrap_or(Duration::from_secs(1)),
+            ),
             ("timeout", s.timeout),
         ] {
             if d.is_zero() {
@@ -341,26 +357,20 @@ impl<C: Codec> QueueBuilder<C> {
                 for url in urls {
                     tls::client(url, ca)?;
                 }
-                let timeout = self.settings.timeout;
-                let mut builder = ClusterClientBuilder::new(urls.iter().map(String::as_str))
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .retries(2)
-                    .min_retry_wait(50)
-                    .max_retry_wait(1000);
-                #[cfg(feature = "tls")]
-                if let Some(ca) = ca {
-                    builder = builder.certs(redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(ca.to_vec()),
-                    });
-                }
+                let nodes = ClusterNodes {
+                    urls: urls.clone(),
+                    ca_pem: self.ca_pem.clone(),
+                };
                 let joined = urls.join(",");
-                let client = builder.build().map_err(|source| ConnectError::InvalidUrl {
-                    url: joined.clone(),
-                    source,
-                })?;
-                Ok((Backend::Cluster(client), joined))
+                // Made here once to find what is wrong with the URLs early.
+                let timeout = self.settings.timeout;
+                nodes
+                    .client(timeout, timeout)
+                    .map_err(|source| ConnectError::InvalidUrl {
+                        url: joined.clone(),
+                        source,
+                    })?;
+                Ok((Backend::Cluster(nodes), joined))
             }
         }
     }
@@ -599,27 +609,54 @@ impl<C: Codec> Queue<C> {
 
     async fn shard_stats(&self, keys: &Keys) -> Result<QueueStats, RedisError> {
         let mut conn = self.shared.conn.clone();
-        let (length, pending, delayed, dead, consumers): (u64, Value, u64, u64, Value) =
-            redis::pipe()
-                .cmd("XLEN")
-                .arg(keys.jobs())
-                .cmd("XPENDING")
-                .arg(keys.jobs())
-                .arg(keys.group())
-                .cmd("ZCARD")
-                .arg(keys.delayed())
-                .cmd("XLEN")
-                .arg(keys.dead())
-                .cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(keys.jobs())
-                .arg(keys.group())
-                .query_async(&mut conn)
-                .await?;
+        let (xlen, pending, delayed, dead, consumers, groups): (
+            u64,
+            Value,
+            u64,
+            u64,
+            Value,
+            Value,
+        ) = redis::pipe()
+            .cmd("XLEN")
+            .arg(keys.jobs())
+            .cmd("XPENDING")
+            .arg(keys.jobs())
+            .arg(keys.group())
+            .cmd("ZCARD")
+            .arg(keys.delayed())
+            .cmd("XLEN")
+            .arg(keys.dead())
+            .cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(keys.jobs())
+            .arg(keys.group())
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(keys.jobs())
+            .query_async(&mut conn)
+            .await?;
         let pending = match pending {
             Value::Array(items) => items.first().and_then(as_u64).unwrap_or(0),
             _ => 0,
         };
+        // Finished entries stay in the stream until a worker trims them, so
+        // the stream's length overcounts; the group's lag (entries not yet
+        // delivered) does not. Redis cannot give the lag after some
+        // deletions, which baler never makes; then the length stands in.
+        let lag = match groups {
+            Value::Array(groups) => groups
+                .iter()
+                .map(pairs)
+                .find(|g| {
+                    g.iter()
+                        .any(|(k, v)| k == "name" && as_string(v).as_deref() == Some(keys.group()))
+                })
+                .and_then(|g| g.into_iter().find(|(k, _)| k == "lag"))
+                .and_then(|(_, v)| as_u64(&v)),
+            _ => None,
+        };
+        let waiting = lag.unwrap_or_else(|| xlen.saturating_sub(pending));
+        let length = waiting + pending;
         let mut list = Vec::new();
         if let Value::Array(consumers) = consumers {
             for consumer in consumers {
@@ -635,7 +672,7 @@ impl<C: Codec> Queue<C> {
         Ok(QueueStats {
             length,
             pending,
-            waiting: length.saturating_sub(pending),
+            waiting,
             delayed,
             dead,
             consumers: list,

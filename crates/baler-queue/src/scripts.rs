@@ -14,57 +14,71 @@ use redis::Script;
 
 /// Every script made so far, by its SHA1: the source to send with `EVAL`
 /// to a node that does not have it cached (see `conn.rs`).
-static SOURCES: LazyLock<Mutex<HashMap<String, &'static str>>> =
+static SOURCES: LazyLock<Mutex<HashMap<String, String>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Makes a script and remembers its source by its hash. A script is made on
 /// first use, so any hash a command carries is known here.
-fn script(source: &'static str) -> Script {
+fn script(source: &str) -> Script {
     let script = Script::new(source);
     SOURCES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(script.get_hash().to_owned(), source);
+        .insert(script.get_hash().to_owned(), source.to_owned());
     script
 }
 
 /// The source of the script whose SHA1 is `hash`, if it is one of these.
-pub(crate) fn source_of(hash: &str) -> Option<&'static str> {
+pub(crate) fn source_of(hash: &str) -> Option<String> {
     SOURCES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(hash)
-        .copied()
+        .cloned()
 }
 
-/// Adds a batch of jobs.
+/// Adds a batch of jobs, when one of them needs more than an `XADD` (an
+/// idempotency key, a resend marker, or a bounded queue); otherwise the
+/// producer sends plain `XADD`s.
 ///
-/// KEYS: jobs, then one marker key per job (`{q}:idem:<key>` or
-/// `{q}:sent:<id>`). ARGV: max length (0: none), producer, then id, marker
-/// TTL in ms, idempotency key (empty: none) and body per job.
+/// KEYS: jobs, then one marker key per job (`{q}:idem:<key>`,
+/// `{q}:sent:<id>`, or the jobs key again when the job has no marker).
+/// ARGV: max length (0: none), producer, group, then id, marker TTL in ms
+/// (0: no marker), idempotency key (empty: none) and body per job.
 ///
 /// Per job it answers `ok`, `full` or `dup:` and the marker's value:
 /// `<producer>\n<id>`, followed by `\n<status>\n<attempts>\n<data>` once
 /// the job has finished (the completion writes its result into an
 /// idempotency key's marker). A job whose marker exists is not added again,
 /// which makes a retry after a lost reply safe: the retry sees its own id
-/// and reports it as added.
+/// and reports it as added. The marker is written and read in one command
+/// (`SET .. NX GET`, Redis 7.0), and taken back if the job is refused.
 pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    script(&format!(
+        "{UNFINISHED}{}",
         r#"
 local maxlen = tonumber(ARGV[1])
 local producer = ARGV[2]
 -- The length is read only when the queue is bounded: one command less per call.
 local len = 0
-if maxlen > 0 then len = redis.call('XLEN', KEYS[1]) end
+if maxlen > 0 then
+  len = redis.call('XLEN', KEYS[1])
+  -- The stream also holds finished entries not yet trimmed: count only
+  -- those waiting or being run before refusing anything.
+  if len + #KEYS - 1 > maxlen then len = unfinished(KEYS[1], ARGV[3], len) end
+end
 local out = {}
 for i = 1, #KEYS - 1 do
-  local b = 2 + (i - 1) * 4
-  local id, ttl, key, body = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  local existing = redis.call('GET', KEYS[i + 1])
+  local b = 3 + (i - 1) * 4
+  local id, ttl, key, body = ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
+  local existing = false
+  if ttl > 0 then
+    existing = redis.call('SET', KEYS[i + 1], producer .. '\n' .. id, 'NX', 'GET', 'PX', ttl)
+  end
   if existing then
     out[i] = 'dup:' .. existing
   elseif maxlen > 0 and len >= maxlen then
+    if ttl > 0 then redis.call('DEL', KEYS[i + 1]) end
     out[i] = 'full'
   else
     if key ~= '' then
@@ -72,14 +86,66 @@ for i = 1, #KEYS - 1 do
     else
       redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', '0', 'b', body)
     end
-    redis.call('SET', KEYS[i + 1], producer .. '\n' .. id, 'PX', ttl)
     len = len + 1
     out[i] = 'ok'
   end
 end
 return out
-"#,
-    )
+"#
+    ))
+});
+
+/// A Lua function shared by [`ENQUEUE`] and [`TRIM`]: the group's last
+/// delivered id and the number of jobs waiting or being run
+/// (`unfinished(jobs, group, xlen)`, the group's `lag` plus its pending
+/// count), and the id below which every entry is finished.
+///
+/// Finished entries (acknowledged) stay in the stream until trimmed, so
+/// `XLEN` overcounts. The lag is Redis's count of entries not yet delivered
+/// to the group; Redis cannot give it after some deletions (never made by
+/// baler), and then `XLEN` stands in for it.
+const UNFINISHED: &str = r#"
+local function group_state(jobs, group)
+  local groups = redis.pcall('XINFO', 'GROUPS', jobs)
+  if type(groups) ~= 'table' or groups.err then return nil end
+  for _, g in ipairs(groups) do
+    local f = {}
+    for j = 1, #g, 2 do f[g[j]] = g[j + 1] end
+    if f['name'] == group then return f end
+  end
+  return nil
+end
+local function unfinished(jobs, group, xlen)
+  local g = group_state(jobs, group)
+  if not g then return xlen end
+  local lag = g['lag']
+  if type(lag) ~= 'number' then return xlen end
+  return lag + g['pending']
+end
+"#;
+
+/// Removes finished entries from the jobs stream: every entry older than
+/// both the oldest pending one and the first not yet delivered has been
+/// acknowledged (run to its end, retried as a new entry, handed back or
+/// dead-lettered), so `XTRIM MINID` drops exactly those.
+///
+/// KEYS: jobs. ARGV: group. Answers how many entries were removed.
+pub(crate) static TRIM: LazyLock<Script> = LazyLock::new(|| {
+    script(&format!(
+        "{UNFINISHED}{}",
+        r#"
+local g = group_state(KEYS[1], ARGV[1])
+if not g then return 0 end
+local last = g['last-delivered-id']
+local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+if not ms then return 0 end
+-- The first id after the last delivered one: entries below it were delivered.
+local min = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+local p = redis.call('XPENDING', KEYS[1], ARGV[1])
+if p[2] then min = p[2] end
+return redis.call('XTRIM', KEYS[1], 'MINID', min)
+"#
+    ))
 });
 
 /// Takes over entries idle for longer than the lease.
@@ -135,6 +201,7 @@ return out
 });
 
 /// Completes a batch of jobs, each only if its claim is still this worker's.
+/// The finished entry is acknowledged and left for [`TRIM`] to remove.
 ///
 /// KEYS: jobs, delayed, parked, dead, then per job the results stream of its
 /// producer and its idempotency key's marker (the results stream again when
@@ -185,8 +252,9 @@ for i = 1, n do
         redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'b', body)
       end
     end
+    -- Acknowledged, not deleted: TRIM removes finished entries in bulk,
+    -- one command per worker and second instead of one per job.
     redis.call('XACK', KEYS[1], ARGV[1], eid)
-    redis.call('XDEL', KEYS[1], eid)
     out[i] = 1
   else
     out[i] = 0

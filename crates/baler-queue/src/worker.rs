@@ -39,12 +39,15 @@ use crate::events::QueueEvent;
 use crate::observe;
 use crate::producer::stream_entries;
 use crate::queue::{as_bytes, as_string, as_u64, pairs, Queue, Settings, Shared};
-use crate::scripts::{COMPLETE, EXTEND, LEAVE, PROMOTE, PRUNE, RECLAIM};
+use crate::scripts::{COMPLETE, EXTEND, LEAVE, PROMOTE, PRUNE, RECLAIM, TRIM};
 use crate::JobId;
 
 /// A consumer holding nothing and silent for this many leases is taken for
 /// dead and removed from the group.
 const PRUNE_AFTER_LEASES: u32 = 10;
+/// How often a worker removes finished entries from the jobs stream. They
+/// are acknowledged at once and cost only memory until then.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -393,7 +396,8 @@ impl<C: Codec> Core<C> {
             .max(Duration::from_millis(10));
         let tick = renew_every.min(promote_every);
         let prune_every = s.lease.saturating_mul(PRUNE_AFTER_LEASES);
-        let (mut renewed, mut reclaimed, mut promoted, mut pruned) = (
+        let (mut renewed, mut reclaimed, mut promoted, mut pruned, mut trimmed) = (
+            Instant::now(),
             Instant::now(),
             Instant::now(),
             Instant::now(),
@@ -419,6 +423,10 @@ impl<C: Codec> Core<C> {
             if pruned.elapsed() >= prune_every {
                 pruned = Instant::now();
                 self.prune(shard).await;
+            }
+            if trimmed.elapsed() >= TRIM_EVERY {
+                trimmed = Instant::now();
+                self.trim(shard).await;
             }
         }
     }
@@ -541,6 +549,20 @@ impl<C: Codec> Core<C> {
             .await;
         if let Err(e) = removed {
             tracing::warn!(error = %e, "pruning dead consumers failed; retrying later");
+        }
+    }
+
+    /// Removes finished entries from one shard's jobs stream (see [`TRIM`]).
+    async fn trim(&self, shard: usize) {
+        let keys = self.shared.keys(shard);
+        let mut conn = self.shared.conn.clone();
+        let removed: Result<i64, RedisError> = TRIM
+            .key(keys.jobs())
+            .arg(keys.group())
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "trimming finished jobs failed; retrying later");
         }
     }
 
@@ -1101,7 +1123,7 @@ impl<C: Codec> Worker<C> {
             task.abort();
         }
         // A clean exit leaves no consumer behind in the group's list.
-        for keys in &core.shared.shards {
+        for (shard, keys) in core.shared.shards.iter().enumerate() {
             let mut conn = core.shared.conn.clone();
             let _: Result<i64, RedisError> = LEAVE
                 .key(keys.jobs())
@@ -1109,6 +1131,8 @@ impl<C: Codec> Worker<C> {
                 .arg(&core.consumer)
                 .invoke_async(&mut conn)
                 .await;
+            // Nor the entries it finished last.
+            core.trim(shard).await;
         }
         WorkerReport {
             consumer: core.consumer.clone(),

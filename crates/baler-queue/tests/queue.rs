@@ -89,8 +89,12 @@ async fn a_job_goes_to_a_worker_and_its_result_comes_back_and_nothing_is_left_be
         .is_empty());
 }
 
+async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    calls(conn, "evalsha").await + calls(conn, "eval").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_enqueues_reach_redis_as_one_script_call_per_batch() {
+async fn concurrent_enqueues_reach_redis_as_one_call_per_batch() {
     let server = RedisServer::start();
     let queue = quick_queue(&server, "batched").await;
     // Every batch waits out its linger, so the 50 jobs gather into one.
@@ -102,14 +106,18 @@ async fn concurrent_enqueues_reach_redis_as_one_script_call_per_batch() {
         .build::<u64, u64>()
         .unwrap();
     // Loads the script, so that what follows is counted as plain calls.
-    let _warm = producer.enqueue(0).await.unwrap();
+    let _warm = producer
+        .enqueue(Job::new(0).idempotency_key("warm"))
+        .await
+        .unwrap();
     let mut conn = connection(&server.url()).await;
-    let before = calls(&mut conn, "evalsha").await + calls(&mut conn, "eval").await;
-
-    let tickets = producer.enqueue_many(1..=50u64).await;
+    let before = script_calls(&mut conn).await;
+    // Jobs with idempotency keys go through the enqueue script: one call
+    // for the whole batch.
+    let keyed = (1..=50u64).map(|n| Job::new(n).idempotency_key(format!("k-{n}")));
+    let tickets = producer.enqueue_many(keyed).await;
     assert!(tickets.iter().all(|t| t.is_ok()));
-
-    let after = calls(&mut conn, "evalsha").await + calls(&mut conn, "eval").await;
+    let after = script_calls(&mut conn).await;
     assert_eq!(
         after - before,
         1,
@@ -117,6 +125,17 @@ async fn concurrent_enqueues_reach_redis_as_one_script_call_per_batch() {
         after - before
     );
     assert_eq!(xlen(&mut conn, &queue.keys().jobs()).await, 51);
+
+    // Jobs without one need no script: one XADD each, in one pipeline.
+    let tickets = producer.enqueue_many(51..=100u64).await;
+    assert!(tickets.iter().all(|t| t.is_ok()));
+    assert_eq!(
+        script_calls(&mut conn).await,
+        after,
+        "plain jobs ran a script"
+    );
+    assert_eq!(calls(&mut conn, "xadd").await, 101);
+    assert_eq!(xlen(&mut conn, &queue.keys().jobs()).await, 101);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1092,4 +1111,94 @@ async fn an_idempotency_key_enqueued_again_after_its_job_finished_gets_the_kept_
         Err(EnqueueError::InvalidKey { payload: 5, .. }) => {}
         other => panic!("expected InvalidKey, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_count_against_neither_the_bound_nor_the_stats_and_are_trimmed() {
+    let server = RedisServer::start();
+    let queue = Queue::builder(&server.url(), "trimmed")
+        .lease(Duration::from_millis(400))
+        .max_length(3)
+        .build()
+        .await
+        .unwrap();
+    let producer = queue.producer("p1").build::<u64, u64>().unwrap();
+    let first: Vec<_> = producer.enqueue_many(1..=3u64).await;
+    assert!(first.iter().all(Result::is_ok));
+    // Three jobs finished as a worker finishes them (read, acknowledged),
+    // with no worker left to trim them away.
+    let mut conn = connection(&server.url()).await;
+    let keys = queue.keys().clone();
+    let _: Result<(), _> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys.jobs())
+        .arg(keys.group())
+        .arg("0")
+        .query_async::<()>(&mut conn)
+        .await;
+    let read: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(keys.group())
+        .arg("gone")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg(keys.jobs())
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ids: Vec<String> = redis::cmd("XRANGE")
+        .arg(keys.jobs())
+        .arg("-")
+        .arg("+")
+        .query_async::<Vec<(String, HashMap<String, redis::Value>)>>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids.len(), 3, "{read:?}");
+    let acked: u64 = redis::cmd("XACK")
+        .arg(keys.jobs())
+        .arg(keys.group())
+        .arg(&ids)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(acked, 3);
+    assert_eq!(xlen(&mut conn, &keys.jobs()).await, 3);
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.length, stats.waiting, stats.pending), (0, 0, 0));
+
+    // The stream holds three entries, but none unfinished: the bound of
+    // three has room for three more.
+    let mut second = Vec::new();
+    for n in 4..=6u64 {
+        match producer.try_enqueue(n).await {
+            Ok(t) => second.push(t),
+            Err(e) => panic!("job {n} refused with finished jobs in the stream: {e}"),
+        }
+    }
+    assert!(matches!(
+        producer.try_enqueue(7).await,
+        Err(EnqueueError::QueueFull { .. })
+    ));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.length, stats.waiting), (3, 3));
+
+    // A worker runs them and trims every finished entry away.
+    let worker = start_doubler(&queue);
+    for (n, t) in (4u64..).zip(second) {
+        assert_eq!(within(PATIENCE, "a result", t).await, Ok(n * 2));
+    }
+    let check = connection(&server.url()).await;
+    eventually(PATIENCE, "finished entries trimmed", || {
+        let mut conn = check.clone();
+        let jobs = keys.jobs();
+        async move { xlen(&mut conn, &jobs).await == 0 }
+    })
+    .await;
+    worker.shutdown(Duration::from_secs(5)).await;
+    producer.shutdown(Duration::from_millis(10)).await;
 }
