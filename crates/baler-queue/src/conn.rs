@@ -35,7 +35,9 @@ pub(crate) enum Backend {
 pub(crate) struct ClusterNodes {
     /// The nodes' URLs, checked.
     pub(crate) urls: Vec<String>,
-    /// PEM certificates of the CA(s) to trust instead of the system's.
+    /// PEM certificates of the CA(s) to trust instead of the system's
+    /// (without the `tls` feature no builder takes one, and it stays unread).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) ca_pem: Option<Vec<u8>>,
 }
 

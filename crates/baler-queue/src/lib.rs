@@ -104,7 +104,7 @@
 //! - **Producers** send a job without an idempotency key to the shards in
 //!   turn, and one with a key always to the shard the key hashes to, so that
 //!   enqueuing the key again finds its marker. Each shard has its own
-//!   enqueue batcher (one script call per batch and shard) and its own
+//!   enqueue batcher (one round trip per batch and shard) and its own
 //!   results reader: a worker writes a job's result into the results stream
 //!   of the job's own shard (`{q.i}:res:<producer>`), in the same script
 //!   that completes it, and the producer reads every shard's stream.
