@@ -70,8 +70,12 @@
 //! **Durability** is Redis's: with `appendonly yes` and `appendfsync always`,
 //! everything a script call acknowledged survives a Redis restart. With
 //! `everysec`, up to a second of acknowledged writes may be lost on a crash
-//! of the Redis host. The jobs stream is never capped with `MAXLEN` (that
-//! would delete jobs not yet run); a queue's length is bounded by
+//! of the Redis host; with replicas, what the master answered but had not
+//! yet copied is lost with it. [`QueueBuilder::durability`] makes producers
+//! wait for replicas (`WAIT`) or for the append-only files (`WAITAOF`)
+//! before answering; the [`durability`] module says what each setting
+//! promises. The jobs stream is never capped with `MAXLEN` (that would
+//! delete jobs not yet run); a queue's length is bounded by
 //! [`QueueBuilder::max_length`] instead.
 //!
 //! # TLS
@@ -114,6 +118,7 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 
 mod codec;
+pub mod durability;
 mod error;
 mod events;
 mod keys;
@@ -130,6 +135,7 @@ mod worker;
 mod test_common;
 
 pub use codec::{Codec, Json};
+pub use durability::{Durability, Reached};
 pub use error::{ConfigError, ConnectError, EnqueueError, JobError};
 pub use events::{QueueEvent, QueueEvents, RecvError};
 pub use keys::Keys;

@@ -10,6 +10,7 @@ use redis::{Client, RedisError, Value};
 use tokio::sync::broadcast;
 
 use crate::codec::{Codec, Json};
+use crate::durability::Durability;
 use crate::error::{ConfigError, ConnectError};
 use crate::events::{QueueEvent, QueueEvents};
 use crate::keys::Keys;
@@ -60,6 +61,7 @@ pub(crate) struct Settings {
     /// `None`: no resend markers (the default; see `resend_window`).
     pub(crate) resend_window: Option<Duration>,
     pub(crate) timeout: Duration,
+    pub(crate) durability: Durability,
 }
 
 pub(crate) struct Shared<C> {
@@ -130,6 +132,7 @@ impl QueueBuilder<Json> {
                 idempotency_ttl: Duration::from_secs(24 * 3600),
                 resend_window: None,
                 timeout: Duration::from_secs(2),
+                durability: Durability::Applied,
             },
             codec: Json,
             event_capacity: 1024,
@@ -212,6 +215,20 @@ impl<C: Codec> QueueBuilder<C> {
         self
     }
 
+    /// What a producer's jobs must reach before `enqueue` answers (default
+    /// [`Durability::Applied`]): copied to replicas (`WAIT`) or written to
+    /// the append-only files (`WAITAOF`, Redis 7.2+). See the
+    /// [`durability`](crate::durability) module for what each Redis setting
+    /// promises and what it does not.
+    ///
+    /// The wait runs on the queue's shared connection after each batch, so
+    /// a slow replica holds up that connection's other commands for up to
+    /// the timeout.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.settings.durability = durability;
+        self
+    }
+
     /// How long connecting and each Redis answer may take (default 2 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.settings.timeout = timeout;
@@ -273,6 +290,10 @@ impl<C: Codec> QueueBuilder<C> {
                 s.resend_window.unwrap_or(Duration::from_secs(1)),
             ),
             ("timeout", s.timeout),
+            (
+                "durability's timeout",
+                s.durability.timeout().unwrap_or(Duration::from_secs(1)),
+            ),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration { setting });
@@ -284,6 +305,13 @@ impl<C: Codec> QueueBuilder<C> {
             ("max_payload_bytes", s.max_payload_bytes as u64),
             ("max_length", s.max_length.unwrap_or(1)),
             ("event_capacity", self.event_capacity as u64),
+            (
+                "durability's replicas",
+                match s.durability {
+                    Durability::Replicated { replicas, .. } => u64::from(replicas),
+                    _ => 1,
+                },
+            ),
         ] {
             if n == 0 {
                 return Err(ConfigError::Zero { setting });
@@ -317,6 +345,7 @@ impl<C: Codec> QueueBuilder<C> {
                         source,
                     },
                 })?;
+        check_durability(&mut conn, &url, &self.settings.durability).await?;
         let keys = Keys::new(&self.name);
         let created: Result<Value, RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -345,6 +374,57 @@ impl<C: Codec> QueueBuilder<C> {
             }),
         })
     }
+}
+
+/// Refuses a [`Durability::Persisted`] that the server cannot give: a
+/// Redis older than 7.2 has no `WAITAOF`, and one without `appendonly`
+/// has no file to wait for.
+async fn check_durability(
+    conn: &mut ConnectionManager,
+    url: &str,
+    durability: &Durability,
+) -> Result<(), ConnectError> {
+    if !matches!(durability, Durability::Persisted { .. }) {
+        return Ok(());
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .arg("persistence")
+        .query_async(conn)
+        .await
+        .map_err(|source| ConnectError::Refused {
+            url: url.to_owned(),
+            source,
+        })?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let version = field("redis_version");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (7, 2) {
+        return Err(ConnectError::DurabilityUnsupported {
+            url: url.to_owned(),
+            durability: *durability,
+            reason: format!(
+                "WAITAOF needs Redis 7.2 or newer, and this server is {version}; upgrade it, or \
+                 ask for Durability::Replicated (WAIT) or Durability::Applied with \
+                 appendfsync always"
+            ),
+        });
+    }
+    if field("aof_enabled") != "1" {
+        return Err(ConnectError::DurabilityUnsupported {
+            url: url.to_owned(),
+            durability: *durability,
+            reason: "the server writes no append-only file; set appendonly yes".into(),
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), ConfigError> {
