@@ -23,12 +23,15 @@ const {
   settlesWithin,
   sleep,
   warn,
+  within,
 } = require('./common');
 
 // How long a worker may take to stop after SIGTERM, and how long the chain
 // producer waits for its outstanding jobs, as the protocol says.
 const WORKER_STOP_MS = 5000;
 const CHAIN_FINAL_WAIT_MS = 10000;
+// How long a producer waits for its connections to Redis before giving up.
+const CONNECT_MS = 10000;
 
 function redisSettings(cfg) {
   return { host: cfg.redis.host, port: cfg.redis.port };
@@ -103,7 +106,7 @@ async function chain(cfg) {
     getEvents: true,
   });
   queue.on('error', (err) => warn(`queue error: ${err.message}`));
-  await queue.ready();
+  await within(queue.ready(), CONNECT_MS, 'connecting to Redis');
 
   // Each job's payload is {c: chain, n: seq}, seq unique in this producer; the
   // worker returns {n}. The queue-level event carries that result, so the
@@ -214,7 +217,7 @@ async function bulk(cfg) {
     storeJobs: false,
   });
   queue.on('error', (err) => warn(`queue error: ${err.message}`));
-  await queue.ready();
+  await within(queue.ready(), CONNECT_MS, 'connecting to Redis');
 
   // Finished jobs are removed by the workers (removeOnSuccess: true in
   // worker()), which is where bee-queue applies it.

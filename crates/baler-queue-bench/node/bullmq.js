@@ -24,12 +24,15 @@ const {
   settlesWithin,
   sleep,
   warn,
+  within,
 } = require('./common');
 
 // How long a worker may take to stop after SIGTERM, and how long the chain
 // producer waits for its outstanding jobs, as the protocol says.
 const WORKER_STOP_MS = 5000;
 const CHAIN_FINAL_WAIT_MS = 10000;
+// How long a producer waits for its connections to Redis before giving up.
+const CONNECT_MS = 10000;
 
 // Every job has this name; the processor does not look at it.
 const JOB_NAME = 'job';
@@ -101,8 +104,8 @@ async function chain(cfg) {
   const queueEvents = new QueueEvents(cfg.queue, { connection: connection(cfg) });
   queueEvents.on('error', (err) => warn(`queue events error: ${err.message}`));
   // Listening before the first job is added, so no completion is missed.
-  await queue.waitUntilReady();
-  await queueEvents.waitUntilReady();
+  await within(queue.waitUntilReady(), CONNECT_MS, 'connecting to Redis');
+  await within(queueEvents.waitUntilReady(), CONNECT_MS, "listening to the queue's events");
 
   // Each job's payload is {c: chain, n: seq}, seq unique in this producer; the
   // worker returns {n}. The `completed` event carries that result, so the
@@ -211,7 +214,7 @@ async function bulk(cfg) {
 
   const queue = new Queue(cfg.queue, { connection: connection(cfg) });
   queue.on('error', (err) => warn(`queue error: ${err.message}`));
-  await queue.waitUntilReady();
+  await within(queue.waitUntilReady(), CONNECT_MS, 'connecting to Redis');
 
   // removeOnComplete and removeOnFail: a finished job is deleted at once, so
   // a million jobs do not pile up in Redis (BullMQ's default keeps them all).

@@ -243,6 +243,25 @@ function settlesWithin(promise, ms) {
 }
 
 /**
+ * Resolves as `promise` does, or rejects with "<what> did not happen within
+ * <ms> ms" if it has not settled by then (so a producer whose Redis cannot be
+ * reached fails with a message instead of waiting for ever).
+ */
+function within(promise, ms, what) {
+  let timer;
+  return Promise.race([
+    Promise.resolve(promise),
+    new Promise((_, reject) => {
+      timer = setTimeout(() => {
+        const err = new Error(`${what} did not happen within ${ms} ms; is BQB_REDIS right and its redis-server running?`);
+        err.code = 'ETIMEDOUT';
+        reject(err);
+      }, ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/**
  * Calls `onStop` once, on the first SIGTERM or SIGINT; later signals are
  * ignored (the stop is already under way and bounded).
  */
@@ -259,7 +278,12 @@ function onStopSignal(onStop) {
 
 /** Runs `main()`, turning an unexpected rejection into a message and exit 1. */
 function run(main) {
-  main().catch((err) => die(`failed: ${err && err.stack ? err.stack : err}`));
+  main().catch((err) => {
+    // A system error (ECONNREFUSED and the like) says all in its message; any
+    // other error shows where it came from.
+    const detail = err && err.code ? err.message : err && err.stack ? err.stack : String(err);
+    die(`failed: ${detail}`);
+  });
 }
 
 module.exports = {
@@ -275,4 +299,5 @@ module.exports = {
   settlesWithin,
   sleep,
   warn,
+  within,
 };
