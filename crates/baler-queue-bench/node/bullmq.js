@@ -101,9 +101,18 @@ async function chain(cfg) {
   // who reads results later would have them.
   const queue = new Queue(cfg.queue, { connection: connection(cfg) });
   queue.on('error', (err) => warn(`queue error: ${err.message}`));
-  const queueEvents = new QueueEvents(cfg.queue, { connection: connection(cfg) });
+  // lastEventId: '0-0' (BullMQ's default is '$'): QueueEvents#waitUntilReady
+  // resolves when its connection is up, before its first XREAD is sent, and
+  // that first XREAD asks for events newer than '$' ("from now on"). A job
+  // added right after waitUntilReady and finished before that XREAD reaches
+  // Redis has its `completed` event skipped, and its chain would stop for
+  // good (BullMQ's issue 2874; seen here on a loaded machine: 4 of 5 chains
+  // stopped within the first jobs). The queue is fresh (its own name, after a
+  // FLUSHALL), so reading its event stream from the start replays nothing old
+  // and misses nothing new.
+  const queueEvents = new QueueEvents(cfg.queue, { connection: connection(cfg), lastEventId: '0-0' });
   queueEvents.on('error', (err) => warn(`queue events error: ${err.message}`));
-  // Listening before the first job is added, so no completion is missed.
+  // Listening before the first job is added.
   await within(queue.waitUntilReady(), CONNECT_MS, 'connecting to Redis');
   await within(queueEvents.waitUntilReady(), CONNECT_MS, "listening to the queue's events");
 
