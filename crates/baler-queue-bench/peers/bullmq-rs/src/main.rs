@@ -206,14 +206,31 @@ where
             }
         }
     });
-    Ok(AbortOnDrop(handle))
+    Ok(AbortOnDrop::new(handle))
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A spawned task that is aborted when this is dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    fn new(handle: tokio::task::JoinHandle<()>) -> Self {
+        Self(Some(handle))
+    }
+
+    /// Aborts the task and waits until it is gone, so that it writes nothing afterwards.
+    async fn stop(mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
     }
 }
 
@@ -276,7 +293,7 @@ async fn worker() -> Result<(), BenchError> {
     // channel; nobody here needs them, so drain it, or it grows by two events per job.
     let drain = {
         let worker = worker.clone();
-        AbortOnDrop(tokio::spawn(async move {
+        AbortOnDrop::new(tokio::spawn(async move {
             while worker.next_event().await.is_some() {}
         }))
     };
@@ -293,7 +310,7 @@ async fn worker() -> Result<(), BenchError> {
         .await
         .map_err(queue_err("closing the worker failed"))?;
     drop(drain);
-    drop(reporter);
+    reporter.stop().await;
     write_report(&common.report, &snapshot())
 }
 
@@ -408,7 +425,7 @@ async fn chain() -> Result<(), BenchError> {
     let listener = {
         let events = events.clone();
         let router = router.clone();
-        AbortOnDrop(tokio::spawn(async move {
+        AbortOnDrop::new(tokio::spawn(async move {
             while let Some(entry) = events.next_event().await {
                 match entry.event {
                     QueueEvent::Completed { job_id, .. } => {
@@ -434,7 +451,7 @@ async fn chain() -> Result<(), BenchError> {
     let sampler = {
         let rss = rss.clone();
         let elapsed = elapsed.clone();
-        AbortOnDrop(tokio::spawn(async move {
+        AbortOnDrop::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -499,11 +516,11 @@ async fn chain() -> Result<(), BenchError> {
     while polling.load(Ordering::Relaxed) > 0 && Instant::now() < give_up_at {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    *lock(&elapsed) = start.elapsed().as_secs_f64();
-
-    drop(sampler);
+    let seconds_taken = start.elapsed().as_secs_f64();
+    sampler.stop().await;
+    *lock(&elapsed) = seconds_taken;
     drop(listener);
-    drop(reporter);
+    reporter.stop().await;
     events.close().await;
     queue.close().await;
     write_report(&common.report, &snapshot())?;
@@ -595,7 +612,7 @@ async fn bulk() -> Result<(), BenchError> {
     }
     *lock(&elapsed) = start.elapsed().as_secs_f64();
 
-    drop(reporter);
+    reporter.stop().await;
     queue.close().await;
     write_report(&common.report, &snapshot())
 }
