@@ -137,7 +137,10 @@ impl fmt::Display for ArgError {
         match self {
             ArgError::MissingValue(flag) => write!(f, "{flag} needs a value after it"),
             ArgError::NotANumber { flag, value } => {
-                write!(f, "{flag} {value:?}: give a whole number (for example {flag} 60)")
+                write!(
+                    f,
+                    "{flag} {value:?}: give a whole number (for example {flag} 60)"
+                )
             }
             ArgError::Zero(flag) => write!(f, "{flag} must be at least 1"),
             ArgError::UnknownContender(name) => write!(
@@ -145,7 +148,10 @@ impl fmt::Display for ArgError {
                 "--only: no contender named {name:?}; the contenders are {}",
                 names.join(", ")
             ),
-            ArgError::NoContender => write!(f, "--only names no contender; give for example --only baler,bullmq"),
+            ArgError::NoContender => write!(
+                f,
+                "--only names no contender; give for example --only baler,bullmq"
+            ),
             ArgError::Unknown(arg) => write!(f, "unknown argument {arg:?}; see --help"),
         }
     }
@@ -209,7 +215,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, Ar
                     return Err(ArgError::NoContender);
                 }
             }
-            "--out" => out = Some(PathBuf::from(args.next().ok_or(ArgError::MissingValue("--out"))?)),
+            "--out" => {
+                out = Some(PathBuf::from(
+                    args.next().ok_or(ArgError::MissingValue("--out"))?,
+                ))
+            }
             "-h" | "--help" => return Ok(None),
             other => return Err(ArgError::Unknown(other.to_owned())),
         }
@@ -300,7 +310,15 @@ fn run(args: &Args) -> Result<(), String> {
         }
         chain.push((*c, r));
         eprintln!("queue-bench: {} bulk, {} jobs", c.name(), args.bulk_jobs);
-        let r = run_bulk(&server, *c, cmd, &dir, &scratch, args.bulk_jobs, args.bulk_timeout);
+        let r = run_bulk(
+            &server,
+            *c,
+            cmd,
+            &dir,
+            &scratch,
+            args.bulk_jobs,
+            args.bulk_timeout,
+        );
         if let Err(e) = &r {
             eprintln!("queue-bench: {} bulk failed: {e}", c.name());
         }
@@ -329,6 +347,9 @@ fn run(args: &Args) -> Result<(), String> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
         None => print!("{markdown}"),
     }
+    if failed {
+        return Err("some runs failed or hung: see \"Failures\" in the report".into());
+    }
     Ok(())
 }
 
@@ -350,7 +371,14 @@ fn start_workers(
     for i in 0..n {
         let mut env = env.to_vec();
         env.push(("BQB_CONCURRENCY", concurrency.to_string()));
-        workers.push(Proc::spawn(cmd, "worker", &format!("worker-{i}"), dir, run_dir, &env)?);
+        workers.push(Proc::spawn(
+            cmd,
+            "worker",
+            &format!("worker-{i}"),
+            dir,
+            run_dir,
+            &env,
+        )?);
     }
     let deadline = Instant::now() + READY_LIMIT;
     while !workers.iter().all(|w| w.report_path().exists()) {
@@ -382,7 +410,15 @@ fn run_chain(
 ) -> Result<ChainResult, String> {
     let run_dir = procs::run_dir(scratch, contender.name(), "chain")?;
     let env = scenario_env(server, format!("bqb-chain-{}", std::process::id()));
-    let workers = start_workers(server, cmd, dir, &run_dir, &env, CHAIN_WORKERS, CHAIN_CONCURRENCY)?;
+    let workers = start_workers(
+        server,
+        cmd,
+        dir,
+        &run_dir,
+        &env,
+        CHAIN_WORKERS,
+        CHAIN_CONCURRENCY,
+    )?;
     let mut workers = Reports(workers);
     let mut penv = env.clone();
     penv.push(("BQB_CHAINS", CHAINS.to_string()));
@@ -405,7 +441,12 @@ fn run_chain(
         rss_kb: report
             .get("rss_kb")
             .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as u64).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| x as u64)
+                    .collect()
+            })
             .unwrap_or_default(),
         top,
     })
@@ -422,7 +463,15 @@ fn run_bulk(
 ) -> Result<BulkResult, String> {
     let run_dir = procs::run_dir(scratch, contender.name(), "bulk")?;
     let env = scenario_env(server, format!("bqb-bulk-{}", std::process::id()));
-    let workers = start_workers(server, cmd, dir, &run_dir, &env, BULK_WORKERS, BULK_CONCURRENCY)?;
+    let workers = start_workers(
+        server,
+        cmd,
+        dir,
+        &run_dir,
+        &env,
+        BULK_WORKERS,
+        BULK_CONCURRENCY,
+    )?;
     let mut workers = Reports(workers);
     let mut penv = env.clone();
     penv.push(("BQB_JOBS", jobs.to_string()));
@@ -446,7 +495,11 @@ fn run_bulk(
                 "hung: after {} s the workers had run {} of {jobs} jobs and the producer {}",
                 timeout.as_secs(),
                 workers.ran(),
-                if producer_exit.is_some() { "had exited" } else { "was still running" }
+                if producer_exit.is_some() {
+                    "had exited"
+                } else {
+                    "was still running"
+                }
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -489,7 +542,9 @@ mod facts {
     /// The version of an npm package installed in node/node_modules.
     pub(crate) fn npm_version(dir: &Path, package: &str) -> Option<String> {
         let text = std::fs::read_to_string(
-            dir.join("node/node_modules").join(package).join("package.json"),
+            dir.join("node/node_modules")
+                .join(package)
+                .join("package.json"),
         )
         .ok()?;
         let json: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -547,12 +602,27 @@ mod tests {
         let a = parse("--only bullmq,baler,bullmq").unwrap().unwrap();
         assert_eq!(a.only, vec![Contender::Bullmq, Contender::Baler]);
         let e = parse("--only baler,sidekiq").unwrap_err();
-        assert!(matches!(&e, ArgError::UnknownContender(n) if n == "sidekiq"), "{e}");
+        assert!(
+            matches!(&e, ArgError::UnknownContender(n) if n == "sidekiq"),
+            "{e}"
+        );
         assert!(e.to_string().contains("bee-queue"));
-        assert!(matches!(parse("--only ,").unwrap_err(), ArgError::NoContender));
-        assert!(matches!(parse("--chain-seconds 0").unwrap_err(), ArgError::Zero(_)));
-        assert!(matches!(parse("--bulk-jobs x").unwrap_err(), ArgError::NotANumber { .. }));
-        assert!(matches!(parse("--out").unwrap_err(), ArgError::MissingValue("--out")));
+        assert!(matches!(
+            parse("--only ,").unwrap_err(),
+            ArgError::NoContender
+        ));
+        assert!(matches!(
+            parse("--chain-seconds 0").unwrap_err(),
+            ArgError::Zero(_)
+        ));
+        assert!(matches!(
+            parse("--bulk-jobs x").unwrap_err(),
+            ArgError::NotANumber { .. }
+        ));
+        assert!(matches!(
+            parse("--out").unwrap_err(),
+            ArgError::MissingValue("--out")
+        ));
         assert!(parse("--help").unwrap().is_none());
     }
 
@@ -560,7 +630,10 @@ mod tests {
     fn a_missing_contender_says_how_to_get_it() {
         let empty = std::env::temp_dir().join(format!("bqb-empty-{}", std::process::id()));
         let e = Contender::Apalis.command(&empty).unwrap_err();
-        assert!(e.contains("cargo build --release --manifest-path peers/apalis"), "{e}");
+        assert!(
+            e.contains("cargo build --release --manifest-path peers/apalis"),
+            "{e}"
+        );
         let e = Contender::Bullmq.command(&empty).unwrap_err();
         assert!(e.contains("bullmq.js is missing"), "{e}");
     }

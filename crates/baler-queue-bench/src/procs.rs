@@ -75,12 +75,9 @@ impl Proc {
             .stdout(out)
             .stderr(log);
         die_with_parent(&mut command);
-        let child = command.spawn().map_err(|e| {
-            format!(
-                "cannot start {} {role}: {e}",
-                cmd.program.to_string_lossy()
-            )
-        })?;
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {} {role}: {e}", cmd.program.to_string_lossy()))?;
         Ok(Proc {
             name: name.to_owned(),
             child,
@@ -158,8 +155,13 @@ impl Proc {
 
     /// The process's latest report.
     pub(crate) fn report(&self) -> Result<serde_json::Value, String> {
-        let text = std::fs::read_to_string(&self.report)
-            .map_err(|e| format!("{}: no report at {} ({e})", self.name, self.report.display()))?;
+        let text = std::fs::read_to_string(&self.report).map_err(|e| {
+            format!(
+                "{}: no report at {} ({e})",
+                self.name,
+                self.report.display()
+            )
+        })?;
         serde_json::from_str(&text)
             .map_err(|e| format!("{}: its report is not JSON ({e}): {text:?}", self.name))
     }
@@ -214,7 +216,10 @@ impl Reports {
                     Ok(true) => break,
                     Ok(false) if Instant::now() > deadline => {
                         w.kill();
-                        problems.push(format!("{} ignored SIGTERM for 10 s and was killed", w.name));
+                        problems.push(format!(
+                            "{} ignored SIGTERM for 10 s and was killed",
+                            w.name
+                        ));
                         break;
                     }
                     Ok(false) => std::thread::sleep(Duration::from_millis(20)),

@@ -21,7 +21,7 @@ pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -68,14 +68,20 @@ impl BulkResult {
 
 fn versions(dir: &Path) -> Vec<String> {
     let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "not installed".into());
-    let commit = facts::output("git", &["-C", &dir.to_string_lossy(), "rev-parse", "--short", "HEAD"]);
+    let commit = facts::output(
+        "git",
+        &["-C", &dir.to_string_lossy(), "rev-parse", "--short", "HEAD"],
+    );
     vec![
         format!(
             "baler: baler-queue {} (this repository{})",
             env!("CARGO_PKG_VERSION"),
             commit.map(|c| format!(", commit {c}")).unwrap_or_default()
         ),
-        format!("bee-queue: {}", or_unknown(facts::npm_version(dir, "bee-queue"))),
+        format!(
+            "bee-queue: {}",
+            or_unknown(facts::npm_version(dir, "bee-queue"))
+        ),
         format!("bullmq: {}", or_unknown(facts::npm_version(dir, "bullmq"))),
         format!(
             "bullmq-rs: bullmq-official {}",
@@ -86,7 +92,10 @@ fn versions(dir: &Path) -> Vec<String> {
         ),
         format!(
             "apalis: apalis-redis {}",
-            or_unknown(facts::locked_version(&dir.join("peers/apalis/Cargo.lock"), "apalis-redis"))
+            or_unknown(facts::locked_version(
+                &dir.join("peers/apalis/Cargo.lock"),
+                "apalis-redis"
+            ))
         ),
     ]
 }
@@ -110,7 +119,9 @@ pub(crate) fn render(run: &Run<'_>) -> String {
     );
     let _ = writeln!(md, "Machine and versions:\n");
     let date = facts::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let facts_list = [
         format!("date: {}", date.unwrap_or_else(|| "unknown".into())),
         format!(
@@ -128,7 +139,9 @@ pub(crate) fn render(run: &Run<'_>) -> String {
         ),
         format!(
             "redis-server: {}",
-            run.server_version.clone().unwrap_or_else(|| "unknown".into())
+            run.server_version
+                .clone()
+                .unwrap_or_else(|| "unknown".into())
         ),
         format!(
             "node: {}",
@@ -155,7 +168,10 @@ pub(crate) fn render(run: &Run<'_>) -> String {
         md,
         "| contender | jobs/s | enqueued | advanced | delivered | Σ ran | lost (ran − delivered) | lost (advanced − delivered) | failed | Redis commands/job | producer RSS at 10 s (MB) | last (MB) | max (MB) | growth (MB) |"
     );
-    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(
+        md,
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    );
     let mut failures = Vec::new();
     for (c, r) in run.chain {
         match r {
@@ -180,7 +196,11 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                 );
             }
             Err(e) => {
-                let _ = writeln!(md, "| {} | failed (below) | | | | | | | | | | | | |", c.name());
+                let _ = writeln!(
+                    md,
+                    "| {} | failed (below) | | | | | | | | | | | | |",
+                    c.name()
+                );
                 failures.push(format!("{} chain: {e}", c.name()));
             }
         }
@@ -206,7 +226,9 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                     r.enqueue_seconds,
                     r.end_to_end,
                     r.jobs_per_s(),
-                    r.calls_per_job().map(|x| format!("{x:.1}")).unwrap_or_else(|| "—".into()),
+                    r.calls_per_job()
+                        .map(|x| format!("{x:.1}"))
+                        .unwrap_or_else(|| "—".into()),
                     thousands(r.ran),
                     r.producer_exit,
                 );
@@ -264,12 +286,18 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                 md,
                 "| {} | {} | {} | {} | {} |",
                 c.name(),
-                ratio(chain.map(ChainResult::jobs_per_s), baler_chain.map(ChainResult::jobs_per_s)),
+                ratio(
+                    chain.map(ChainResult::jobs_per_s),
+                    baler_chain.map(ChainResult::jobs_per_s)
+                ),
                 ratio(
                     chain.and_then(ChainResult::calls_per_job),
                     baler_chain.and_then(ChainResult::calls_per_job)
                 ),
-                ratio(bulk.map(BulkResult::jobs_per_s), baler_bulk.map(BulkResult::jobs_per_s)),
+                ratio(
+                    bulk.map(BulkResult::jobs_per_s),
+                    baler_bulk.map(BulkResult::jobs_per_s)
+                ),
                 ratio(
                     bulk.and_then(BulkResult::calls_per_job),
                     baler_bulk.and_then(BulkResult::calls_per_job)
@@ -290,7 +318,10 @@ pub(crate) fn render(run: &Run<'_>) -> String {
         }
     }
     if !top.is_empty() {
-        let _ = writeln!(md, "\nThe commands each contender called most, per job run:\n");
+        let _ = writeln!(
+            md,
+            "\nThe commands each contender called most, per job run:\n"
+        );
         for (name, scenario, commands, ran) in top {
             let list: Vec<String> = commands
                 .iter()

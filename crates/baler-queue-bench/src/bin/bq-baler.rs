@@ -105,10 +105,8 @@ async fn worker() -> Result<(), Error> {
     let queue = queue().await?;
     let ran = Arc::new(AtomicU64::new(0));
     let counter = ran.clone();
-    let worker = queue
-        .worker()
-        .max_in_flight(concurrency)
-        .start(handler_fn(move |batch: Batch<Payload>| {
+    let worker = queue.worker().max_in_flight(concurrency).start(handler_fn(
+        move |batch: Batch<Payload>| {
             let ran = counter.clone();
             async move {
                 let answers: Vec<Outcome<Answer, std::io::Error>> = batch
@@ -118,7 +116,8 @@ async fn worker() -> Result<(), Error> {
                 ran.fetch_add(answers.len() as u64, Ordering::Relaxed);
                 Ok::<_, std::io::Error>(answers)
             }
-        }))?;
+        },
+    ))?;
     let make = {
         let ran = ran.clone();
         move || serde_json::json!({ "ran": ran.load(Ordering::Relaxed) })
@@ -313,12 +312,18 @@ async fn bulk() -> Result<(), Error> {
         if drained == enqueued || Instant::now() >= give_up {
             break;
         }
-        write_report(&report, &drain_report(drained, started.elapsed().as_secs_f64()))?;
+        write_report(
+            &report,
+            &drain_report(drained, started.elapsed().as_secs_f64()),
+        )?;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let left = producer.shutdown(Duration::from_secs(1)).await;
     let drained = enqueued - (left.outstanding.len() as u64).min(enqueued);
-    write_report(&report, &drain_report(drained, started.elapsed().as_secs_f64()))?;
+    write_report(
+        &report,
+        &drain_report(drained, started.elapsed().as_secs_f64()),
+    )?;
     if drained < enqueued {
         return Err(format!(
             "{} of {enqueued} results never reached the producer",
