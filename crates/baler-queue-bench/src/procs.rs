@@ -255,3 +255,96 @@ pub(crate) fn f64_field(report: &serde_json::Value, name: &str) -> Result<f64, S
         .and_then(serde_json::Value::as_f64)
         .ok_or_else(|| format!("the report has no number {name:?}: {report}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        Command {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into(), "contender".into()],
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        run_dir(
+            &std::env::temp_dir().join(format!("bqb-procs-{}", std::process::id())),
+            name,
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn alive(pid: u32) -> bool {
+        // SAFETY: signal 0 only checks that the pid exists.
+        unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    }
+
+    #[test]
+    fn a_producer_that_does_not_exit_is_killed_and_reported_hung() {
+        let dir = scratch("hung");
+        let mut p = Proc::spawn(
+            &sh("echo waiting; exec sleep 100"),
+            "chain",
+            "producer",
+            &dir,
+            &dir,
+            &[],
+        )
+        .unwrap();
+        let pid = p.child.id();
+        let e = p.wait_exit(Duration::from_millis(300)).unwrap_err();
+        assert!(e.starts_with("hung: producer did not exit"), "{e}");
+        assert!(e.contains("waiting"), "the log's tail is shown: {e}");
+        assert!(!alive(pid));
+    }
+
+    #[test]
+    fn a_failing_role_is_an_error_with_its_output() {
+        let dir = scratch("fails");
+        let mut p = Proc::spawn(
+            &sh("echo \"no role $1\" >&2; exit 3"),
+            "bulk",
+            "producer",
+            &dir,
+            &dir,
+            &[],
+        )
+        .unwrap();
+        let e = p.wait_exit(Duration::from_secs(10)).unwrap_err();
+        assert!(
+            e.contains("exit status: 3") && e.contains("no role bulk"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn workers_stop_on_sigterm_and_one_that_ignores_it_is_killed() {
+        let dir = scratch("stop");
+        let good = sh(r#"trap 'echo "{\"ran\": 5}" > "$BQB_REPORT"; exit 0' TERM
+            echo '{"ran": 0}' > "$BQB_REPORT"
+            while :; do sleep 0.05; done"#);
+        let mut workers = Reports(vec![
+            Proc::spawn(&good, "worker", "w0", &dir, &dir, &[]).unwrap(),
+            Proc::spawn(&good, "worker", "w1", &dir, &dir, &[]).unwrap(),
+        ]);
+        while !workers.0.iter().all(|w| w.report_path().exists()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(workers.ran(), 0);
+        assert_eq!(workers.stop().unwrap(), 10);
+
+        let deaf = sh(r#"trap '' TERM; echo '{"ran": 1}' > "$BQB_REPORT"; exec sleep 100"#);
+        let mut workers = Reports(vec![
+            Proc::spawn(&deaf, "worker", "w2", &dir, &dir, &[]).unwrap()
+        ]);
+        let pid = workers.0[0].child.id();
+        while !workers.0[0].report_path().exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let e = workers.stop().unwrap_err();
+        assert!(e.contains("w2 ignored SIGTERM"), "{e}");
+        assert!(!alive(pid));
+    }
+}
