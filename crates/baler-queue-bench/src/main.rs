@@ -305,8 +305,18 @@ fn run(args: &Args) -> Result<(), String> {
     for (c, cmd) in &contenders {
         eprintln!("queue-bench: {} chain, {} s", c.name(), args.chain_seconds);
         let r = run_chain(&server, *c, cmd, &dir, &scratch, args.chain_seconds);
-        if let Err(e) = &r {
-            eprintln!("queue-bench: {} chain failed: {e}", c.name());
+        match &r {
+            Ok(r) => eprintln!(
+                "queue-bench: {} chain: {:.0} jobs/s, {} ran − {} delivered, {} commands/job",
+                c.name(),
+                r.jobs_per_s(),
+                r.ran,
+                r.delivered,
+                r.calls_per_job()
+                    .map(|x| format!("{x:.1}"))
+                    .unwrap_or_else(|| "no".into())
+            ),
+            Err(e) => eprintln!("queue-bench: {} chain failed: {e}", c.name()),
         }
         chain.push((*c, r));
         eprintln!("queue-bench: {} bulk, {} jobs", c.name(), args.bulk_jobs);
@@ -319,8 +329,17 @@ fn run(args: &Args) -> Result<(), String> {
             args.bulk_jobs,
             args.bulk_timeout,
         );
-        if let Err(e) = &r {
-            eprintln!("queue-bench: {} bulk failed: {e}", c.name());
+        match &r {
+            Ok(r) => eprintln!(
+                "queue-bench: {} bulk: {:.1} s end to end, {:.0} jobs/s, {} commands/job",
+                c.name(),
+                r.end_to_end,
+                r.jobs_per_s(),
+                r.calls_per_job()
+                    .map(|x| format!("{x:.1}"))
+                    .unwrap_or_else(|| "no".into())
+            ),
+            Err(e) => eprintln!("queue-bench: {} bulk failed: {e}", c.name()),
         }
         bulk.push((*c, r));
     }

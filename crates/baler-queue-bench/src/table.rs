@@ -100,6 +100,15 @@ fn versions(dir: &Path) -> Vec<String> {
     ]
 }
 
+/// A failed run's table cell.
+fn what(error: &str) -> &'static str {
+    if error.starts_with("hung") {
+        "hung (below)"
+    } else {
+        "failed (below)"
+    }
+}
+
 fn ratio(x: Option<f64>, baler: Option<f64>) -> String {
     match (x, baler) {
         (Some(x), Some(b)) if b > 0.0 => format!("{:.2}×", x / b),
@@ -196,11 +205,7 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                 );
             }
             Err(e) => {
-                let _ = writeln!(
-                    md,
-                    "| {} | failed (below) | | | | | | | | | | | | |",
-                    c.name()
-                );
+                let _ = writeln!(md, "| {} | {} | | | | | | | | | | | | |", c.name(), what(e));
                 failures.push(format!("{} chain: {e}", c.name()));
             }
         }
@@ -242,7 +247,7 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                 }
             }
             Err(e) => {
-                let _ = writeln!(md, "| {} | failed (below) | | | | | |", c.name());
+                let _ = writeln!(md, "| {} | {} | | | | | |", c.name(), what(e));
                 failures.push(format!("{} bulk: {e}", c.name()));
             }
         }
@@ -343,6 +348,70 @@ pub(crate) fn render(run: &Run<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chain(advanced: u64, seconds: f64, calls: u64) -> ChainResult {
+        ChainResult {
+            seconds,
+            enqueued: advanced + 2,
+            advanced,
+            delivered: advanced - 1,
+            failed: 0,
+            ran: advanced + 1,
+            calls,
+            rss_kb: vec![2048; 12],
+            top: vec![("evalsha".into(), calls)],
+        }
+    }
+
+    #[test]
+    fn the_tables_show_losses_ratios_to_baler_and_hung_runs() {
+        let args = crate::parse_args(["--quick".to_owned()]).unwrap().unwrap();
+        let chain = [
+            (Contender::Baler, Ok(chain(4000, 20.0, 40_010))),
+            (Contender::Bullmq, Ok(chain(1000, 20.0, 50_050))),
+            (
+                Contender::BeeQueue,
+                Err("hung: producer did not exit within 90 s".to_owned()),
+            ),
+        ];
+        let bulk = [(
+            Contender::Baler,
+            Ok(BulkResult {
+                jobs: 20_000,
+                enqueued: 20_000,
+                enqueue_seconds: 1.0,
+                end_to_end: 2.0,
+                producer_exit: 2.5,
+                ran: 20_000,
+                calls: 140_000,
+                top: Vec::new(),
+            }),
+        )];
+        let md = render(&Run {
+            args: &args,
+            dir: Path::new("/nonexistent"),
+            server_version: None,
+            chain: &chain,
+            bulk: &bulk,
+            skipped: &[],
+        });
+        // 4000 advances in 20 s; 4001 ran − 3999 delivered; 40,010 calls / 4001 ran.
+        assert!(
+            md.contains("| baler | 200 | 4,002 | 4,000 | 3,999 | 4,001 | 2 | 1 | 0 | 10.0 | 2.0 | 2.0 | 2.0 | +0.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| baler | 1.00 | 2.00 | 10000 | 7.0 | 20,000 | 2.50 |"),
+            "{md}"
+        );
+        // bullmq: a quarter of baler's rate, 50 commands per job against 10.
+        assert!(md.contains("| bullmq | 0.25× | 5.00× | — | — |"), "{md}");
+        assert!(md.contains("| bee-queue | hung (below) |"), "{md}");
+        assert!(
+            md.contains("- bee-queue chain: hung: producer did not exit"),
+            "{md}"
+        );
+    }
 
     #[test]
     fn thousands_are_separated() {
