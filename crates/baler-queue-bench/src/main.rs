@@ -264,6 +264,8 @@ pub(crate) struct ChainResult {
     pub(crate) calls: u64,
     pub(crate) rss_kb: Vec<u64>,
     pub(crate) top: Vec<(String, u64)>,
+    /// Redis's `used_memory` at the end of the run, in bytes.
+    pub(crate) redis_memory: u64,
 }
 
 /// What one contender's bulk run gave.
@@ -277,6 +279,8 @@ pub(crate) struct BulkResult {
     pub(crate) ran: u64,
     pub(crate) calls: u64,
     pub(crate) top: Vec<(String, u64)>,
+    /// Redis's `used_memory` at the end of the run, in bytes.
+    pub(crate) redis_memory: u64,
 }
 
 fn run(args: &Args) -> Result<(), String> {
@@ -445,7 +449,9 @@ fn run_chain(
     let mut producer = Proc::spawn(cmd, "chain", "producer", dir, &run_dir, &penv)?;
     let limit = Duration::from_secs(seconds + 10) + CHAIN_SLACK;
     producer.wait_exit(limit)?;
-    let (calls, top) = server.connect()?.commandstats()?;
+    let mut conn = server.connect()?;
+    let (calls, top) = conn.commandstats()?;
+    let redis_memory = conn.used_memory()?;
     let ran = workers.stop()?;
     let report = producer.report()?;
     let field = |name: &str| procs::u64_field(&report, name);
@@ -468,6 +474,7 @@ fn run_chain(
             })
             .unwrap_or_default(),
         top,
+        redis_memory,
     })
 }
 
@@ -523,7 +530,9 @@ fn run_bulk(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (calls, top) = server.connect()?.commandstats()?;
+    let mut conn = server.connect()?;
+    let (calls, top) = conn.commandstats()?;
+    let redis_memory = conn.used_memory()?;
     let ran = workers.stop()?;
     let report = producer.report()?;
     Ok(BulkResult {
@@ -535,6 +544,7 @@ fn run_bulk(
         ran,
         calls,
         top,
+        redis_memory,
     })
 }
 

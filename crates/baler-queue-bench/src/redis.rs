@@ -157,6 +157,17 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Redis's `used_memory`, in bytes.
+    pub(crate) fn used_memory(&mut self) -> Result<u64, String> {
+        let info = self.bulk(&["INFO", "memory"])?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| "INFO memory has no used_memory line".to_owned())
+    }
+}
+
 /// Sums `calls=` over the lines of INFO commandstats, leaving out the
 /// runner's own commands (and their subcommands, `config|resetstat`).
 pub(crate) fn count_calls(info: &str) -> (u64, Vec<(String, u64)>) {

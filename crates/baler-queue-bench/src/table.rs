@@ -175,11 +175,11 @@ pub(crate) fn render(run: &Run<'_>) -> String {
     );
     let _ = writeln!(
         md,
-        "| contender | jobs/s | enqueued | advanced | delivered | Σ ran | lost (ran − delivered) | lost (advanced − delivered) | failed | Redis commands/job | producer RSS at 10 s (MB) | last (MB) | max (MB) | growth (MB) |"
+        "| contender | jobs/s | enqueued | advanced | delivered | Σ ran | lost (ran − delivered) | lost (advanced − delivered) | failed | Redis commands/job | producer RSS at 10 s (MB) | last (MB) | max (MB) | growth (MB) | Redis memory at the end (MB) |"
     );
     let _ = writeln!(
         md,
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
     let mut failures = Vec::new();
     for (c, r) in run.chain {
@@ -191,7 +191,7 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                 };
                 let _ = writeln!(
                     md,
-                    "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {at10} | {last} | {max} | {growth} |",
+                    "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {at10} | {last} | {max} | {growth} | {} |",
                     c.name(),
                     r.jobs_per_s(),
                     thousands(r.enqueued),
@@ -202,10 +202,16 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                     r.advanced as i64 - r.delivered as i64,
                     r.failed,
                     r.calls_per_job().map(|x| format!("{x:.1}")).unwrap_or_else(|| "—".into()),
+                    mb(r.redis_memory / 1024),
                 );
             }
             Err(e) => {
-                let _ = writeln!(md, "| {} | {} | | | | | | | | | | | | |", c.name(), what(e));
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | | | | | | | | | | | | | |",
+                    c.name(),
+                    what(e)
+                );
                 failures.push(format!("{} chain: {e}", c.name()));
             }
         }
@@ -218,15 +224,15 @@ pub(crate) fn render(run: &Run<'_>) -> String {
     );
     let _ = writeln!(
         md,
-        "| contender | enqueue (s) | end to end (s) | jobs/s | Redis commands/job | Σ ran | producer exit (s) |"
+        "| contender | enqueue (s) | end to end (s) | jobs/s | Redis commands/job | Σ ran | producer exit (s) | Redis memory at the end (MB) |"
     );
-    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|--:|");
     for (c, r) in run.bulk {
         match r {
             Ok(r) => {
                 let _ = writeln!(
                     md,
-                    "| {} | {:.2} | {:.2} | {:.0} | {} | {} | {:.2} |",
+                    "| {} | {:.2} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
                     c.name(),
                     r.enqueue_seconds,
                     r.end_to_end,
@@ -236,6 +242,7 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                         .unwrap_or_else(|| "—".into()),
                     thousands(r.ran),
                     r.producer_exit,
+                    mb(r.redis_memory / 1024),
                 );
                 if r.enqueued != r.jobs {
                     failures.push(format!(
@@ -247,7 +254,7 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                 }
             }
             Err(e) => {
-                let _ = writeln!(md, "| {} | {} | | | | | |", c.name(), what(e));
+                let _ = writeln!(md, "| {} | {} | | | | | | |", c.name(), what(e));
                 failures.push(format!("{} bulk: {e}", c.name()));
             }
         }
@@ -360,6 +367,7 @@ mod tests {
             calls,
             rss_kb: vec![2048; 12],
             top: vec![("evalsha".into(), calls)],
+            redis_memory: 3 << 20,
         }
     }
 
@@ -385,6 +393,7 @@ mod tests {
                 ran: 20_000,
                 calls: 140_000,
                 top: Vec::new(),
+                redis_memory: 5 << 20,
             }),
         )];
         let md = render(&Run {
@@ -397,16 +406,21 @@ mod tests {
         });
         // 4000 advances in 20 s; 4001 ran − 3999 delivered; 40,010 calls / 4001 ran.
         assert!(
-            md.contains("| baler | 200 | 4,002 | 4,000 | 3,999 | 4,001 | 2 | 1 | 0 | 10.0 | 2.0 | 2.0 | 2.0 | +0.0 |"),
+            md.contains("| baler | 200 | 4,002 | 4,000 | 3,999 | 4,001 | 2 | 1 | 0 | 10.0 | 2.0 | 2.0 | 2.0 | +0.0 | 3.0 |"),
             "{md}"
         );
         assert!(
-            md.contains("| baler | 1.00 | 2.00 | 10000 | 7.0 | 20,000 | 2.50 |"),
+            md.contains("| baler | 1.00 | 2.00 | 10000 | 7.0 | 20,000 | 2.50 | 5.0 |"),
             "{md}"
         );
         // bullmq: a quarter of baler's rate, 50 commands per job against 10.
         assert!(md.contains("| bullmq | 0.25× | 5.00× | — | — |"), "{md}");
         assert!(md.contains("| bee-queue | hung (below) |"), "{md}");
+        // Every row of a table has as many cells as its header.
+        for table in md.split("\n\n").filter(|b| b.starts_with('|')) {
+            let cells: Vec<usize> = table.lines().map(|l| l.matches('|').count()).collect();
+            assert!(cells.iter().all(|n| *n == cells[0]), "{table}");
+        }
         assert!(
             md.contains("- bee-queue chain: hung: producer did not exit"),
             "{md}"
