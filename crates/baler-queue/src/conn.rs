@@ -14,7 +14,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{Arg, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{
+    Arg, Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value,
+};
 
 use crate::scripts;
 
@@ -107,6 +110,28 @@ pub(crate) enum Conn {
     Single(ConnectionManager),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// Runs a command that names no key on the node that serves `slot`: on
+    /// a single Redis, simply runs it. For commands about the node itself
+    /// (`WAIT`, `WAITAOF`, `INFO`), which a cluster client would otherwise
+    /// send to every master or to any node.
+    pub(crate) async fn query_at_slot<T: FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+        slot: u16,
+    ) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                let route = Route::new(slot, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let value = c.route_command(cmd.clone(), routing).await?;
+                T::from_redis_value(value).map_err(RedisError::from)
+            }
+        }
+    }
 }
 
 impl ConnectionLike for Conn {

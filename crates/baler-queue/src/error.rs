@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::durability::{Durability, Reached};
 use crate::JobId;
 
 /// A setting that cannot work, found when a queue, producer or worker is built.
@@ -143,6 +144,16 @@ pub enum ConnectError {
         /// What the Redis client said.
         source: redis::RedisError,
     },
+    /// The server cannot give the [`Durability`] asked for.
+    #[error("Redis at {url} cannot keep jobs {durability}: {reason}")]
+    DurabilityUnsupported {
+        /// The URL given.
+        url: String,
+        /// What was asked for.
+        durability: Durability,
+        /// Why not, and what to change.
+        reason: String,
+    },
     /// A setting cannot work.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -228,6 +239,25 @@ pub enum EnqueueError<P> {
         /// The payload, handed back for a retry under an idempotency key.
         payload: P,
     },
+    /// The job was added, but did not reach the copies that the queue's
+    /// [`Durability`] asks for within its timeout: it may run, and
+    /// [`Producer::reattach`](crate::Producer::reattach) waits for its
+    /// result, but it could be lost with the server that holds it.
+    #[error(
+        "job {job_id} was added, but Redis confirmed it in {reached}, not {wanted}; it may \
+         run (reattach to it for its result), but could be lost with its server: check the \
+         replicas (INFO replication) and their links, or lengthen the timeout"
+    )]
+    NotDurable {
+        /// The job's id.
+        job_id: JobId,
+        /// What the queue asks for.
+        wanted: Durability,
+        /// What was confirmed.
+        reached: Reached,
+        /// The payload, handed back.
+        payload: P,
+    },
 }
 
 impl<P> EnqueueError<P> {
@@ -240,7 +270,8 @@ impl<P> EnqueueError<P> {
             | EnqueueError::InvalidKey { payload, .. }
             | EnqueueError::QueueFull { payload }
             | EnqueueError::Shutdown { payload }
-            | EnqueueError::Unconfirmed { payload, .. } => payload,
+            | EnqueueError::Unconfirmed { payload, .. }
+            | EnqueueError::NotDurable { payload, .. } => payload,
         }
     }
 }

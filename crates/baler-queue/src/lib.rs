@@ -71,8 +71,12 @@
 //! **Durability** is Redis's: with `appendonly yes` and `appendfsync always`,
 //! everything a script call acknowledged survives a Redis restart. With
 //! `everysec`, up to a second of acknowledged writes may be lost on a crash
-//! of the Redis host. The jobs stream is never capped with `MAXLEN` (that
-//! would delete jobs not yet run); a queue's length is bounded by
+//! of the Redis host; with replicas, what the master answered but had not
+//! yet copied is lost with it. [`QueueBuilder::durability`] makes producers
+//! wait for replicas (`WAIT`) or for the append-only files (`WAITAOF`)
+//! before answering; the [`durability`] module says what each setting
+//! promises. The jobs stream is never capped with `MAXLEN` (that would
+//! delete jobs not yet run); a queue's length is bounded by
 //! [`QueueBuilder::max_length`] instead.
 //!
 //! # Sharding on Redis Cluster
@@ -129,8 +133,9 @@
 //! completion that was lost leaves its job pending as before, so it is
 //! reclaimed and runs again, and a result the producer had already read
 //! comes a second time (as an unclaimed one). Only `WAIT` (or `WAITAOF`)
-//! after a write narrows that window, and baler-queue does not issue it.
-//! Without replicas, the shard is unavailable until its master comes back,
+//! after a write narrows that window: [`QueueBuilder::durability`] makes
+//! producers wait so after each enqueue, on the shard's own master (see
+//! [`durability`]); completions are not waited for. Without replicas, the shard is unavailable until its master comes back,
 //! with what its AOF kept if it had one (see "Durability" above) and
 //! nothing otherwise. Meanwhile the other shards go on: their
 //! jobs are enqueued, run and answered; producers retry the dead shard's
@@ -183,6 +188,7 @@
 
 mod codec;
 mod conn;
+pub mod durability;
 mod error;
 mod events;
 mod keys;
@@ -199,6 +205,7 @@ mod worker;
 mod test_common;
 
 pub use codec::{Codec, Json};
+pub use durability::{Durability, Reached};
 pub use error::{ConfigError, ConnectError, EnqueueError, JobError};
 pub use events::{QueueEvent, QueueEvents, RecvError};
 pub use keys::Keys;

@@ -6,7 +6,7 @@
 //! entry in `{q}:res:<producer>`, which stays there until this producer has
 //! resolved the ticket and deleted it. Nothing is published and forgotten.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -24,6 +24,7 @@ use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::codec::{Codec, Json};
+use crate::durability::Reached;
 use crate::error::{ConfigError, EnqueueError, JobError};
 use crate::events::QueueEvent;
 use crate::keys::shard_of_key;
@@ -125,6 +126,9 @@ struct Waiter<O> {
 struct Book<O> {
     waiting: HashMap<JobId, Vec<Waiter<O>>>,
     unclaimed: VecDeque<(JobId, RawResult)>,
+    /// Jobs of this run whose enqueue failed although they may have been
+    /// added ([`EnqueueError::Unconfirmed`], [`EnqueueError::NotDurable`]).
+    orphans: HashSet<JobId>,
 }
 
 struct Results<O, C> {
@@ -182,7 +186,7 @@ impl<O: DeserializeOwned + Send + 'static, C: Codec> Results<O, C> {
                     );
                     done.extend(raw.entry);
                 }
-                None if id.as_str().starts_with(&self.own) => {
+                None if id.as_str().starts_with(&self.own) && !book.orphans.remove(&id) => {
                     observe::count("baler_queue_duplicate_results_total", &self.shared.name, 1);
                     done.extend(raw.entry);
                 }
@@ -397,6 +401,8 @@ type Outgoing<P, O> = (
 #[derive(Debug, Clone)]
 enum Ack {
     Added,
+    /// Added, but not confirmed as durable as the queue asks.
+    NotDurable(Reached),
     Full,
     /// The marker already existed: the job it names, and its result if it
     /// has finished.
@@ -548,13 +554,46 @@ async fn send<C>(
         .collect())
 }
 
+/// Waits until what this connection wrote is as durable as the queue asks
+/// (`WAIT` or `WAITAOF`); answers what was reached when it falls short.
+async fn wait_durable<C>(shared: &Shared<C>, shard: usize) -> Option<Reached> {
+    let durability = shared.settings.durability;
+    let cmd = durability.wait_command()?;
+    let mut conn = shared.conn.clone();
+    // On a cluster, the wait is for the shard's own master (which took the
+    // writes), not for every master.
+    let slot = shared.keys(shard).slot();
+    match conn.query_at_slot::<Value>(&cmd, slot).await {
+        Ok(answer) => durability.shortfall(&answer),
+        Err(e) => {
+            tracing::warn!(error = %e, "waiting for durability failed");
+            Some(Reached {
+                local: matches!(durability, crate::Durability::Persisted { .. }).then_some(false),
+                replicas: 0,
+            })
+        }
+    }
+}
+
 impl<C: Codec> Handler<Item> for EnqueueHandler<C> {
     type Output = Ack;
     type Error = String;
 
     async fn handle(&self, batch: Batch<Item>) -> HandlerResult<Ack, String> {
         match send(&self.shared, self.shard, &self.producer, batch.items()).await {
-            Ok(acks) => Ok(acks.into_iter().map(Outcome::Done).collect()),
+            Ok(acks) => {
+                let acks = match wait_durable(&self.shared, self.shard).await {
+                    None => acks,
+                    Some(reached) => acks
+                        .into_iter()
+                        .map(|a| match a {
+                            Ack::Added => Ack::NotDurable(reached),
+                            other => other,
+                        })
+                        .collect(),
+                };
+                Ok(acks.into_iter().map(Outcome::Done).collect())
+            }
             Err(SendError::Answer(message)) => Err(message),
             // The outcome is unknown: send again. A job with a marker (an
             // idempotency key, or a resend window) is not added twice; one
@@ -722,6 +761,7 @@ impl<C: Codec> ProducerBuilder<C> {
             book: Mutex::new(Book {
                 waiting: HashMap::new(),
                 unclaimed: VecDeque::new(),
+                orphans: HashSet::new(),
             }),
             max_unclaimed: self.max_unclaimed,
             resolved: Notify::new(),
@@ -960,6 +1000,7 @@ where
         let (tx, rx) = oneshot::channel();
         let results = &self.inner.results;
         let mut book = results.book();
+        book.orphans.remove(&id);
         if let Some(at) = book.unclaimed.iter().position(|(j, _)| *j == id) {
             if let Some((_, raw)) = book.unclaimed.remove(at) {
                 drop(book);
@@ -1074,6 +1115,15 @@ where
 
     fn unregister(&self, id: &JobId) {
         self.inner.results.book().waiting.remove(id);
+    }
+
+    /// Drops the ticket of a job that may have been added although its
+    /// enqueue failed: its result, if it comes, is kept as unclaimed for
+    /// [`reattach`](Self::reattach), not taken for a second copy.
+    fn orphan(&self, id: &JobId) {
+        let mut book = self.inner.results.book();
+        book.waiting.remove(id);
+        book.orphans.insert(id.clone());
     }
 
     /// Moves the waiters of `from` to `to` (an idempotency key matched an
@@ -1256,13 +1306,23 @@ where
                             }));
                         }
                     }
+                    Ok(Ack::NotDurable(reached)) => {
+                        self.added(&id);
+                        self.orphan(&id);
+                        answers[i] = Some(Err(EnqueueError::NotDurable {
+                            job_id: id,
+                            wanted: self.inner.shared.settings.durability,
+                            reached,
+                            payload,
+                        }));
+                    }
                     Ok(Ack::Full) if wait => ready.push((i, shard, payload, id, key, body, rx)),
                     Ok(Ack::Full) => {
                         self.unregister(&id);
                         answers[i] = Some(Err(EnqueueError::QueueFull { payload }));
                     }
                     Err(e) => {
-                        self.unregister(&id);
+                        self.orphan(&id);
                         let attempts = match &e {
                             baler::Error::Exhausted { attempts, .. } => *attempts,
                             _ => 1,

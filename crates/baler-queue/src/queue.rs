@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 
 use crate::codec::{Codec, Json};
 use crate::conn::{Backend, ClusterNodes, Conn};
+use crate::durability::Durability;
 use crate::error::{ConfigError, ConnectError};
 use crate::events::{QueueEvent, QueueEvents};
 use crate::keys::{Keys, MAX_SHARDS};
@@ -60,6 +61,7 @@ pub(crate) struct Settings {
     /// `None`: no resend markers (the default; see `resend_window`).
     pub(crate) resend_window: Option<Duration>,
     pub(crate) timeout: Duration,
+    pub(crate) durability: Durability,
 }
 
 pub(crate) struct Shared<C> {
@@ -143,6 +145,7 @@ impl QueueBuilder<Json> {
                 idempotency_ttl: Duration::from_secs(24 * 3600),
                 resend_window: None,
                 timeout: Duration::from_secs(2),
+                durability: Durability::Applied,
             },
             codec: Json,
             event_capacity: 1024,
@@ -255,6 +258,20 @@ impl<C: Codec> QueueBuilder<C> {
         self
     }
 
+    /// What a producer's jobs must reach before `enqueue` answers (default
+    /// [`Durability::Applied`]): copied to replicas (`WAIT`) or written to
+    /// the append-only files (`WAITAOF`, Redis 7.2+). See the
+    /// [`durability`](crate::durability) module for what each Redis setting
+    /// promises and what it does not.
+    ///
+    /// The wait runs on the queue's shared connection after each batch, so
+    /// a slow replica holds up that connection's other commands for up to
+    /// the timeout.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.settings.durability = durability;
+        self
+    }
+
     /// How long connecting and each Redis answer may take (default 2 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.settings.timeout = timeout;
@@ -317,6 +334,10 @@ impl<C: Codec> QueueBuilder<C> {
                 s.resend_window.unwrap_or(Duration::from_secs(1)),
             ),
             ("timeout", s.timeout),
+            (
+                "durability's timeout",
+                s.durability.timeout().unwrap_or(Duration::from_secs(1)),
+            ),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration { setting });
@@ -329,6 +350,13 @@ impl<C: Codec> QueueBuilder<C> {
             ("max_length", s.max_length.unwrap_or(1)),
             ("event_capacity", self.event_capacity as u64),
             ("shards", self.shards as u64),
+            (
+                "durability's replicas",
+                match s.durability {
+                    Durability::Replicated { replicas, .. } => u64::from(replicas),
+                    _ => 1,
+                },
+            ),
         ] {
             if n == 0 {
                 return Err(ConfigError::Zero { setting });
@@ -406,6 +434,8 @@ impl<C: Codec> QueueBuilder<C> {
             .map(|i| Keys::for_shard(&self.name, i, self.shards))
             .collect();
         for keys in &shards {
+            // On a cluster, each shard's master is asked about itself.
+            check_durability(&mut conn, keys.slot(), &url, &self.settings.durability).await?;
             let created: Result<Value, RedisError> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(keys.jobs())
@@ -434,6 +464,56 @@ impl<C: Codec> QueueBuilder<C> {
             }),
         })
     }
+}
+
+/// Refuses a [`Durability::Persisted`] that the server cannot give: a
+/// Redis older than 7.2 has no `WAITAOF`, and one without `appendonly`
+/// has no file to wait for.
+async fn check_durability(
+    conn: &mut Conn,
+    slot: u16,
+    url: &str,
+    durability: &Durability,
+) -> Result<(), ConnectError> {
+    if !matches!(durability, Durability::Persisted { .. }) {
+        return Ok(());
+    }
+    let info: String = conn
+        .query_at_slot(redis::cmd("INFO").arg("server").arg("persistence"), slot)
+        .await
+        .map_err(|source| ConnectError::Refused {
+            url: url.to_owned(),
+            source,
+        })?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let version = field("redis_version");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (7, 2) {
+        return Err(ConnectError::DurabilityUnsupported {
+            url: url.to_owned(),
+            durability: *durability,
+            reason: format!(
+                "WAITAOF needs Redis 7.2 or newer, and this server is {version}; upgrade it, or \
+                 ask for Durability::Replicated (WAIT) or Durability::Applied with \
+                 appendfsync always"
+            ),
+        });
+    }
+    if field("aof_enabled") != "1" {
+        return Err(ConnectError::DurabilityUnsupported {
+            url: url.to_owned(),
+            durability: *durability,
+            reason: "the server writes no append-only file; set appendonly yes".into(),
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), ConfigError> {

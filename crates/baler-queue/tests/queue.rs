@@ -1202,3 +1202,48 @@ async fn finished_jobs_count_against_neither_the_bound_nor_the_stats_and_are_tri
     worker.shutdown(Duration::from_secs(5)).await;
     producer.shutdown(Duration::from_millis(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_added_twice_resolves_its_ticket_once_and_its_second_result_is_deleted() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "twice").await;
+    let producer = queue.producer("p1").build::<u64, u64>().unwrap();
+    let ticket = producer.enqueue(21).await.unwrap();
+    // A second copy of the job, as a batch sent again after a lost reply
+    // would add it.
+    let mut conn = connection(&server.url()).await;
+    let keys = queue.keys().clone();
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let entries: Vec<Entry> = redis::cmd("XRANGE")
+        .arg(keys.jobs())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    let mut copy = redis::cmd("XADD");
+    copy.arg(keys.jobs()).arg("*");
+    for (field, value) in &entries[0].1 {
+        copy.arg(field).arg(&value[..]);
+    }
+    let _: String = copy.query_async(&mut conn).await.unwrap();
+
+    let worker = start_doubler(&queue);
+    assert_eq!(within(PATIENCE, "the result", ticket).await, Ok(42));
+    let check = conn.clone();
+    eventually(PATIENCE, "both copies run and both results gone", || {
+        let mut conn = check.clone();
+        let keys = keys.clone();
+        async move {
+            xlen(&mut conn, &keys.jobs()).await == 0
+                && xlen(&mut conn, &keys.results("p1")).await == 0
+        }
+    })
+    .await;
+    let report = worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.stats.completed, 2, "both copies ran");
+    // The second result was nobody's: not kept as unclaimed either.
+    assert!(producer.take_unclaimed().await.is_empty());
+    producer.shutdown(Duration::from_secs(1)).await;
+}

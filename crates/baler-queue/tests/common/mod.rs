@@ -17,6 +17,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     aof: bool,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -52,11 +53,23 @@ impl RedisServer {
         Self::with(true)
     }
 
+    /// A server without persistence, with more command-line arguments
+    /// (`["--replicaof", "127.0.0.1", "6379"]`).
+    #[allow(dead_code)]
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::build(false, extra)
+    }
+
     fn with(aof: bool) -> Self {
+        Self::build(aof, &[])
+    }
+
+    fn build(aof: bool, extra: &[&str]) -> Self {
         let mut server = RedisServer {
             port: free_port(),
             dir: scratch(),
             aof,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         server.launch();
@@ -81,6 +94,7 @@ impl RedisServer {
             command.args(["--appendonly", "no"]);
         }
         let child = command
+            .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
