@@ -26,7 +26,7 @@ pub enum ConfigError {
     /// A name that goes into Redis key names has a character that would
     /// break them.
     #[error(
-        "the {what} name {name:?} is empty or contains '{{', '}}', a newline or a space; \
+        "the {what} name {name:?} is empty or contains '{{', '}}', '#', a newline or a space; \
          use letters, digits, '-', '_', '.' or ':'"
     )]
     BadName {

@@ -87,8 +87,9 @@ fn target_slots(index: usize, count: usize) -> std::ops::Range<u16> {
 /// `n > 1` shards (see [`QueueBuilder::shards`](crate::QueueBuilder::shards))
 /// gives shard `i` a tag of its own, chosen so that its slot falls in the
 /// `i`-th of `n` equal ranges of Redis Cluster's 16384 slots (leaving out
-/// each range's first and last slot): `{q.i}` if its slot is there, else
-/// the first of `{q.i.1}`, `{q.i.2}`, … that is. On a cluster whose slots
+/// each range's first and last slot): `{q#i}` if its slot is there, else
+/// the first of `{q#i#1}`, `{q#i#2}`, … that is. (`#` cannot appear in a
+/// queue's name, so no other queue's tag can be one of these.) On a cluster whose slots
 /// are split evenly between `n` masters, as `redis-cli --cluster create`
 /// does, each shard then lives on a master of its own. The choice is made
 /// by the client alone and is the same in every process.
@@ -97,7 +98,7 @@ fn target_slots(index: usize, count: usize) -> std::ops::Range<u16> {
 /// use baler_queue::Keys;
 ///
 /// let shards: Vec<Keys> = (0..3).map(|i| Keys::for_shard("mail", i, 3)).collect();
-/// assert!(shards[0].tag().starts_with("{mail.0"));
+/// assert!(shards[0].tag().starts_with("{mail#0"));
 /// assert!(shards[0].slot() < 5461);
 /// assert!((5461..10923).contains(&shards[1].slot()));
 /// assert!(shards[2].slot() >= 10923);
@@ -108,7 +109,7 @@ fn target_slots(index: usize, count: usize) -> std::ops::Range<u16> {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Keys {
     /// The hash tag with its braces, `{q}`. A shard index, when queues are
-    /// split into shards, belongs inside it (`{q.3}`), so every name below
+    /// split into shards, belongs inside it (`{q#3}`), so every name below
     /// follows from this one field.
     tag: String,
     /// The shard these keys belong to (0 when there is one).
@@ -138,11 +139,11 @@ impl Keys {
         let count = count.min(MAX_SHARDS);
         let index = index.min(count - 1);
         let slots = target_slots(index, count);
-        let first = format!("{name}.{index}");
+        let first = format!("{name}#{index}");
         // A range is at least 14 slots wide and CRC16 spreads names evenly:
         // the search ends after about 16384 / 14 tries at worst.
         let tag = std::iter::once(first.clone())
-            .chain((1u64..).map(|n| format!("{first}.{n}")))
+            .chain((1u64..).map(|n| format!("{first}#{n}")))
             .find(|t| slots.contains(&(crc16(t.as_bytes()) % SLOTS)))
             .unwrap_or(first);
         Keys {
@@ -266,7 +267,7 @@ mod tests {
                 assert_eq!(keys.shard(), index);
                 let tag = keys.tag();
                 assert!(
-                    tag == format!("{{q.{index}}}") || tag.starts_with(&format!("{{q.{index}.")),
+                    tag == format!("{{q#{index}}}") || tag.starts_with(&format!("{{q#{index}#")),
                     "{tag}"
                 );
                 assert!(tags.insert(tag.to_owned()), "{tag} used twice");
@@ -281,7 +282,7 @@ mod tests {
         let keys = Keys::for_shard("mail", 1, 3);
         let range = target_slots(1, 3);
         let candidates =
-            std::iter::once("mail.1".to_owned()).chain((1..).map(|n| format!("mail.1.{n}")));
+            std::iter::once("mail#1".to_owned()).chain((1..).map(|n| format!("mail#1#{n}")));
         for candidate in candidates {
             if format!("{{{candidate}}}") == keys.tag() {
                 break;

@@ -110,7 +110,7 @@
 //!   enqueuing the key again finds its marker. Each shard has its own
 //!   enqueue batcher (one round trip per batch and shard) and its own
 //!   results reader: a worker writes a job's result into the results stream
-//!   of the job's own shard (`{q.i}:res:<producer>`), in the same script
+//!   of the job's own shard (`{q#i}:res:<producer>`), in the same script
 //!   that completes it, and the producer reads every shard's stream.
 //!   [`Producer::reattach`], [`Producer::take_unclaimed`] and a restart
 //!   under the same name work across shards.

@@ -520,7 +520,7 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), ConfigErr
     let bad = name.is_empty()
         || name
             .chars()
-            .any(|c| matches!(c, '{' | '}' | '\n' | '\r' | ' ' | '\t'));
+            .any(|c| matches!(c, '{' | '}' | '#' | '\n' | '\r' | ' ' | '\t'));
     if bad {
         return Err(ConfigError::BadName {
             what,

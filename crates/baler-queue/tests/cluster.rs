@@ -229,7 +229,7 @@ fn start_doubler(queue: &Queue) -> Worker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_shards_land_on_three_different_masters() {
     let cluster = Cluster::start();
-    // Several names: plain `{q.0}`, `{q.1}`, `{q.2}` tags would share a
+    // Several names: plain `{q#0}`, `{q#1}`, `{q#2}` tags would share a
     // master for most of them.
     for name in ["spread", "mail", "resize", "chains"] {
         let queue = sharded_queue(&cluster, name).await;

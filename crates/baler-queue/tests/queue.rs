@@ -705,6 +705,16 @@ async fn bad_settings_are_config_errors() {
         err,
         ConnectError::Config(baler_queue::ConfigError::BadName { .. })
     ));
+    // '#' separates a shard's index from the queue's name in its hash tag:
+    // a name with one could share another queue's shard keys.
+    let err = Queue::builder(&server.url(), "mail#1")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ConnectError::Config(baler_queue::ConfigError::BadName { .. })
+    ));
     let err = Queue::builder(&server.url(), "q")
         .max_attempts(0)
         .build()
