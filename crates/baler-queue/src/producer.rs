@@ -124,11 +124,58 @@ struct Waiter<O> {
 /// results nobody waits for. One lock, so that a result and a reattach can
 /// never pass each other.
 struct Book<O> {
-    waiting: HashMap<JobId, Vec<Waiter<O>>>,
+    waiting: Waiting<O>,
     unclaimed: VecDeque<(JobId, RawResult)>,
     /// Jobs of this run whose enqueue failed although they may have been
     /// added ([`EnqueueError::Unconfirmed`], [`EnqueueError::NotDurable`]).
     orphans: HashSet<JobId>,
+}
+
+/// Who waits for which job, with their number kept as they come and go
+/// (the outstanding gauge reads it after every enqueue: summing over a map
+/// of a million jobs each time would cost more than the enqueue).
+struct Waiting<O> {
+    map: HashMap<JobId, Vec<Waiter<O>>>,
+    count: usize,
+}
+
+impl<O> Default for Waiting<O> {
+    fn default() -> Self {
+        Waiting {
+            map: HashMap::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<O> Waiting<O> {
+    fn push(&mut self, id: JobId, waiter: Waiter<O>) {
+        self.map.entry(id).or_default().push(waiter);
+        self.count += 1;
+    }
+
+    fn remove(&mut self, id: &JobId) -> Option<Vec<Waiter<O>>> {
+        let waiters = self.map.remove(id)?;
+        self.count -= waiters.len();
+        Some(waiters)
+    }
+
+    /// The waiter registered under `origin`, out of those of `id`.
+    fn take(&mut self, id: &JobId, origin: &JobId) -> Option<Waiter<O>> {
+        let waiters = self.map.get_mut(id)?;
+        let at = waiters.iter().position(|w| w.origin == *origin)?;
+        let waiter = waiters.remove(at);
+        if waiters.is_empty() {
+            self.map.remove(id);
+        }
+        self.count -= 1;
+        Some(waiter)
+    }
+
+    fn drain(&mut self) -> Vec<(JobId, Vec<Waiter<O>>)> {
+        self.count = 0;
+        self.map.drain().collect()
+    }
 }
 
 struct Results<O, C> {
@@ -159,7 +206,7 @@ impl<O: DeserializeOwned + Send + 'static, C: Codec> Results<O, C> {
     }
 
     fn outstanding(&self) -> usize {
-        self.book().waiting.values().map(Vec::len).sum()
+        self.book().waiting.count
     }
 
     /// Delivers what one read brought; answers the entry ids that may be
@@ -759,7 +806,7 @@ impl<C: Codec> ProducerBuilder<C> {
             producer: self.name.clone(),
             own: job_id_prefix(&self.name, nonce),
             book: Mutex::new(Book {
-                waiting: HashMap::new(),
+                waiting: Waiting::default(),
                 unclaimed: VecDeque::new(),
                 orphans: HashSet::new(),
             }),
@@ -1015,11 +1062,14 @@ where
                 };
             }
         }
-        book.waiting.entry(id.clone()).or_default().push(Waiter {
-            tx,
-            origin: id.clone(),
-            _permit: None,
-        });
+        book.waiting.push(
+            id.clone(),
+            Waiter {
+                tx,
+                origin: id.clone(),
+                _permit: None,
+            },
+        );
         JobTicket {
             id,
             shard: None,
@@ -1063,7 +1113,7 @@ where
             }
         })
         .await;
-        let left: Vec<(JobId, Vec<Waiter<O>>)> = inner.results.book().waiting.drain().collect();
+        let left: Vec<(JobId, Vec<Waiter<O>>)> = inner.results.book().waiting.drain();
         for reader in &inner.readers {
             reader.abort();
         }
@@ -1098,13 +1148,14 @@ where
             .results
             .book()
             .waiting
-            .entry(id.clone())
-            .or_default()
-            .push(Waiter {
-                tx,
-                origin: id.clone(),
-                _permit: Some(permit),
-            });
+            .push(
+                id.clone(),
+                Waiter {
+                    tx,
+                    origin: id.clone(),
+                    _permit: Some(permit),
+                },
+            );
         observe::gauge(
             "baler_queue_outstanding",
             &self.inner.shared.name,
@@ -1130,21 +1181,16 @@ where
     /// earlier job of this producer).
     fn rebind(&self, from: &JobId, to: &JobId) {
         let mut book = self.inner.results.book();
-        if let Some(w) = book.waiting.remove(from) {
-            book.waiting.entry(to.clone()).or_default().extend(w);
+        if let Some(waiters) = book.waiting.remove(from) {
+            for w in waiters {
+                book.waiting.push(to.clone(), w);
+            }
         }
     }
 
     /// Takes the waiter registered under `origin` out of those of `id`.
     fn take_waiter(&self, id: &JobId, origin: &JobId) -> Option<Waiter<O>> {
-        let mut book = self.inner.results.book();
-        let waiters = book.waiting.get_mut(id)?;
-        let at = waiters.iter().position(|w| w.origin == *origin)?;
-        let waiter = waiters.remove(at);
-        if waiters.is_empty() {
-            book.waiting.remove(id);
-        }
-        Some(waiter)
+        self.inner.results.book().waiting.take(id, origin)
     }
 
     /// Waits for an earlier job of this producer that an idempotency key
