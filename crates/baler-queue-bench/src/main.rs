@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use procs::{Proc, Reports};
-use redis::RedisServer;
+use redis::{RedisServer, Target};
 
 /// Workers and their concurrency per scenario, as the protocol fixes them.
 const CHAIN_WORKERS: usize = 6;
@@ -169,6 +169,8 @@ Options:
   --quick             --chain-seconds 20 --bulk-jobs 20000 (flags given explicitly win)
   --only LIST         contenders to run, comma-separated: baler,bee-queue,bullmq,bullmq-rs,apalis
   --out FILE          write the markdown there instead of to stdout
+  --shards            instead: baler's bulk scenario with 1 shard on one redis-server, then
+                      with 3 shards on a 3-master Redis Cluster the runner makes (needs redis-cli)
 ";
 
 #[derive(Debug)]
@@ -179,6 +181,7 @@ struct Args {
     quick: bool,
     only: Vec<Contender>,
     out: Option<PathBuf>,
+    shards: bool,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, ArgError> {
@@ -192,6 +195,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, Ar
     }
     let (mut chain_seconds, mut bulk_jobs, mut bulk_timeout) = (None, None, 1200);
     let mut quick = false;
+    let mut shards = false;
     let mut only = Contender::ALL.to_vec();
     let mut out = None;
     let mut args = args.into_iter();
@@ -201,6 +205,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, Ar
             "--bulk-jobs" => bulk_jobs = Some(number("--bulk-jobs", args.next())?),
             "--bulk-timeout" => bulk_timeout = number("--bulk-timeout", args.next())?,
             "--quick" => quick = true,
+            "--shards" => shards = true,
             "--only" => {
                 let list = args.next().ok_or(ArgError::MissingValue("--only"))?;
                 only = Vec::new();
@@ -231,6 +236,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, Ar
         quick,
         only,
         out,
+        shards,
     }))
 }
 
@@ -302,7 +308,10 @@ fn run(args: &Args) -> Result<(), String> {
     if contenders.is_empty() {
         return Err("no contender can run here (see the messages above)".into());
     }
-    let server = RedisServer::start(&scratch.join("redis"))?;
+    if args.shards {
+        return run_shards(args, &dir, &scratch);
+    }
+    let server = Target::single(RedisServer::start(&scratch.join("redis"))?);
     eprintln!("queue-bench: redis-server on {}", server.url());
     let mut chain = Vec::new();
     let mut bulk = Vec::new();
@@ -376,10 +385,77 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// baler's bulk scenario on one redis-server with one shard, then on a
+/// 3-master Redis Cluster with three shards: what sharding gives on this
+/// machine.
+fn run_shards(args: &Args, dir: &Path, scratch: &Path) -> Result<(), String> {
+    let cmd = Contender::Baler.command(dir)?;
+    let mut rows = Vec::new();
+    for masters in [1usize, 3] {
+        let place = scratch.join(format!("shards-{masters}"));
+        let target = if masters == 1 {
+            Target::single(RedisServer::start(&place.join("redis"))?)
+        } else {
+            Target::cluster(&place.join("cluster"), masters)?
+        };
+        eprintln!(
+            "queue-bench: baler bulk, {} jobs, {masters} shard(s) on {}",
+            args.bulk_jobs,
+            if masters == 1 { "one redis-server" } else { "a Redis Cluster" }
+        );
+        let r = run_bulk(
+            &target,
+            Contender::Baler,
+            &cmd,
+            dir,
+            &place,
+            args.bulk_jobs,
+            args.bulk_timeout,
+        )?;
+        eprintln!(
+            "queue-bench: {masters} shard(s): {:.1} s end to end, {:.0} jobs/s",
+            r.end_to_end,
+            r.jobs_per_s()
+        );
+        rows.push((masters, r));
+    }
+    let mut md = format!(
+        "### Shards: baler's bulk scenario, {} jobs, 4 worker processes × concurrency 50\n\n\
+         | setup | shards | enqueue (s) | end to end (s) | jobs/s | Redis commands/job | against 1 shard |\n\
+         |---|--:|--:|--:|--:|--:|--:|\n",
+        table::thousands(args.bulk_jobs)
+    );
+    let base = rows.first().map(|(_, r)| r.jobs_per_s()).unwrap_or(1.0);
+    for (masters, r) in &rows {
+        md.push_str(&format!(
+            "| {} | {masters} | {:.2} | {:.2} | {:.0} | {} | {:.2}× |\n",
+            if *masters == 1 {
+                "one redis-server".to_owned()
+            } else {
+                format!("Redis Cluster, {masters} masters")
+            },
+            r.enqueue_seconds,
+            r.end_to_end,
+            r.jobs_per_s(),
+            r.calls_per_job()
+                .map(|x| format!("{x:.1}"))
+                .unwrap_or_else(|| "–".into()),
+            r.jobs_per_s() / base.max(f64::MIN_POSITIVE),
+        ));
+    }
+    let _ = std::fs::remove_dir_all(scratch);
+    match &args.out {
+        Some(path) => std::fs::write(path, &md)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        None => print!("{md}"),
+    }
+    Ok(())
+}
+
 /// Flushes Redis, resets its counters, and starts `n` workers with
 /// `concurrency`, waiting until each has written its first report.
 fn start_workers(
-    server: &RedisServer,
+    target: &Target,
     cmd: &procs::Command,
     dir: &Path,
     run_dir: &Path,
@@ -387,9 +463,7 @@ fn start_workers(
     n: usize,
     concurrency: u64,
 ) -> Result<Vec<Proc>, String> {
-    let mut conn = server.connect()?;
-    conn.ok(&["FLUSHALL"])?;
-    conn.ok(&["CONFIG", "RESETSTAT"])?;
+    target.reset()?;
     let mut workers = Vec::new();
     for i in 0..n {
         let mut env = env.to_vec();
@@ -419,12 +493,14 @@ fn start_workers(
     Ok(workers)
 }
 
-fn scenario_env(server: &RedisServer, queue: String) -> Vec<(&'static str, String)> {
-    vec![("BQB_REDIS", server.url()), ("BQB_QUEUE", queue)]
+fn scenario_env(target: &Target, queue: String) -> Vec<(&'static str, String)> {
+    let mut env = target.env();
+    env.push(("BQB_QUEUE", queue));
+    env
 }
 
 fn run_chain(
-    server: &RedisServer,
+    server: &Target,
     contender: Contender,
     cmd: &procs::Command,
     dir: &Path,
@@ -449,9 +525,8 @@ fn run_chain(
     let mut producer = Proc::spawn(cmd, "chain", "producer", dir, &run_dir, &penv)?;
     let limit = Duration::from_secs(seconds + 10) + CHAIN_SLACK;
     producer.wait_exit(limit)?;
-    let mut conn = server.connect()?;
-    let (calls, top) = conn.commandstats()?;
-    let redis_memory = conn.used_memory()?;
+    let (calls, top) = server.commandstats()?;
+    let redis_memory = server.used_memory()?;
     let ran = workers.stop()?;
     let report = producer.report()?;
     let field = |name: &str| procs::u64_field(&report, name);
@@ -479,7 +554,7 @@ fn run_chain(
 }
 
 fn run_bulk(
-    server: &RedisServer,
+    server: &Target,
     contender: Contender,
     cmd: &procs::Command,
     dir: &Path,
@@ -530,9 +605,8 @@ fn run_bulk(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut conn = server.connect()?;
-    let (calls, top) = conn.commandstats()?;
-    let redis_memory = conn.used_memory()?;
+    let (calls, top) = server.commandstats()?;
+    let redis_memory = server.used_memory()?;
     let ran = workers.stop()?;
     let report = producer.report()?;
     Ok(BulkResult {

@@ -22,6 +22,11 @@ pub(crate) struct RedisServer {
 
 impl RedisServer {
     pub(crate) fn start(dir: &Path) -> Result<RedisServer, String> {
+        Self::start_with(dir, &[])
+    }
+
+    /// A server with more command-line arguments (a cluster node's).
+    pub(crate) fn start_with(dir: &Path, extra: &[&str]) -> Result<RedisServer, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let port = TcpListener::bind("127.0.0.1:0")
@@ -34,6 +39,7 @@ impl RedisServer {
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(dir)
             .stdin(Stdio::null())
@@ -66,6 +72,10 @@ impl RedisServer {
 
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     pub(crate) fn connect(&self) -> Result<Conn, String> {
@@ -135,7 +145,7 @@ impl Conn {
     }
 
     /// A command whose answer is a bulk string.
-    fn bulk(&mut self, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn bulk(&mut self, args: &[&str]) -> Result<String, String> {
         self.send(args)?;
         let line = self.line()?;
         let len: usize = line
@@ -165,6 +175,142 @@ impl Conn {
             .find_map(|l| l.strip_prefix("used_memory:"))
             .and_then(|n| n.trim().parse().ok())
             .ok_or_else(|| "INFO memory has no used_memory line".to_owned())
+    }
+}
+
+/// Where a run's queue lives: one redis-server, or the masters of a Redis
+/// Cluster that the runner made; and how many shards the queue has (told to
+/// baler's contender; the other contenders have no shards).
+pub(crate) struct Target {
+    nodes: Vec<RedisServer>,
+    cluster: bool,
+    shards: u32,
+}
+
+impl Target {
+    /// One redis-server, a queue of one shard.
+    pub(crate) fn single(server: RedisServer) -> Target {
+        Target {
+            nodes: vec![server],
+            cluster: false,
+            shards: 1,
+        }
+    }
+
+    /// A Redis Cluster of `masters` masters on free loopback ports (no
+    /// replicas; slots split evenly by `redis-cli --cluster create`), and a
+    /// queue of one shard per master.
+    pub(crate) fn cluster(dir: &Path, masters: usize) -> Result<Target, String> {
+        let mut nodes = Vec::new();
+        for i in 0..masters {
+            nodes.push(RedisServer::start_with(
+                &dir.join(format!("node-{i}")),
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )?);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(n.address());
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                format!("cannot run redis-cli ({e}): install it, for example with `apt-get install -y redis-tools`")
+            })?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            loop {
+                let ok = n
+                    .connect()
+                    .and_then(|mut c| c.bulk(&["CLUSTER", "INFO"]))
+                    .is_ok_and(|info| info.contains("cluster_state:ok"));
+                if ok {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("the cluster was not ready within 20 s ({})", n.url()));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(Target {
+            nodes,
+            cluster: true,
+            shards: u32::try_from(masters).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// The URL of the first node: the only one of a single server.
+    pub(crate) fn url(&self) -> String {
+        self.nodes.first().map(RedisServer::url).unwrap_or_default()
+    }
+
+    /// What the contenders are told: `BQB_REDIS`, and for a cluster or a
+    /// queue of several shards `BQB_CLUSTER` (every node's URL) and
+    /// `BQB_SHARDS`.
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("BQB_REDIS", self.url())];
+        if self.cluster {
+            let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
+            env.push(("BQB_CLUSTER", urls.join(",")));
+        }
+        if self.shards > 1 {
+            env.push(("BQB_SHARDS", self.shards.to_string()));
+        }
+        env
+    }
+
+    /// Empties every node and resets its counters.
+    pub(crate) fn reset(&self) -> Result<(), String> {
+        for n in &self.nodes {
+            let mut conn = n.connect()?;
+            conn.ok(&["FLUSHALL"])?;
+            conn.ok(&["CONFIG", "RESETSTAT"])?;
+        }
+        Ok(())
+    }
+
+    /// [`Conn::commandstats`] summed over the nodes.
+    pub(crate) fn commandstats(&self) -> Result<(u64, Vec<(String, u64)>), String> {
+        let mut total = 0;
+        let mut per: Vec<(String, u64)> = Vec::new();
+        for n in &self.nodes {
+            let (calls, top) = n.connect()?.commandstats()?;
+            total += calls;
+            for (name, c) in top {
+                match per.iter_mut().find(|(m, _)| *m == name) {
+                    Some((_, sum)) => *sum += c,
+                    None => per.push((name, c)),
+                }
+            }
+        }
+        per.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok((total, per))
+    }
+
+    /// Redis's `used_memory`, summed over the nodes.
+    pub(crate) fn used_memory(&self) -> Result<u64, String> {
+        let mut total = 0;
+        for n in &self.nodes {
+            total += n.connect()?.used_memory()?;
+        }
+        Ok(total)
     }
 }
 

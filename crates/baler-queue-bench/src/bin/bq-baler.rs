@@ -65,10 +65,20 @@ fn number(name: &str) -> Result<u64, Error> {
         .map_err(|e| format!("{name}={text:?} is not a whole number ({e})").into())
 }
 
+/// The queue: on one Redis (`BQB_REDIS`), or on a Redis Cluster when the
+/// runner gives its nodes (`BQB_CLUSTER`), split into `BQB_SHARDS` shards
+/// (default 1).
 async fn queue() -> Result<Queue, Error> {
-    Ok(Queue::builder(&var("BQB_REDIS")?, &var("BQB_QUEUE")?)
-        .build()
-        .await?)
+    let name = var("BQB_QUEUE")?;
+    let shards = match std::env::var("BQB_SHARDS") {
+        Ok(_) => usize::try_from(number("BQB_SHARDS")?)?,
+        Err(_) => 1,
+    };
+    let builder = match std::env::var("BQB_CLUSTER") {
+        Ok(nodes) => Queue::cluster_builder(nodes.split(','), &name),
+        Err(_) => Queue::builder(&var("BQB_REDIS")?, &name),
+    };
+    Ok(builder.shards(shards).build().await?)
 }
 
 /// Writes `value` to `path` atomically: `<path>.tmp`, then a rename.
