@@ -29,7 +29,7 @@ use crate::error::{ConfigError, EnqueueError, JobError};
 use crate::events::QueueEvent;
 use crate::keys::shard_of_key;
 use crate::observe;
-use crate::queue::{as_bytes, as_string, as_u64, check_name, pairs, Queue, Shared};
+use crate::queue::{as_bytes, as_string, as_u64, check_name, Queue, Shared};
 use crate::scripts::ENQUEUE;
 use crate::JobId;
 
@@ -333,7 +333,7 @@ async fn read_results<O: DeserializeOwned + Send + 'static, C: Codec>(
                 continue;
             }
         };
-        let entries = stream_entries(&value);
+        let entries = stream_entries(value);
         if let Some((last, _)) = entries.last() {
             cursor = last.clone();
         }
@@ -405,31 +405,52 @@ impl Deletions {
     }
 }
 
-/// The entries of the first stream of an XREAD answer: (id, fields).
-pub(crate) fn stream_entries(value: &Value) -> Vec<(String, Vec<(String, Value)>)> {
-    let streams: Vec<Value> = match value {
-        Value::Array(s) => s.clone(),
-        Value::Map(m) => m
-            .iter()
-            .map(|(k, v)| Value::Array(vec![k.clone(), v.clone()]))
-            .collect(),
-        _ => return Vec::new(),
+/// The entries of the first stream of an XREAD answer: (id, fields). Takes
+/// the answer by value and moves its parts out: a read brings up to a
+/// thousand entries, and copying them showed in a busy producer's profile.
+pub(crate) fn stream_entries(value: Value) -> Vec<(String, Vec<(String, Value)>)> {
+    let first = match value {
+        Value::Array(streams) => streams.into_iter().next(),
+        Value::Map(streams) => streams
+            .into_iter()
+            .next()
+            .map(|(k, v)| Value::Array(vec![k, v])),
+        _ => None,
     };
-    let Some(Value::Array(stream)) = streams.into_iter().next() else {
+    let Some(Value::Array(stream)) = first else {
         return Vec::new();
     };
-    match stream.get(1) {
-        Some(Value::Array(entries)) => entries.iter().filter_map(entry).collect(),
+    match stream.into_iter().nth(1) {
+        Some(Value::Array(entries)) => entries.into_iter().filter_map(entry).collect(),
         _ => Vec::new(),
     }
 }
 
 /// One stream entry, `[id, [field, value, ...]]`.
-pub(crate) fn entry(value: &Value) -> Option<(String, Vec<(String, Value)>)> {
-    match value {
-        Value::Array(e) if e.len() >= 2 => Some((as_string(&e[0])?, pairs(&e[1]))),
-        _ => None,
-    }
+fn entry(value: Value) -> Option<(String, Vec<(String, Value)>)> {
+    let Value::Array(parts) = value else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let id = as_string(&parts.next()?)?;
+    let fields = match parts.next()? {
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                if let Some(k) = as_string(&k) {
+                    out.push((k, v));
+                }
+            }
+            out
+        }
+        Value::Map(items) => items
+            .into_iter()
+            .filter_map(|(k, v)| Some((as_string(&k)?, v)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some((id, fields))
 }
 
 /// A job on its way in: its position in the answers, its shard, payload,
@@ -1144,18 +1165,14 @@ where
         permit: OwnedSemaphorePermit,
     ) -> oneshot::Receiver<Result<O, JobError>> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .results
-            .book()
-            .waiting
-            .push(
-                id.clone(),
-                Waiter {
-                    tx,
-                    origin: id.clone(),
-                    _permit: Some(permit),
-                },
-            );
+        self.inner.results.book().waiting.push(
+            id.clone(),
+            Waiter {
+                tx,
+                origin: id.clone(),
+                _permit: Some(permit),
+            },
+        );
         observe::gauge(
             "baler_queue_outstanding",
             &self.inner.shared.name,

@@ -352,7 +352,7 @@ impl<C: Codec> Core<C> {
             match read {
                 Ok(value) => {
                     pause = Duration::from_millis(50);
-                    for (id, fields) in stream_entries(&value) {
+                    for (id, fields) in stream_entries(value) {
                         let Some(room) = rooms.pop() else { break };
                         // A new delivery's count is 1.
                         self.take(&*runner, shard, id, fields, 1, room).await;
