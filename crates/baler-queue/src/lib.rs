@@ -8,7 +8,7 @@
 //! # The model
 //!
 //! ```text
-//!  Producer ──enqueue (script, per batch)──► {q}:jobs ──XREADGROUP (batch)──► Worker
+//!  Producer ──enqueue (pipeline, per batch)► {q}:jobs ──XREADGROUP (batch)──► Worker
 //!     ▲                                        ▲   │                          │ baler Batcher
 //!     │                                        │   └─XAUTOCLAIM after lease─► │ + your Handler
 //!     │                              {q}:delayed ◄──retry── complete (script, per batch,
@@ -24,8 +24,10 @@
 //! **The life of a job.**
 //! 1. The producer makes the job's id and registers its ticket, *then* sends
 //!    the job: concurrent enqueues are batched by a baler [`Batcher`](baler::Batcher)
-//!    into one script call that adds each job (or refuses it when the queue
-//!    is at its maximum length, or recognises an idempotency key).
+//!    into one round trip: a pipeline of `XADD`s, or, when a job has an
+//!    idempotency key or the queue a maximum length, one script call that
+//!    adds each job (or refuses it when the queue is full, or recognises the
+//!    key).
 //! 2. A worker claims jobs with `XREADGROUP` under a consumer name unique to
 //!    its start, and runs them through its batcher and your handler.
 //! 3. The worker completes each batch with one script that, per job, checks
