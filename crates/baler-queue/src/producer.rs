@@ -531,6 +531,7 @@ async fn send<C>(
     items: &[Item],
 ) -> Result<Vec<Ack>, SendError> {
     let keys = shared.keys(shard);
+    let jobs = keys.jobs();
     let s = &shared.settings;
     let plain = s.max_length.is_none()
         && s.resend_window.is_none()
@@ -539,7 +540,7 @@ async fn send<C>(
         let mut pipe = redis::pipe();
         for item in items {
             pipe.cmd("XADD")
-                .arg(keys.jobs())
+                .arg(&jobs)
                 .arg("*")
                 .arg("id")
                 .arg(item.id.as_str())
@@ -564,29 +565,24 @@ async fn send<C>(
         }
         return Ok(items.iter().map(|_| Ack::Added).collect());
     }
-    let mut invocation = ENQUEUE.key(keys.jobs());
-    for item in items {
-        invocation.key(match (&item.key, s.resend_window) {
-            (Some(k), _) => keys.idem(k),
-            (None, Some(_)) => keys.sent(item.id.as_str()),
-            // No marker: the script skips it (TTL 0).
-            (None, None) => keys.jobs(),
-        });
-    }
+    let mut invocation = ENQUEUE.key(&jobs);
     invocation
         .arg(shared.shard_max_length().unwrap_or(0))
         .arg(producer)
         .arg(keys.group());
     for item in items {
-        // A marker that only guards against a resend lives only as long
-        // as a resend can come: one per job for a day would be most of
-        // Redis's memory on a busy queue.
-        let ttl = match (&item.key, s.resend_window) {
-            (Some(_), _) => s.idempotency_ttl.as_millis() as u64,
-            (None, Some(window)) => window.as_millis() as u64,
-            (None, None) => 0,
+        // Each job's marker and how long it lives. One that only guards
+        // against a resend lives only as long as a resend can come: one per
+        // job for a day would be most of Redis's memory on a busy queue.
+        // Without a marker the jobs key stands in, and the script skips it
+        // (TTL 0).
+        let (marker, ttl) = match (&item.key, s.resend_window) {
+            (Some(k), _) => (keys.idem(k), s.idempotency_ttl.as_millis() as u64),
+            (None, Some(window)) => (keys.sent(item.id.as_str()), window.as_millis() as u64),
+            (None, None) => (jobs.clone(), 0),
         };
         invocation
+            .key(marker)
             .arg(item.id.as_str())
             .arg(ttl)
             .arg(item.key.as_deref().unwrap_or(""))
