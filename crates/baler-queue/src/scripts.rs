@@ -95,10 +95,11 @@ return out
     ))
 });
 
-/// A Lua function shared by [`ENQUEUE`] and [`TRIM`]: the group's last
-/// delivered id and the number of jobs waiting or being run
-/// (`unfinished(jobs, group, xlen)`, the group's `lag` plus its pending
-/// count), and the id below which every entry is finished.
+/// Lua functions shared by [`ENQUEUE`] and [`TRIM`]:
+/// `group_state(jobs, group)`, the group's fields as `XINFO GROUPS` gives
+/// them (`nil` without the stream or the group), and
+/// `unfinished(jobs, group, xlen)`, the number of jobs waiting or being
+/// run: the group's `lag` plus its pending count.
 ///
 /// Finished entries (acknowledged) stay in the stream until trimmed, so
 /// `XLEN` overcounts. The lag is Redis's count of entries not yet delivered
