@@ -201,6 +201,14 @@ impl Keys {
         format!("{}:dead", self.tag)
     }
 
+    /// The number of jobs that bundles in the jobs stream hold beyond their
+    /// first (a bundle is one entry for many jobs; see
+    /// [`ProducerBuilder::bundles`](crate::ProducerBuilder::bundles)), so
+    /// that the queue's length counts jobs, not entries.
+    pub fn bundled(&self) -> String {
+        format!("{}:bundled", self.tag)
+    }
+
     /// The results stream of the producer named `producer`.
     pub fn results(&self, producer: &str) -> String {
         format!("{}:res:{producer}", self.tag)

@@ -8,11 +8,11 @@
 //! # The model
 //!
 //! ```text
-//!  Producer ──enqueue (pipeline, per batch)► {q}:jobs ──XREADGROUP (batch)──► Worker
-//!     ▲                                        ▲   │                          │ baler Batcher
-//!     │                                        │   └─XAUTOCLAIM after lease─► │ + your Handler
-//!     │                              {q}:delayed ◄──retry── complete (script, per batch,
-//!     │                                                     fenced per job)
+//!  Producer ──enqueue (one entry per batch)► {q}:jobs ──XREADGROUP (batch)──► Worker
+//!     ▲                                          ▲   │                          │ baler Batcher
+//!     │                                          │   └─XAUTOCLAIM after lease─► │ + your Handler
+//!     │                                {q}:delayed ◄──retry── complete (script, per batch,
+//!     │                                                       fenced per entry)
 //!     └──XREAD, XDEL── {q}:res:<producer> ◄──result────────────┘  ──dead──► {q}:dead
 //! ```
 //!
@@ -24,20 +24,28 @@
 //! **The life of a job.**
 //! 1. The producer makes the job's id and registers its ticket, *then* sends
 //!    the job: concurrent enqueues are batched by a baler [`Batcher`](baler::Batcher)
-//!    into one round trip: a pipeline of `XADD`s, or, when a job has an
-//!    idempotency key or the queue a maximum length, one script call that
-//!    adds each job (or refuses it when the queue is full, or recognises the
-//!    key).
-//! 2. A worker claims jobs with `XREADGROUP` under a consumer name unique to
-//!    its start, and runs them through its batcher and your handler.
-//! 3. The worker completes each batch with one script that, per job, checks
-//!    that the claim is still its own (owner and delivery count, the fencing
-//!    token), then writes the result to the producer's results stream, or
+//!    into one round trip. A batch of jobs without idempotency keys is one
+//!    stream entry, a *bundle* (see [`ProducerBuilder::bundles`]): Redis
+//!    then stores, hands out, acknowledges and trims one entry per batch,
+//!    not one per job. When a job has an idempotency key or the queue a
+//!    maximum length, the batch is one script call that adds each job as an
+//!    entry of its own (or refuses it when the queue is full, or recognises
+//!    the key).
+//! 2. A worker claims entries with `XREADGROUP` under a consumer name unique
+//!    to its start, and runs their jobs through its batcher and your
+//!    handler (a bundle's jobs may be spread over several handler calls).
+//! 3. The worker completes entries in batches with one script that, per
+//!    entry, checks that the claim is still its own (owner and delivery
+//!    count, the fencing token), then, per job, writes the result, or
 //!    schedules a retry in `{q}:delayed`, or dead-letters the job; and
-//!    acknowledges and deletes the entry. A stale worker writes nothing.
+//!    acknowledges the entry (finished entries are trimmed in bulk). The
+//!    results for one producer go as one entry of its results stream. A
+//!    bundle is completed whole, once all its jobs have their outcome. A
+//!    stale worker writes nothing.
 //! 4. The producer reads its results stream from a cursor it owns, resolves
-//!    the ticket, and deletes the entry (entries are deleted together, at
-//!    most half a second after their delivery).
+//!    the tickets, and deletes the entry once every result in it is
+//!    delivered (entries are deleted together, at most half a second after
+//!    their delivery).
 //!
 //! **Why no result can be lost.** A result is never a message sent to
 //! whoever happens to listen (as a pub/sub event is): it is a stream entry
@@ -53,7 +61,9 @@
 //! A job whose worker died is reclaimed by another worker once its lease has
 //! run out (`XAUTOCLAIM`), and run again; a job delivered more than
 //! `max_deliveries` times is dead-lettered instead, so a job that kills its
-//! worker cannot loop forever. Jobs therefore run *at least once*; the
+//! worker cannot loop forever. A reclaimed bundle is not run as a bundle
+//! again: its jobs are handed back as entries of their own, so that one job
+//! that kills its worker is dead-lettered alone. Jobs therefore run *at least once*; the
 //! fencing makes sure that only one run's result is written.
 //!
 //! **Resends.** An enqueue whose reply was lost (the connection dropped
@@ -188,6 +198,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+mod bundle;
 mod codec;
 mod conn;
 pub mod durability;

@@ -25,12 +25,15 @@ pub use baler::Severity;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueStats {
-    /// Jobs in the jobs stream that have not finished: waiting plus being
-    /// run.
+    /// Jobs in the jobs stream that have not finished: waiting or being
+    /// run, each job of a bundle counted.
     pub length: u64,
-    /// Jobs claimed by a worker and not yet completed.
+    /// Entries claimed by a worker and not yet completed: a job, or a
+    /// bundle of jobs a producer sent together (see
+    /// [`ProducerBuilder::bundles`](crate::ProducerBuilder::bundles)).
     pub pending: u64,
-    /// Jobs no worker has claimed yet (the consumer group's lag).
+    /// Entries no worker has claimed yet (the consumer group's lag): jobs,
+    /// or bundles of them, as for `pending`.
     pub waiting: u64,
     /// Jobs waiting out a retry backoff.
     pub delayed: u64,
@@ -46,7 +49,7 @@ pub struct QueueStats {
 pub struct ConsumerStats {
     /// Its name.
     pub name: String,
-    /// Jobs it holds.
+    /// Entries it holds (jobs, or bundles of them).
     pub pending: u64,
     /// How long since it last read or renewed a claim.
     pub idle: Duration,

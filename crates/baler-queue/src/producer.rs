@@ -23,14 +23,15 @@ use serde::Serialize;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::bundle;
 use crate::codec::{Codec, Json};
 use crate::durability::Reached;
 use crate::error::{ConfigError, EnqueueError, JobError};
 use crate::events::QueueEvent;
 use crate::keys::shard_of_key;
 use crate::observe;
-use crate::queue::{as_bytes, as_string, as_u64, check_name, Queue, Shared};
-use crate::scripts::ENQUEUE;
+use crate::queue::{as_bytes, as_string, check_name, Queue, Shared};
+use crate::scripts::{BUNDLE, ENQUEUE};
 use crate::JobId;
 
 /// A job to enqueue: a payload and, optionally, an idempotency key. A plain
@@ -78,12 +79,40 @@ impl<P> From<P> for Job<P> {
 /// A job's result as stored in the results stream, before decoding.
 #[derive(Debug, Clone)]
 struct RawResult {
-    /// Its shard and its entry in that shard's results stream; none for a
-    /// result read from an idempotency key's marker.
-    entry: Option<(usize, String)>,
+    /// The results stream entry it came in; none for a result read from an
+    /// idempotency key's marker.
+    entry: Option<Arc<ResultEntry>>,
     status: String,
     attempts: u32,
     data: Vec<u8>,
+}
+
+/// An entry of a results stream: one result, or a bundle of them (see
+/// [`crate::bundle`]). It is deleted once every result in it has been
+/// delivered (or found to be a second copy); one kept as unclaimed keeps
+/// its entry in Redis until it is taken, so that the next start of this
+/// producer finds it again if this one stops first.
+#[derive(Debug)]
+struct ResultEntry {
+    shard: usize,
+    id: String,
+    /// Results in it not yet delivered.
+    left: AtomicUsize,
+}
+
+impl ResultEntry {
+    /// One of its results is done with; answers the entry to delete once
+    /// none is left.
+    fn release(&self) -> Option<(usize, String)> {
+        (self.left.fetch_sub(1, Ordering::AcqRel) == 1).then(|| (self.shard, self.id.clone()))
+    }
+}
+
+/// The entries whose last result `raws` held.
+fn release_all<'a>(raws: impl IntoIterator<Item = &'a RawResult>) -> Vec<(usize, String)> {
+    raws.into_iter()
+        .filter_map(|r| r.entry.as_ref()?.release())
+        .collect()
 }
 
 fn decode<O: DeserializeOwned, C: Codec>(
@@ -231,11 +260,11 @@ impl<O: DeserializeOwned + Send + 'static, C: Codec> Results<O, C> {
                         status,
                         1,
                     );
-                    done.extend(raw.entry);
+                    done.extend(release_all([&raw]));
                 }
                 None if id.as_str().starts_with(&self.own) && !book.orphans.remove(&id) => {
                     observe::count("baler_queue_duplicate_results_total", &self.shared.name, 1);
-                    done.extend(raw.entry);
+                    done.extend(release_all([&raw]));
                 }
                 None => {
                     // Kept in Redis: if it falls out of memory here, the
@@ -337,31 +366,85 @@ async fn read_results<O: DeserializeOwned + Send + 'static, C: Codec>(
         if let Some((last, _)) = entries.last() {
             cursor = last.clone();
         }
-        let parsed = entries
-            .into_iter()
-            .filter_map(|(entry, fields)| {
-                let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v);
-                let id = JobId(get("id").and_then(as_string)?);
-                Some((
-                    id,
-                    RawResult {
-                        entry: Some((shard, entry)),
-                        status: get("s").and_then(as_string).unwrap_or_default(),
-                        attempts: get("a")
-                            .and_then(as_u64)
-                            .and_then(|n| u32::try_from(n).ok())
-                            .unwrap_or(0),
-                        data: get("r").and_then(as_bytes).unwrap_or_default(),
-                    },
-                ))
-            })
-            .collect();
+        let mut parsed = Vec::with_capacity(entries.len());
+        for (entry, fields) in entries {
+            match parse_results(shard, entry, fields) {
+                Ok(found) => parsed.extend(found),
+                Err(message) => {
+                    // Not written by a baler-queue worker: left in place,
+                    // for whoever wrote it to look at.
+                    tracing::warn!(%message, stream = %key, "a results entry could not be read; it is left in the stream");
+                }
+            }
+        }
         let done = results.deliver(parsed);
         let due = results.deletions().add(done);
         if let Some(due) = due {
             results.delete(due).await;
         }
     }
+}
+
+/// The results one entry of a results stream holds: a plain one (`id`, `s`,
+/// `a`, `r`) or a bundle (see [`crate::bundle`]).
+fn parse_results(
+    shard: usize,
+    entry: String,
+    fields: Vec<(String, Value)>,
+) -> Result<Vec<(JobId, RawResult)>, String> {
+    let mut fields: HashMap<String, Value> = fields.into_iter().collect();
+    let mut take = |n: &str| match fields.remove(n) {
+        Some(Value::BulkString(b)) => Ok(b),
+        Some(other) => as_bytes(&other).ok_or_else(|| format!("its field {n} is not a string")),
+        None => Err(format!("it has no field {n}")),
+    };
+    let Ok(count) = take("n") else {
+        let id = take("id")?;
+        let raw = RawResult {
+            entry: Some(Arc::new(ResultEntry {
+                shard,
+                id: entry,
+                left: AtomicUsize::new(1),
+            })),
+            status: String::from_utf8_lossy(&take("s").unwrap_or_default()).into_owned(),
+            attempts: parse_attempts(&take("a").unwrap_or_default()),
+            data: take("r").unwrap_or_default(),
+        };
+        return Ok(vec![(
+            JobId(String::from_utf8_lossy(&id).into_owned()),
+            raw,
+        )]);
+    };
+    let n = bundle::count(&count)?;
+    let (ids, statuses, attempts, lengths, data) =
+        (take("ids")?, take("s")?, take("a")?, take("l")?, take("r")?);
+    let ids = bundle::split(&ids, b'\n', n)?;
+    let statuses = bundle::split(&statuses, b'\n', n)?;
+    let attempts = bundle::split(&attempts, b',', n)?;
+    let data = bundle::frames(&lengths, &data, n)?;
+    let shared = Arc::new(ResultEntry {
+        shard,
+        id: entry,
+        left: AtomicUsize::new(n),
+    });
+    Ok((0..n)
+        .map(|i| {
+            let raw = RawResult {
+                entry: Some(shared.clone()),
+                status: String::from_utf8_lossy(statuses[i]).into_owned(),
+                attempts: parse_attempts(attempts[i]),
+                data: data[i].to_vec(),
+            };
+            (JobId(String::from_utf8_lossy(ids[i]).into_owned()), raw)
+        })
+        .collect())
+}
+
+fn parse_attempts(text: &[u8]) -> u32 {
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Result entries already delivered, waiting to be deleted in one `XDEL`.
@@ -510,6 +593,8 @@ struct EnqueueHandler<C> {
     shared: Arc<Shared<C>>,
     shard: usize,
     producer: String,
+    /// Whether a batch of jobs without keys goes as one entry.
+    bundle: bool,
 }
 
 /// Why an enqueue call did not give one answer per job.
@@ -529,6 +614,7 @@ async fn send<C>(
     shard: usize,
     producer: &str,
     items: &[Item],
+    bundle: bool,
 ) -> Result<Vec<Ack>, SendError> {
     let keys = shared.keys(shard);
     let jobs = keys.jobs();
@@ -536,6 +622,30 @@ async fn send<C>(
     let plain = s.max_length.is_none()
         && s.resend_window.is_none()
         && items.iter().all(|i| i.key.is_none());
+    if plain && bundle && items.len() > 1 {
+        let mut ids = String::new();
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                ids.push('\n');
+            }
+            ids.push_str(item.id.as_str());
+        }
+        let lengths = bundle::lengths(items.iter().map(|i| i.body.len()));
+        let bodies: Vec<u8> = items.iter().flat_map(|i| &i.body[..]).copied().collect();
+        let mut conn = shared.conn.clone();
+        let _entry: String = BUNDLE
+            .key(&jobs)
+            .key(keys.bundled())
+            .arg(producer)
+            .arg(items.len())
+            .arg(ids)
+            .arg(lengths)
+            .arg(bodies)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(SendError::Redis)?;
+        return Ok(items.iter().map(|_| Ack::Added).collect());
+    }
     if plain {
         let mut pipe = redis::pipe();
         for item in items {
@@ -567,6 +677,7 @@ async fn send<C>(
     }
     let mut invocation = ENQUEUE.key(&jobs);
     invocation
+        .key(keys.bundled())
         .arg(shared.shard_max_length().unwrap_or(0))
         .arg(producer)
         .arg(keys.group());
@@ -644,7 +755,15 @@ impl<C: Codec> Handler<Item> for EnqueueHandler<C> {
     type Error = String;
 
     async fn handle(&self, batch: Batch<Item>) -> HandlerResult<Ack, String> {
-        match send(&self.shared, self.shard, &self.producer, batch.items()).await {
+        match send(
+            &self.shared,
+            self.shard,
+            &self.producer,
+            batch.items(),
+            self.bundle,
+        )
+        .await
+        {
             Ok(acks) => {
                 let acks = match wait_durable(&self.shared, self.shard).await {
                     None => acks,
@@ -681,6 +800,7 @@ pub struct ProducerBuilder<C = Json> {
     max_unclaimed: usize,
     redis_attempts: u32,
     block_time: Duration,
+    bundles: bool,
 }
 
 impl<C> fmt::Debug for ProducerBuilder<C> {
@@ -713,6 +833,7 @@ impl<C: Codec> Queue<C> {
             max_unclaimed: 10_000,
             redis_attempts: 20,
             block_time: Duration::from_secs(1),
+            bundles: true,
         }
     }
 }
@@ -770,6 +891,27 @@ impl<C: Codec> ProducerBuilder<C> {
         self
     }
 
+    /// Whether the jobs of one enqueue batch that have no idempotency key go
+    /// to Redis as one entry, a bundle (default `true`; the queue must have
+    /// no [`max_length`](crate::QueueBuilder::max_length) and no
+    /// [`resend_window`](crate::QueueBuilder::resend_window), which check
+    /// jobs one by one).
+    ///
+    /// A bundle is claimed, run and completed by one worker, and its results
+    /// come back together, in one entry: Redis handles one entry per batch
+    /// instead of one per job, which is most of a busy queue's cost. The
+    /// price: a bundle's results arrive when its last job has finished; a
+    /// worker that dies holding a bundle loses the runs of all its jobs
+    /// (they are handed back one by one, each as a job of its own, once
+    /// the lease runs out, so that a job that stops its worker is
+    /// dead-lettered alone); and [`QueueStats`](crate::QueueStats) counts a
+    /// bundle once where it counts entries. Turn it off for jobs that take
+    /// long and whose results are wanted as soon as each is done.
+    pub fn bundles(mut self, on: bool) -> Self {
+        self.bundles = on;
+        self
+    }
+
     /// Starts the producer: its enqueue batcher and its results reader.
     ///
     /// # Errors
@@ -814,6 +956,7 @@ impl<C: Codec> ProducerBuilder<C> {
                         shared: shared.clone(),
                         shard,
                         producer: self.name.clone(),
+                        bundle: self.bundles,
                     })?,
             );
         }
@@ -1070,7 +1213,7 @@ where
                 drop(book);
                 let _ = tx.send(decode(&self.inner.shared.codec, &id, &raw));
                 let results = results.clone();
-                let entries = raw.entry.into_iter().collect();
+                let entries = release_all([&raw]);
                 tokio::spawn(async move { results.delete(entries).await });
                 return JobTicket {
                     id,
@@ -1102,7 +1245,7 @@ where
     pub async fn take_unclaimed(&self) -> Vec<(JobId, Result<O, JobError>)> {
         let taken: Vec<(JobId, RawResult)> =
             self.inner.results.book().unclaimed.drain(..).collect();
-        let entries = taken.iter().filter_map(|(_, r)| r.entry.clone()).collect();
+        let entries = release_all(taken.iter().map(|(_, r)| r));
         let out = taken
             .iter()
             .map(|(id, raw)| (id.clone(), decode(&self.inner.shared.codec, id, raw)))
@@ -1460,11 +1603,17 @@ mod tests {
             .await
             .unwrap();
         let items = [item("p-1", None), item("p-2", Some("order-9"))];
-        let first = send(&queue.shared, 0, "p", &items).await.ok().unwrap();
+        let first = send(&queue.shared, 0, "p", &items, true)
+            .await
+            .ok()
+            .unwrap();
         assert!(matches!(first[..], [Ack::Added, Ack::Added]));
         // The same call again, as a retry after its reply was lost: every
         // job is recognised as its own, nothing is added.
-        let again = send(&queue.shared, 0, "p", &items).await.ok().unwrap();
+        let again = send(&queue.shared, 0, "p", &items, true)
+            .await
+            .ok()
+            .unwrap();
         for (ack, it) in again.iter().zip(&items) {
             match ack {
                 Ack::Duplicate {
@@ -1488,7 +1637,10 @@ mod tests {
             .await
             .unwrap();
         let items = [item("p-1", None), item("p-2", Some("order-9"))];
-        send(&queue.shared, 0, "p", &items).await.ok().unwrap();
+        send(&queue.shared, 0, "p", &items, true)
+            .await
+            .ok()
+            .unwrap();
         let mut conn = common::connection(&server.url()).await;
         let keys = queue.keys();
         for (key, max) in [
@@ -1513,7 +1665,10 @@ mod tests {
             .await
             .unwrap();
         let items = [item("a", None), item("b", None), item("c", None)];
-        let acks = send(&queue.shared, 0, "p", &items).await.ok().unwrap();
+        let acks = send(&queue.shared, 0, "p", &items, true)
+            .await
+            .ok()
+            .unwrap();
         assert!(matches!(acks[..], [Ack::Added, Ack::Added, Ack::Full]));
         assert_eq!(jobs(&server, &queue).await, 2);
     }
@@ -1527,7 +1682,10 @@ mod tests {
             .await
             .unwrap();
         let items = [item("a", None), item("b", Some("order-1"))];
-        let acks = send(&queue.shared, 0, "p", &items).await.ok().unwrap();
+        let acks = send(&queue.shared, 0, "p", &items, true)
+            .await
+            .ok()
+            .unwrap();
         assert!(matches!(acks[..], [Ack::Added, Ack::Full]));
         // The key was not taken by the refused job: once there is room, the
         // same key is added, not reported as a duplicate of a job that never was.
@@ -1537,7 +1695,7 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let acks = send(&queue.shared, 0, "p", &[item("c", Some("order-1"))])
+        let acks = send(&queue.shared, 0, "p", &[item("c", Some("order-1"))], true)
             .await
             .ok()
             .unwrap();
@@ -1555,7 +1713,10 @@ mod tests {
             .await
             .unwrap();
         let keyless = [item("p-1", None), item("p-2", None)];
-        let acks = send(&queue.shared, 0, "p", &keyless).await.ok().unwrap();
+        let acks = send(&queue.shared, 0, "p", &keyless, false)
+            .await
+            .ok()
+            .unwrap();
         assert!(matches!(acks[..], [Ack::Added, Ack::Added]));
         let stats: String = redis::cmd("INFO")
             .arg("commandstats")
@@ -1582,8 +1743,14 @@ mod tests {
         assert_eq!(keys, [queue.keys().jobs()]);
         // A keyed job in a mixed batch is still recognised when sent again.
         let mixed = [item("p-3", None), item("p-4", Some("order-9"))];
-        send(&queue.shared, 0, "p", &mixed).await.ok().unwrap();
-        let again = send(&queue.shared, 0, "p", &mixed).await.ok().unwrap();
+        send(&queue.shared, 0, "p", &mixed, false)
+            .await
+            .ok()
+            .unwrap();
+        let again = send(&queue.shared, 0, "p", &mixed, false)
+            .await
+            .ok()
+            .unwrap();
         assert!(
             matches!(again[..], [Ack::Added, Ack::Duplicate { .. }]),
             "{again:?}"

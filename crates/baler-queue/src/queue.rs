@@ -689,13 +689,14 @@ impl<C: Codec> Queue<C> {
 
     async fn shard_stats(&self, keys: &Keys) -> Result<QueueStats, RedisError> {
         let mut conn = self.shared.conn.clone();
-        let (xlen, pending, delayed, dead, consumers, groups): (
+        let (xlen, pending, delayed, dead, consumers, groups, bundled): (
             u64,
             Value,
             u64,
             u64,
             Value,
             Value,
+            Option<i64>,
         ) = redis::pipe()
             .cmd("XLEN")
             .arg(keys.jobs())
@@ -713,6 +714,8 @@ impl<C: Codec> Queue<C> {
             .cmd("XINFO")
             .arg("GROUPS")
             .arg(keys.jobs())
+            .cmd("GET")
+            .arg(keys.bundled())
             .query_async(&mut conn)
             .await?;
         let pending = match pending {
@@ -736,7 +739,10 @@ impl<C: Codec> Queue<C> {
             _ => None,
         };
         let waiting = lag.unwrap_or_else(|| xlen.saturating_sub(pending));
-        let length = waiting + pending;
+        // A bundle is one entry for many jobs: the jobs beyond the first of
+        // each unfinished bundle are counted apart.
+        let bundled = bundled.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        let length = waiting + pending + bundled;
         let mut list = Vec::new();
         if let Value::Array(consumers) = consumers {
             for consumer in consumers {

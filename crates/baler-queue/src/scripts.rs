@@ -41,8 +41,9 @@ pub(crate) fn source_of(hash: &str) -> Option<String> {
 /// idempotency key, a resend marker, or a bounded queue); otherwise the
 /// producer sends plain `XADD`s.
 ///
-/// KEYS: jobs, then one marker key per job (`{q}:idem:<key>`,
-/// `{q}:sent:<id>`, or the jobs key again when the job has no marker).
+/// KEYS: jobs, the bundled-jobs count, then one marker key per job
+/// (`{q}:idem:<key>`, `{q}:sent:<id>`, or the jobs key again when the job
+/// has no marker).
 /// ARGV: max length (0: none), producer, group, then id, marker TTL in ms
 /// (0: no marker), idempotency key (empty: none) and body per job.
 ///
@@ -65,20 +66,20 @@ if maxlen > 0 then
   len = redis.call('XLEN', KEYS[1])
   -- The stream also holds finished entries not yet trimmed: count only
   -- those waiting or being run before refusing anything.
-  if len + #KEYS - 1 > maxlen then len = unfinished(KEYS[1], ARGV[3], len) end
+  if len + #KEYS - 2 > maxlen then len = unfinished(KEYS[1], KEYS[2], ARGV[3], len) end
 end
 local out = {}
-for i = 1, #KEYS - 1 do
+for i = 1, #KEYS - 2 do
   local b = 3 + (i - 1) * 4
   local id, ttl, key, body = ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
   local existing = false
   if ttl > 0 then
-    existing = redis.call('SET', KEYS[i + 1], producer .. '\n' .. id, 'NX', 'GET', 'PX', ttl)
+    existing = redis.call('SET', KEYS[i + 2], producer .. '\n' .. id, 'NX', 'GET', 'PX', ttl)
   end
   if existing then
     out[i] = 'dup:' .. existing
   elseif maxlen > 0 and len >= maxlen then
-    if ttl > 0 then redis.call('DEL', KEYS[i + 1]) end
+    if ttl > 0 then redis.call('DEL', KEYS[i + 2]) end
     out[i] = 'full'
   else
     if key ~= '' then
@@ -95,11 +96,29 @@ return out
     ))
 });
 
+/// Adds the jobs of one enqueue batch as one entry (see [`crate::bundle`])
+/// and counts its jobs beyond the first in the bundled-jobs count, so that
+/// the queue's length stays a count of jobs.
+///
+/// KEYS: jobs, bundled-jobs count. ARGV: producer, count, ids, lengths,
+/// bodies. Answers the entry id.
+pub(crate) static BUNDLE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[2], 'ids', ARGV[3], 'p', ARGV[1], 'a', '0', 'l', ARGV[4], 'b', ARGV[5])
+redis.call('INCRBY', KEYS[2], tonumber(ARGV[2]) - 1)
+return id
+"#,
+    )
+});
+
 /// Lua functions shared by [`ENQUEUE`] and [`TRIM`]:
 /// `group_state(jobs, group)`, the group's fields as `XINFO GROUPS` gives
 /// them (`nil` without the stream or the group), and
-/// `unfinished(jobs, group, xlen)`, the number of jobs waiting or being
-/// run: the group's `lag` plus its pending count.
+/// `unfinished(jobs, bundled, group, xlen)`, the number of jobs waiting or
+/// being run: the group's `lag` plus its pending count (both in entries),
+/// plus the jobs that bundles hold beyond their first (see
+/// [`crate::bundle`]), which the `bundled` key counts.
 ///
 /// Finished entries (acknowledged) stay in the stream until trimmed, so
 /// `XLEN` overcounts. The lag is Redis's count of entries not yet delivered
@@ -116,12 +135,13 @@ local function group_state(jobs, group)
   end
   return nil
 end
-local function unfinished(jobs, group, xlen)
+local function unfinished(jobs, bundled, group, xlen)
+  local extra = math.max(tonumber(redis.call('GET', bundled) or '0') or 0, 0)
   local g = group_state(jobs, group)
-  if not g then return xlen end
+  if not g then return xlen + extra end
   local lag = g['lag']
-  if type(lag) ~= 'number' then return xlen end
-  return lag + g['pending']
+  if type(lag) ~= 'number' then return xlen + extra end
+  return lag + g['pending'] + extra
 end
 "#;
 
@@ -201,65 +221,109 @@ return out
     )
 });
 
-/// Completes a batch of jobs, each only if its claim is still this worker's.
-/// The finished entry is acknowledged and left for [`TRIM`] to remove.
+/// Completes the jobs of a batch of entries, each entry only if its claim
+/// is still this worker's, and all the jobs of an entry together (a bundle
+/// is completed whole, in one call). A finished entry is acknowledged and
+/// left for [`TRIM`] to remove.
 ///
-/// KEYS: jobs, delayed, parked, dead, then per job the results stream of its
-/// producer and its idempotency key's marker (the results stream again when
-/// it has none; then it is not touched). ARGV: group, consumer, then per
-/// job: entry id, delivery count, kind (`ok`, `failed`, `dead`, `retry`,
-/// `handback`), job id, producer, attempts, data (output or message), delay
-/// ms, idempotency key (empty: none), body.
+/// KEYS: jobs, delayed, parked, dead, the bundled-jobs count, then the
+/// results streams written to (R of them), then the idempotency markers of
+/// keyed jobs. ARGV: group, consumer, R, E (the number of entries), then per
+/// entry: entry id, delivery count, its number of jobs, and how many of
+/// them the bundled-jobs count holds (jobs beyond a bundle's first); then
+/// per job, entry by entry: kind (`ok`, `failed`, `dead`, `retry`,
+/// `handback`), job id, producer, results index (1 to R; 0: none), attempts,
+/// data (output or message), delay ms, marker index (1-based after the
+/// results streams; 0: none), idempotency key, body (sent only for kinds
+/// that put the job back: `retry`, `handback`, `dead`).
 ///
-/// A final result is also written into the idempotency key's marker, if it
-/// still exists, so that enqueuing the key again later gets the result.
-/// Answers 1 (written) or 0 (stale: written nothing) per job.
+/// The results for one producer are written as one entry: a bundle of
+/// results when there are several (see [`crate::bundle`]). A final result
+/// is also written into the idempotency key's marker, if it still exists,
+/// so that enqueuing the key again later gets the result. Answers 1
+/// (written) or 0 (stale: written nothing) per entry.
 pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+local group, consumer = ARGV[1], ARGV[2]
+local nres, nent = tonumber(ARGV[3]), tonumber(ARGV[4])
 -- Redis's clock, read only when a retry is scheduled.
 local now = nil
 local out = {}
-local n = (#ARGV - 2) / 10
-for i = 1, n do
-  local b = 2 + (i - 1) * 10
-  local eid, count, kind = ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
-  local id, producer, attempts = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
-  local data, delay, key, body = ARGV[b + 7], tonumber(ARGV[b + 8]), ARGV[b + 9], ARGV[b + 10]
-  local results, marker = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], eid, eid, 1)
-  if p[1] and p[1][2] == ARGV[2] and tonumber(p[1][4]) == count then
-    if kind == 'ok' or kind == 'failed' or kind == 'dead' then
-      if kind == 'dead' then
-        redis.call('XADD', KEYS[4], '*', 'id', id, 'p', producer, 'a', attempts, 'reason', data, 'b', body)
+local recs = {}
+local acks = {}
+local extra = 0
+local j = 4 + nent * 4
+for e = 1, nent do
+  local b = 4 + (e - 1) * 4
+  local eid, count, njobs, ex = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local p = redis.call('XPENDING', KEYS[1], group, eid, eid, 1)
+  if p[1] and p[1][2] == consumer and tonumber(p[1][4]) == count then
+    for _ = 1, njobs do
+      local kind, id, producer, ri, attempts = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], tonumber(ARGV[j + 4]), ARGV[j + 5]
+      local data, delay, mi, key, body = ARGV[j + 6], tonumber(ARGV[j + 7]), tonumber(ARGV[j + 8]), ARGV[j + 9], ARGV[j + 10]
+      if kind == 'ok' or kind == 'failed' or kind == 'dead' then
+        if kind == 'dead' then
+          redis.call('XADD', KEYS[4], '*', 'id', id, 'p', producer, 'a', attempts, 'reason', data, 'b', body)
+        end
+        if ri > 0 then
+          local r = recs[ri]
+          if not r then
+            r = {ids = {}, s = {}, a = {}, l = {}, r = {}}
+            recs[ri] = r
+          end
+          local k = #r.ids + 1
+          r.ids[k], r.s[k], r.a[k], r.l[k], r.r[k] = id, kind, attempts, string.len(data), data
+        end
+        if mi > 0 then
+          local marker = KEYS[5 + nres + mi]
+          if redis.call('EXISTS', marker) == 1 then
+            redis.call('SET', marker, producer .. '\n' .. id .. '\n' .. kind .. '\n' .. attempts .. '\n' .. data, 'KEEPTTL')
+          end
+        end
+      elseif kind == 'retry' then
+        if not now then
+          local t = redis.call('TIME')
+          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+        redis.call('HSET', KEYS[3], id, producer .. '\n' .. attempts .. '\n' .. key .. '\n' .. body)
+        redis.call('ZADD', KEYS[2], now + delay, id)
+      elseif kind == 'handback' then
+        if key ~= '' then
+          redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'k', key, 'b', body)
+        else
+          redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'b', body)
+        end
       end
-      if producer ~= '' then
-        redis.call('XADD', results, '*', 'id', id, 's', kind, 'a', attempts, 'r', data)
-      end
-      if key ~= '' and redis.call('EXISTS', marker) == 1 then
-        redis.call('SET', marker, producer .. '\n' .. id .. '\n' .. kind .. '\n' .. attempts .. '\n' .. data, 'KEEPTTL')
-      end
-    elseif kind == 'retry' then
-      if not now then
-        local t = redis.call('TIME')
-        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      end
-      redis.call('HSET', KEYS[3], id, producer .. '\n' .. attempts .. '\n' .. key .. '\n' .. body)
-      redis.call('ZADD', KEYS[2], now + delay, id)
-    elseif kind == 'handback' then
-      if key ~= '' then
-        redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'k', key, 'b', body)
-      else
-        redis.call('XADD', KEYS[1], '*', 'id', id, 'p', producer, 'a', attempts, 'b', body)
-      end
+      j = j + 10
     end
-    -- Acknowledged, not deleted: TRIM removes finished entries in bulk,
-    -- one command per worker and second instead of one per job.
-    redis.call('XACK', KEYS[1], ARGV[1], eid)
-    out[i] = 1
+    acks[#acks + 1] = eid
+    extra = extra + ex
+    out[e] = 1
   else
-    out[i] = 0
+    j = j + 10 * njobs
+    out[e] = 0
   end
+end
+for ri = 1, nres do
+  local r = recs[ri]
+  if r then
+    if #r.ids == 1 then
+      redis.call('XADD', KEYS[5 + ri], '*', 'id', r.ids[1], 's', r.s[1], 'a', r.a[1], 'r', r.r[1])
+    else
+      redis.call('XADD', KEYS[5 + ri], '*', 'n', #r.ids, 'ids', table.concat(r.ids, '\n'),
+        's', table.concat(r.s, '\n'), 'a', table.concat(r.a, ','), 'l', table.concat(r.l, ','),
+        'r', table.concat(r.r))
+    end
+  end
+end
+-- Acknowledged, not deleted: TRIM removes finished entries in bulk,
+-- one command per worker and second instead of one per entry.
+for i = 1, #acks, 1000 do
+  redis.call('XACK', KEYS[1], group, unpack(acks, i, math.min(i + 999, #acks)))
+end
+if extra > 0 then
+  if redis.call('DECRBY', KEYS[5], extra) <= 0 then redis.call('DEL', KEYS[5]) end
 end
 return out
 "#,

@@ -33,6 +33,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::bundle;
 use crate::codec::{Codec, Json};
 use crate::error::ConfigError;
 use crate::events::QueueEvent;
@@ -45,6 +46,9 @@ use crate::JobId;
 /// A consumer holding nothing and silent for this many leases is taken for
 /// dead and removed from the group.
 const PRUNE_AFTER_LEASES: u32 = 10;
+/// The most jobs written in one completion call (whole entries: a larger
+/// bundle goes alone).
+const COMPLETE_JOBS: usize = 1000;
 /// How often a worker removes finished entries from the jobs stream. They
 /// are acknowledged at once and cost only memory until then.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -66,6 +70,111 @@ struct Held {
     /// The idempotency key it was enqueued with, empty if none.
     key: String,
     body: Vec<u8>,
+}
+
+/// An entry this worker holds.
+#[derive(Debug)]
+struct Hold {
+    /// The delivery count at claim: with the consumer name, the fencing token.
+    deliveries: u64,
+    /// Its jobs: one, or a bundle's.
+    jobs: usize,
+    /// How many of them the queue's bundled-jobs count holds (a bundle's
+    /// jobs beyond its first): taken off when the entry is completed.
+    extra: u64,
+    /// The room its jobs take, given back when the entry is completed.
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+/// One entry read from the jobs stream, and its jobs.
+struct Entry {
+    shard: usize,
+    id: String,
+    deliveries: u64,
+    jobs: Vec<Held>,
+    /// The bundled-jobs count's share of it (see [`Hold::extra`]).
+    extra: u64,
+    /// Why it cannot be run, if it cannot: its one job is dead-lettered.
+    malformed: Option<String>,
+}
+
+impl Entry {
+    /// Reads an entry: one job (`id`, `p`, `a`, `k`, `b`) or a bundle of
+    /// them (see [`crate::bundle`]).
+    fn parse(shard: usize, id: String, fields: Vec<(String, Value)>, deliveries: u64) -> Entry {
+        let mut fields: HashMap<String, Value> = fields.into_iter().collect();
+        let mut text = |n: &str| fields.remove(n).and_then(|v| as_bytes(&v));
+        let producer = text("p").map(|p| String::from_utf8_lossy(&p).into_owned());
+        let attempts = text("a")
+            .and_then(|a| std::str::from_utf8(&a).ok()?.parse().ok())
+            .unwrap_or(0);
+        let one = |job_id: Option<Vec<u8>>, key: Option<Vec<u8>>, body: Option<Vec<u8>>| Held {
+            shard,
+            entry: id.clone(),
+            job_id: JobId(
+                job_id
+                    .map(|j| String::from_utf8_lossy(&j).into_owned())
+                    .unwrap_or_else(|| id.clone()),
+            ),
+            producer: producer.clone().unwrap_or_default(),
+            attempts,
+            deliveries,
+            key: key
+                .map(|k| String::from_utf8_lossy(&k).into_owned())
+                .unwrap_or_default(),
+            body: body.unwrap_or_default(),
+        };
+        let Some(n) = text("n") else {
+            let (job_id, key, body) = (text("id"), text("k"), text("b"));
+            let malformed = (job_id.is_none() || body.is_none()).then(|| {
+                "the entry has no job id or body; it was not written by a baler-queue producer"
+                    .to_owned()
+            });
+            let job = one(job_id, key, body);
+            return Entry {
+                shard,
+                id,
+                deliveries,
+                jobs: vec![job],
+                extra: 0,
+                malformed,
+            };
+        };
+        let count = bundle::count(&n);
+        let extra = count.as_ref().map_or(0, |n| n.saturating_sub(1) as u64);
+        let (ids, lengths, bodies) = (text("ids"), text("l"), text("b"));
+        let jobs = count.and_then(|n| {
+            let missing = || "a bundle without its ids, lengths or bodies".to_owned();
+            let (Some(ids), Some(lengths), Some(bodies)) = (&ids, &lengths, &bodies) else {
+                return Err(missing());
+            };
+            let ids = bundle::split(ids, b'\n', n)?;
+            let bodies = bundle::frames(lengths, bodies, n)?;
+            Ok(ids
+                .into_iter()
+                .zip(bodies)
+                .map(|(job, body)| one(Some(job.to_vec()), None, Some(body.to_vec())))
+                .collect::<Vec<_>>())
+        });
+        match jobs {
+            Ok(jobs) => Entry {
+                shard,
+                id,
+                deliveries,
+                jobs,
+                extra,
+                malformed: None,
+            },
+            Err(reason) => Entry {
+                shard,
+                id: id.clone(),
+                deliveries,
+                jobs: vec![one(None, None, bodies)],
+                extra,
+                malformed: Some(format!("a bundle of jobs that cannot be read: {reason}")),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,25 +206,16 @@ struct Completion {
     /// Attempts made, this one included (unchanged for a hand-back).
     attempts: u32,
     delay: Duration,
-    /// Given back (dropped) once the completion is written or given up.
-    _room: OwnedSemaphorePermit,
 }
 
 impl Completion {
-    fn new(
-        held: Held,
-        kind: Kind,
-        attempts: u32,
-        data: Vec<u8>,
-        room: OwnedSemaphorePermit,
-    ) -> Self {
+    fn new(held: Held, kind: Kind, attempts: u32, data: Vec<u8>) -> Self {
         Completion {
             held,
             kind,
             data,
             attempts,
             delay: Duration::ZERO,
-            _room: room,
         }
     }
 }
@@ -177,7 +277,7 @@ struct Counters {
 /// The type-erased half of a worker that knows the payload and handler types.
 trait Runner: Send + Sync + 'static {
     /// Decodes and submits one job; its completion reaches `done`.
-    fn run(&self, held: Held, room: OwnedSemaphorePermit) -> BoxFuture<'_, ()>;
+    fn run(&self, held: Held) -> BoxFuture<'_, ()>;
     /// Shuts the batcher down: whatever it could not finish by `deadline`
     /// resolves as abandoned and is handed back.
     fn stop(&self, deadline: Duration) -> BoxFuture<'_, ()>;
@@ -199,9 +299,9 @@ impl Done {
 struct Core<C> {
     shared: Arc<Shared<C>>,
     consumer: String,
-    /// Held jobs by shard and entry id (entry ids are unique per stream
-    /// only), with their delivery counts.
-    held: Mutex<HashMap<(usize, String), u64>>,
+    /// Held entries by shard and entry id (entry ids are unique per stream
+    /// only).
+    held: Mutex<HashMap<(usize, String), Hold>>,
     room: Arc<Semaphore>,
     max_held: usize,
     claim_count: usize,
@@ -216,7 +316,7 @@ struct Core<C> {
 }
 
 impl<C: Codec> Core<C> {
-    fn held(&self) -> MutexGuard<'_, HashMap<(usize, String), u64>> {
+    fn held(&self) -> MutexGuard<'_, HashMap<(usize, String), Hold>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -230,7 +330,7 @@ impl<C: Codec> Core<C> {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         WorkerStats {
-            held: self.held().len() as u64,
+            held: self.held().values().map(|h| h.jobs as u64).sum(),
             claimed: get(&c.claimed),
             completed: get(&c.completed),
             failed: get(&c.failed),
@@ -245,59 +345,94 @@ impl<C: Codec> Core<C> {
 
     /// Dead-letters a job before it runs. The delivery counts as an
     /// attempt: the job may have run (and stopped its worker) before.
-    fn dead(&self, held: Held, reason: String, room: OwnedSemaphorePermit) {
+    fn dead(&self, held: Held, reason: String) {
         let attempts = held.attempts + 1;
         self.done.send(Completion::new(
             held,
             Kind::Dead,
             attempts,
             reason.into_bytes(),
-            room,
         ));
     }
 
-    /// Takes one entry read from the jobs stream: checks it, then hands it
-    /// to the runner.
-    async fn take(
-        &self,
-        runner: &dyn Runner,
-        shard: usize,
-        id: String,
-        fields: Vec<(String, Value)>,
-        deliveries: u64,
-        room: OwnedSemaphorePermit,
-    ) {
-        self.counters.claimed.fetch_add(1, Ordering::Relaxed);
-        let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v);
-        let job_id = get("id").and_then(as_string);
-        let body = get("b").and_then(as_bytes);
-        let held = Held {
+    /// Takes one entry read from the jobs stream (its jobs already parsed),
+    /// with the room for its jobs: checks them, then hands them to the
+    /// runner. A bundle that was reclaimed is not run: its jobs are handed
+    /// back one by one, each as an entry of its own, so that one of them
+    /// that stops its worker every time is dead-lettered alone.
+    async fn take(&self, runner: &dyn Runner, entry: Entry, room: Option<OwnedSemaphorePermit>) {
+        let Entry {
             shard,
-            entry: id.clone(),
-            job_id: JobId(job_id.clone().unwrap_or_else(|| id.clone())),
-            producer: get("p").and_then(as_string).unwrap_or_default(),
-            attempts: get("a")
-                .and_then(as_u64)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0),
+            id,
             deliveries,
-            key: get("k").and_then(as_string).unwrap_or_default(),
-            body: body.clone().unwrap_or_default(),
-        };
-        self.held().insert((shard, id), deliveries);
+            jobs,
+            extra,
+            malformed,
+        } = entry;
+        self.counters
+            .claimed
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        self.held().insert(
+            (shard, id),
+            Hold {
+                deliveries,
+                jobs: jobs.len(),
+                extra,
+                _room: room,
+            },
+        );
         let max = self.shared.settings.max_deliveries;
-        if job_id.is_none() || body.is_none() {
-            let reason =
-                "the entry has no job id or body; it was not written by a baler-queue producer";
-            self.dead(held, reason.to_owned(), room);
-        } else if deliveries > u64::from(max) {
-            let reason = format!(
-                "delivered {deliveries} times, more than max_deliveries ({max}): it keeps \
-                 stopping its workers before they complete it (crash, kill or stall)"
-            );
-            self.dead(held, reason, room);
-        } else {
-            runner.run(held, room).await;
+        let split = extra > 0 && deliveries > 1;
+        for held in jobs {
+            if let Some(reason) = &malformed {
+                self.dead(held, reason.clone());
+            } else if split {
+                let attempts = held.attempts;
+                self.done
+                    .send(Completion::new(held, Kind::HandBack, attempts, Vec::new()));
+            } else if deliveries > u64::from(max) {
+                let reason = format!(
+                    "delivered {deliveries} times, more than max_deliveries ({max}): it keeps \
+                     stopping its workers before they complete it (crash, kill or stall)"
+                );
+                self.dead(held, reason);
+            } else {
+                runner.run(held).await;
+            }
+        }
+    }
+
+    /// The room for `jobs` jobs out of `pool`. What the pool lacks is
+    /// waited for when `wait`: never more than the whole room, and not once
+    /// the worker stops (jobs beyond it run without room, so that an entry
+    /// larger than `max_held` cannot block the claimer for ever).
+    ///
+    /// A short pool is given back before the wait, which then asks for the
+    /// whole amount at once: the semaphore serves waiters in order, so two
+    /// claimers (one per shard) can never each hold part of the room while
+    /// waiting for the rest.
+    async fn room_for(
+        &self,
+        jobs: usize,
+        pool: &mut Option<OwnedSemaphorePermit>,
+        wait: bool,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Some(p) = pool {
+            if p.num_permits() > jobs {
+                return p.split(jobs);
+            }
+        }
+        let got = pool.take();
+        let want = jobs.min(self.max_held);
+        if !wait || got.as_ref().map_or(0, |p| p.num_permits()) >= want {
+            return got;
+        }
+        drop(got);
+        let mut stop = self.stop.subscribe();
+        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        tokio::select! {
+            p = self.room.clone().acquire_many_owned(want) => p.ok(),
+            _ = stop.wait_for(|stopping| *stopping) => None,
         }
     }
 
@@ -307,6 +442,9 @@ impl<C: Codec> Core<C> {
         let mut conn = None;
         let mut pause = Duration::from_millis(50);
         let mut stop = self.stop.subscribe();
+        // Jobs per entry lately: a read asks for as many entries as its room
+        // holds jobs of that size (bundles hold many).
+        let mut per_entry = 1.0f64;
         while !self.stopping.load(Ordering::SeqCst) {
             // A worker whose room is all taken by jobs that will not finish
             // must still hear the shutdown.
@@ -314,16 +452,18 @@ impl<C: Codec> Core<C> {
                 room = self.room.clone().acquire_owned() => room,
                 _ = stop.wait_for(|stopping| *stopping) => return,
             };
-            let Ok(first) = first else {
+            let Ok(mut pool) = first else {
                 return;
             };
-            let mut rooms = vec![first];
-            while rooms.len() < self.read_limit() {
+            let limit = self.read_limit();
+            while pool.num_permits() < limit {
                 match self.room.clone().try_acquire_owned() {
-                    Ok(p) => rooms.push(p),
+                    Ok(p) => pool.merge(p),
                     Err(_) => break,
                 }
             }
+            let count = ((pool.num_permits() as f64 / per_entry) as usize).clamp(1, limit);
+            let mut pool = Some(pool);
             if conn.is_none() {
                 match self.shared.blocking_connection(self.block_time).await {
                     Ok(c) => conn = Some(c),
@@ -341,7 +481,7 @@ impl<C: Codec> Core<C> {
                 .arg(keys.group())
                 .arg(&self.consumer)
                 .arg("COUNT")
-                .arg(rooms.len())
+                .arg(count)
                 .arg("BLOCK")
                 .arg(self.block_time.as_millis() as u64)
                 .arg("STREAMS")
@@ -352,11 +492,20 @@ impl<C: Codec> Core<C> {
             match read {
                 Ok(value) => {
                     pause = Duration::from_millis(50);
-                    for (id, fields) in stream_entries(value) {
-                        let Some(room) = rooms.pop() else { break };
-                        // A new delivery's count is 1.
-                        self.take(&*runner, shard, id, fields, 1, room).await;
+                    let entries = stream_entries(value);
+                    if entries.is_empty() {
+                        continue;
                     }
+                    let mut jobs = 0;
+                    let n = entries.len();
+                    for (id, fields) in entries {
+                        // A new delivery's count is 1.
+                        let entry = Entry::parse(shard, id, fields, 1);
+                        jobs += entry.jobs.len();
+                        let room = self.room_for(entry.jobs.len(), &mut pool, true).await;
+                        self.take(&*runner, entry, room).await;
+                    }
+                    per_entry = (per_entry * 3.0 + jobs as f64 / n as f64) / 4.0;
                 }
                 Err(e) => {
                     if e.code() == Some("NOGROUP") {
@@ -436,7 +585,7 @@ impl<C: Codec> Core<C> {
             .held()
             .iter()
             .filter(|((s, _), _)| *s == shard)
-            .map(|((_, entry), v)| (entry.clone(), *v))
+            .map(|((_, entry), h)| (entry.clone(), h.deliveries))
             .collect();
         let keys = self.shared.keys(shard);
         for chunk in held.chunks(500) {
@@ -474,16 +623,17 @@ impl<C: Codec> Core<C> {
     }
 
     async fn reclaim(&self, runner: &dyn Runner, shard: usize) {
-        let mut rooms = Vec::new();
-        while rooms.len() < self.claim_count {
-            match self.room.clone().try_acquire_owned() {
-                Ok(p) => rooms.push(p),
-                Err(_) => break,
+        let mut pool: Option<OwnedSemaphorePermit> = None;
+        while pool.as_ref().map_or(0, |p| p.num_permits()) < self.claim_count {
+            match (self.room.clone().try_acquire_owned(), &mut pool) {
+                (Ok(p), Some(pool)) => pool.merge(p),
+                (Ok(p), None) => pool = Some(p),
+                (Err(_), _) => break,
             }
         }
-        if rooms.is_empty() {
+        let Some(count) = pool.as_ref().map(|p| p.num_permits()) else {
             return;
-        }
+        };
         let keys = self.shared.keys(shard);
         let mut conn = self.shared.conn.clone();
         let cursor = self.reclaim_cursor(shard).clone();
@@ -492,7 +642,7 @@ impl<C: Codec> Core<C> {
             .arg(keys.group())
             .arg(&self.consumer)
             .arg(self.shared.settings.lease.as_millis() as u64)
-            .arg(rooms.len())
+            .arg(count)
             .arg(cursor)
             .invoke_async(&mut conn)
             .await;
@@ -515,19 +665,20 @@ impl<C: Codec> Core<C> {
             ) else {
                 continue;
             };
-            let Some(room) = rooms.pop() else { break };
-            self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
-            observe::count("baler_queue_reclaimed_total", &self.shared.name, 1);
-            let job_id = fields
-                .iter()
-                .find(|(k, _)| k == "id")
-                .and_then(|(_, v)| as_string(v))
-                .unwrap_or_else(|| id.clone());
-            self.shared.emit(QueueEvent::Reclaimed {
-                job_id: JobId(job_id),
-                deliveries,
-            });
-            self.take(runner, shard, id, fields, deliveries, room).await;
+            let entry = Entry::parse(shard, id, fields, deliveries);
+            let n = entry.jobs.len() as u64;
+            self.counters.reclaimed.fetch_add(n, Ordering::Relaxed);
+            observe::count("baler_queue_reclaimed_total", &self.shared.name, n);
+            for held in &entry.jobs {
+                self.shared.emit(QueueEvent::Reclaimed {
+                    job_id: held.job_id.clone(),
+                    deliveries,
+                });
+            }
+            // The keeper does not wait for room: an entry larger than what
+            // is left runs its surplus without room.
+            let room = self.room_for(entry.jobs.len(), &mut pool, false).await;
+            self.take(runner, entry, room).await;
         }
     }
 
@@ -581,66 +732,139 @@ impl<C: Codec> Core<C> {
         }
     }
 
-    /// Writes the completions of one shard: one script call per batch.
+    /// Writes the completions of one shard: one script call per batch. The
+    /// jobs of an entry are written together, once all of them have their
+    /// outcome (a bundle is completed whole).
     async fn complete_loop(
         self: Arc<Self>,
         shard: usize,
         mut rx: mpsc::UnboundedReceiver<Completion>,
     ) {
         let mut away = false;
+        // Outcomes of entries some of whose jobs are still running.
+        let mut gathering: HashMap<String, Vec<Completion>> = HashMap::new();
         while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < 200 {
-                match rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
+            let mut ready: Vec<Vec<Completion>> = Vec::new();
+            let mut jobs = 0;
+            let mut next = Some(first);
+            while let Some(c) = next.take() {
+                let entry = c.held.entry.clone();
+                let wanted = self
+                    .held()
+                    .get(&(shard, entry.clone()))
+                    .map_or(1, |h| h.jobs);
+                let list = gathering.entry(entry.clone()).or_default();
+                list.push(c);
+                if list.len() >= wanted {
+                    if let Some(list) = gathering.remove(&entry) {
+                        jobs += list.len();
+                        ready.push(list);
+                    }
                 }
+                if jobs < COMPLETE_JOBS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if ready.is_empty() {
+                continue;
             }
             // Once a stopping worker has given up on its shard's Redis, it
             // tries each later batch once: a shard whose node is away must
             // not hold the shutdown for five tries per batch.
             let tries = if away { 1 } else { 5 };
-            away = !self.write(shard, batch, tries).await;
+            away = !self.write(shard, ready, tries).await;
         }
     }
 
-    /// Writes one batch of completions, retrying while Redis is away. A
-    /// stopping worker gives up after `stopping_tries` tries: its claims stay
-    /// pending and are reclaimed by others once their lease runs out.
-    /// Answers whether the batch was written (false: given up).
-    async fn write(&self, shard: usize, batch: Vec<Completion>, stopping_tries: u32) -> bool {
+    /// Writes one batch of entries' completions, retrying while Redis is
+    /// away. A stopping worker gives up after `stopping_tries` tries: its
+    /// claims stay pending and are reclaimed by others once their lease
+    /// runs out. Answers whether the batch was written (false: given up).
+    async fn write(&self, shard: usize, batch: Vec<Vec<Completion>>, stopping_tries: u32) -> bool {
         let keys = self.shared.keys(shard);
         let mut pause = Duration::from_millis(50);
         let mut tries = 0;
+        // Each results stream and marker once, by its index in KEYS.
+        let mut results: Vec<String> = Vec::new();
+        let mut markers: Vec<String> = Vec::new();
+        fn index(list: &mut Vec<String>, name: &str) -> usize {
+            match list.iter().position(|n| n == name) {
+                Some(i) => i + 1,
+                None => {
+                    list.push(name.to_owned());
+                    list.len()
+                }
+            }
+        }
+        let mut slots = Vec::new();
+        for c in batch.iter().flatten() {
+            let writes = matches!(c.kind, Kind::Ok | Kind::Failed | Kind::Dead);
+            let r = if writes && !c.held.producer.is_empty() {
+                index(&mut results, &c.held.producer)
+            } else {
+                0
+            };
+            let m = if writes && !c.held.key.is_empty() {
+                index(&mut markers, &c.held.key)
+            } else {
+                0
+            };
+            slots.push((r, m));
+        }
+        let holds: Vec<(u64, u64)> = {
+            let held = self.held();
+            batch
+                .iter()
+                .map(|list| {
+                    held.get(&(shard, list[0].held.entry.clone()))
+                        .map_or((list[0].held.deliveries, 0), |h| (h.deliveries, h.extra))
+                })
+                .collect()
+        };
         loop {
             let mut call = COMPLETE.key(keys.jobs());
-            call.key(keys.delayed()).key(keys.parked()).key(keys.dead());
-            for c in &batch {
-                let results = keys.results(&c.held.producer);
-                let marker = match c.held.key.as_str() {
-                    "" => results.clone(),
-                    key => keys.idem(key),
-                };
-                call.key(results).key(marker);
+            call.key(keys.delayed())
+                .key(keys.parked())
+                .key(keys.dead())
+                .key(keys.bundled());
+            for producer in &results {
+                call.key(keys.results(producer));
             }
-            call.arg(keys.group()).arg(&self.consumer);
-            for c in &batch {
-                call.arg(&c.held.entry)
-                    .arg(c.held.deliveries)
-                    .arg(c.kind.as_str())
+            for key in &markers {
+                call.key(keys.idem(key));
+            }
+            call.arg(keys.group())
+                .arg(&self.consumer)
+                .arg(results.len())
+                .arg(batch.len());
+            for (list, (deliveries, extra)) in batch.iter().zip(&holds) {
+                call.arg(&list[0].held.entry)
+                    .arg(*deliveries)
+                    .arg(list.len())
+                    .arg(*extra);
+            }
+            for (c, (r, m)) in batch.iter().flatten().zip(&slots) {
+                // The body goes back only where the job goes back.
+                let body: &[u8] = match c.kind {
+                    Kind::Retry | Kind::HandBack | Kind::Dead => &c.held.body,
+                    Kind::Ok | Kind::Failed => b"",
+                };
+                call.arg(c.kind.as_str())
                     .arg(c.held.job_id.as_str())
                     .arg(&c.held.producer)
+                    .arg(*r)
                     .arg(c.attempts)
                     .arg(&c.data[..])
                     .arg(c.delay.as_millis() as u64)
+                    .arg(*m)
                     .arg(&c.held.key)
-                    .arg(&c.held.body[..]);
+                    .arg(body);
             }
             let mut conn = self.shared.conn.clone();
             let answer: Result<Vec<i64>, RedisError> = call.invoke_async(&mut conn).await;
             match answer {
                 Ok(written) => {
-                    self.settle(batch, &written);
+                    self.settle(shard, batch, &written);
                     return true;
                 }
                 Err(e) => {
@@ -648,12 +872,12 @@ impl<C: Codec> Core<C> {
                     tracing::warn!(error = %e, tries, "writing completions failed; retrying");
                     if self.stopping.load(Ordering::SeqCst) && tries >= stopping_tries {
                         let mut held = self.held();
-                        for c in &batch {
-                            held.remove(&(c.held.shard, c.held.entry.clone()));
+                        let mut jobs = 0;
+                        for list in &batch {
+                            held.remove(&(shard, list[0].held.entry.clone()));
+                            jobs += list.len() as u64;
                         }
-                        self.counters
-                            .unwritten
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        self.counters.unwritten.fetch_add(jobs, Ordering::Relaxed);
                         return false;
                     }
                     tokio::time::sleep(pause).await;
@@ -663,58 +887,65 @@ impl<C: Codec> Core<C> {
         }
     }
 
-    fn settle(&self, batch: Vec<Completion>, written: &[i64]) {
+    fn settle(&self, shard: usize, batch: Vec<Vec<Completion>>, written: &[i64]) {
         let name = &self.shared.name;
         let c = &self.counters;
         let mut held = self.held();
-        for (i, done) in batch.into_iter().enumerate() {
-            held.remove(&(done.held.shard, done.held.entry.clone()));
-            let job_id = done.held.job_id.clone();
-            if written.get(i) != Some(&1) {
-                c.stale.fetch_add(1, Ordering::Relaxed);
-                observe::count("baler_queue_stale_discarded_total", name, 1);
-                self.shared.emit(QueueEvent::StaleCompletionDiscarded {
-                    job_id,
-                    consumer: self.consumer.clone(),
-                });
-                continue;
+        for (i, list) in batch.into_iter().enumerate() {
+            let fresh = written.get(i) == Some(&1);
+            if let Some(first) = list.first() {
+                // Drops its room: the claimer may take more.
+                held.remove(&(shard, first.held.entry.clone()));
             }
-            match done.kind {
-                Kind::Ok | Kind::Failed => {
-                    let ok = done.kind == Kind::Ok;
-                    if ok { &c.completed } else { &c.failed }.fetch_add(1, Ordering::Relaxed);
-                    observe::count_status(
-                        "baler_queue_completed_total",
-                        name,
-                        done.kind.as_str(),
-                        1,
-                    );
-                    self.shared.emit(QueueEvent::Completed { job_id, ok });
-                }
-                Kind::Retry => {
-                    c.retried.fetch_add(1, Ordering::Relaxed);
-                    observe::count("baler_queue_retried_total", name, 1);
-                    self.shared.emit(QueueEvent::Retried {
+            for done in list {
+                let job_id = done.held.job_id.clone();
+                if !fresh {
+                    c.stale.fetch_add(1, Ordering::Relaxed);
+                    observe::count("baler_queue_stale_discarded_total", name, 1);
+                    self.shared.emit(QueueEvent::StaleCompletionDiscarded {
                         job_id,
-                        attempts: done.attempts,
+                        consumer: self.consumer.clone(),
                     });
+                    continue;
                 }
-                Kind::Dead => {
-                    c.dead.fetch_add(1, Ordering::Relaxed);
-                    observe::count("baler_queue_dead_lettered_total", name, 1);
-                    self.shared.emit(QueueEvent::DeadLettered {
-                        job_id,
-                        reason: String::from_utf8_lossy(&done.data).into_owned(),
-                    });
-                }
-                Kind::HandBack => {
-                    c.handed_back.fetch_add(1, Ordering::Relaxed);
-                    observe::count("baler_queue_handed_back_total", name, 1);
-                    self.shared.emit(QueueEvent::HandedBack { job_id });
+                match done.kind {
+                    Kind::Ok | Kind::Failed => {
+                        let ok = done.kind == Kind::Ok;
+                        if ok { &c.completed } else { &c.failed }.fetch_add(1, Ordering::Relaxed);
+                        observe::count_status(
+                            "baler_queue_completed_total",
+                            name,
+                            done.kind.as_str(),
+                            1,
+                        );
+                        self.shared.emit(QueueEvent::Completed { job_id, ok });
+                    }
+                    Kind::Retry => {
+                        c.retried.fetch_add(1, Ordering::Relaxed);
+                        observe::count("baler_queue_retried_total", name, 1);
+                        self.shared.emit(QueueEvent::Retried {
+                            job_id,
+                            attempts: done.attempts,
+                        });
+                    }
+                    Kind::Dead => {
+                        c.dead.fetch_add(1, Ordering::Relaxed);
+                        observe::count("baler_queue_dead_lettered_total", name, 1);
+                        self.shared.emit(QueueEvent::DeadLettered {
+                            job_id,
+                            reason: String::from_utf8_lossy(&done.data).into_owned(),
+                        });
+                    }
+                    Kind::HandBack => {
+                        c.handed_back.fetch_add(1, Ordering::Relaxed);
+                        observe::count("baler_queue_handed_back_total", name, 1);
+                        self.shared.emit(QueueEvent::HandedBack { job_id });
+                    }
                 }
             }
         }
-        observe::gauge("baler_queue_held", name, held.len() as f64);
+        let jobs: usize = held.values().map(|h| h.jobs).sum();
+        observe::gauge("baler_queue_held", name, jobs as f64);
     }
 }
 
@@ -727,18 +958,13 @@ struct Typed<P, O, E, C> {
 
 /// A failed attempt: another one after a backoff if attempts remain, else
 /// the final failure.
-fn retry_or_fail(
-    s: &Settings,
-    held: Held,
-    message: String,
-    room: OwnedSemaphorePermit,
-) -> Completion {
+fn retry_or_fail(s: &Settings, held: Held, message: String) -> Completion {
     let attempts = held.attempts + 1;
     if attempts >= s.max_attempts {
-        return Completion::new(held, Kind::Failed, attempts, message.into_bytes(), room);
+        return Completion::new(held, Kind::Failed, attempts, message.into_bytes());
     }
     let doubling = 1u32 << (attempts - 1).min(20);
-    let mut retry = Completion::new(held, Kind::Retry, attempts, message.into_bytes(), room);
+    let mut retry = Completion::new(held, Kind::Retry, attempts, message.into_bytes());
     retry.delay = s.backoff_base.saturating_mul(doubling).min(s.backoff_max);
     retry
 }
@@ -750,7 +976,7 @@ where
     E: fmt::Display + Send + Sync + 'static,
     C: Codec,
 {
-    fn run(&self, held: Held, room: OwnedSemaphorePermit) -> BoxFuture<'_, ()> {
+    fn run(&self, held: Held) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let payload: P = match self.shared.codec.decode(&held.body) {
                 Ok(p) => p,
@@ -763,7 +989,6 @@ where
                         Kind::Dead,
                         attempts,
                         reason.into_bytes(),
-                        room,
                     ));
                     return;
                 }
@@ -773,13 +998,8 @@ where
                 Err(_) => {
                     // The batcher is shutting down: another worker takes it.
                     let attempts = held.attempts;
-                    self.done.send(Completion::new(
-                        held,
-                        Kind::HandBack,
-                        attempts,
-                        Vec::new(),
-                        room,
-                    ));
+                    self.done
+                        .send(Completion::new(held, Kind::HandBack, attempts, Vec::new()));
                     return;
                 }
             };
@@ -792,28 +1012,27 @@ where
                 let ran = held.attempts + 1;
                 let completion = match ticket.await {
                     Ok(output) => match shared.codec.encode(&output) {
-                        Ok(bytes) => Completion::new(held, Kind::Ok, ran, bytes, room),
+                        Ok(bytes) => Completion::new(held, Kind::Ok, ran, bytes),
                         Err(m) => Completion::new(
                             held,
                             Kind::Failed,
                             ran,
                             format!("the handler's output could not be encoded: {m}").into_bytes(),
-                            room,
                         ),
                     },
                     Err(baler::Error::Handler(e)) => {
-                        Completion::new(held, Kind::Failed, ran, e.to_string().into_bytes(), room)
+                        Completion::new(held, Kind::Failed, ran, e.to_string().into_bytes())
                     }
                     // Cut off by the shutdown deadline: not an attempt.
                     Err(baler::Error::Abandoned) => {
                         let attempts = held.attempts;
-                        Completion::new(held, Kind::HandBack, attempts, Vec::new(), room)
+                        Completion::new(held, Kind::HandBack, attempts, Vec::new())
                     }
                     Err(baler::Error::Exhausted { last, .. }) => {
-                        retry_or_fail(&shared.settings, held, last.to_string(), room)
+                        retry_or_fail(&shared.settings, held, last.to_string())
                     }
                     // Timed out, panicked, wrong outcome count, engine stopped.
-                    Err(other) => retry_or_fail(&shared.settings, held, other.to_string(), room),
+                    Err(other) => retry_or_fail(&shared.settings, held, other.to_string()),
                 };
                 done.send(completion);
             });
@@ -908,7 +1127,9 @@ impl<C: Codec> WorkerBuilder<C> {
     }
 
     /// The most jobs held at once, claimed and not yet completed (default
-    /// `max_batch_size × max_in_flight × 2`).
+    /// `max_batch_size × max_in_flight × 2`). A bundle (see
+    /// [`ProducerBuilder::bundles`](crate::ProducerBuilder::bundles)) is
+    /// taken whole: one larger than this is held alone, beyond it.
     pub fn max_held(mut self, n: usize) -> Self {
         self.max_held = Some(n);
         self

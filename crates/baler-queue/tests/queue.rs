@@ -15,7 +15,7 @@ use baler::{handler_fn, Batch, HandlerResult, Outcome};
 use baler_queue::{
     ConnectError, EnqueueError, Job, JobError, Queue, QueueCode, QueueEvent, Worker,
 };
-use common::{calls, connection, eventually, within, RedisServer};
+use common::{calls, calls_ok, connection, eventually, results_stored, within, RedisServer};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -90,7 +90,7 @@ async fn a_job_goes_to_a_worker_and_its_result_comes_back_and_nothing_is_left_be
 }
 
 async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    calls(conn, "evalsha").await + calls(conn, "eval").await
+    calls_ok(conn, "evalsha").await + calls_ok(conn, "eval").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,16 +126,35 @@ async fn concurrent_enqueues_reach_redis_as_one_call_per_batch() {
     );
     assert_eq!(xlen(&mut conn, &queue.keys().jobs()).await, 51);
 
-    // Jobs without one need no script: one XADD each, in one pipeline.
+    // Jobs without one go as one bundle: one entry, one script call.
     let tickets = producer.enqueue_many(51..=100u64).await;
+    assert!(tickets.iter().all(|t| t.is_ok()));
+    assert_eq!(script_calls(&mut conn).await, after + 1);
+    assert_eq!(calls(&mut conn, "xadd").await, 52);
+    assert_eq!(xlen(&mut conn, &queue.keys().jobs()).await, 52);
+    // The queue's length still counts jobs.
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.length, stats.waiting), (101, 52));
+
+    // Without bundles they need no script: one XADD each, in one pipeline.
+    let single = queue
+        .producer("p2")
+        .dispatch(baler::Dispatch::Linger)
+        .linger(Duration::from_millis(300))
+        .max_batch_size(100)
+        .bundles(false)
+        .build::<u64, u64>()
+        .unwrap();
+    let tickets = single.enqueue_many(101..=150u64).await;
     assert!(tickets.iter().all(|t| t.is_ok()));
     assert_eq!(
         script_calls(&mut conn).await,
-        after,
+        after + 1,
         "plain jobs ran a script"
     );
-    assert_eq!(calls(&mut conn, "xadd").await, 101);
-    assert_eq!(xlen(&mut conn, &queue.keys().jobs()).await, 101);
+    assert_eq!(calls(&mut conn, "xadd").await, 102);
+    assert_eq!(xlen(&mut conn, &queue.keys().jobs()).await, 102);
+    assert_eq!(queue.stats().await.unwrap().length, 151);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +474,12 @@ async fn a_worker_whose_claim_passed_on_cannot_complete_the_job_and_its_batch_ma
         }))
         .unwrap();
     let mut events = queue.events();
-    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    // One entry per job: a claim passes on one job at a time.
+    let producer = queue
+        .producer("p")
+        .bundles(false)
+        .build::<u64, u64>()
+        .unwrap();
     let mut tickets: HashMap<_, _> = producer
         .enqueue_many([5u64, 6])
         .await
@@ -763,7 +787,8 @@ async fn a_producer_restarted_under_its_name_gets_the_results_of_its_earlier_job
     eventually(PATIENCE, "the five results stored", || {
         let mut conn = conn.clone();
         let key = key.clone();
-        async move { xlen(&mut conn, &key).await == 5 }
+        // One bundle of five results, as the five jobs went as one bundle.
+        async move { results_stored(&mut conn, &key).await == 5 }
     })
     .await;
 
@@ -810,7 +835,12 @@ async fn a_worker_shutting_down_hands_back_what_it_could_not_finish() {
             std::future::pending::<HandlerResult<u64, String>>().await
         }))
         .unwrap();
-    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    // One entry per job, so that the room of three leaves the fourth unread.
+    let producer = queue
+        .producer("p")
+        .bundles(false)
+        .build::<u64, u64>()
+        .unwrap();
     let tickets: Vec<_> = producer
         .enqueue_many([1u64, 2, 3, 4])
         .await
@@ -1256,4 +1286,201 @@ async fn a_job_added_twice_resolves_its_ticket_once_and_its_second_result_is_del
     // The second result was nobody's: not kept as unclaimed either.
     assert!(producer.take_unclaimed().await.is_empty());
     producer.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A producer whose enqueues go as bundles of exactly `n`: a batch is sent
+/// when full (the linger is far longer than any test).
+fn bundling_producer(queue: &Queue, name: &str, n: usize) -> baler_queue::Producer<u64, u64> {
+    queue
+        .producer(name)
+        .dispatch(baler::Dispatch::Linger)
+        .linger(Duration::from_secs(600))
+        .max_batch_size(n)
+        .build::<u64, u64>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_is_one_entry_run_whole_and_its_results_come_back_as_one_entry() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "bundle").await;
+    let producer = bundling_producer(&queue, "p1", 10);
+    let tickets = producer.enqueue_many(1..=10u64).await;
+    let mut conn = connection(&server.url()).await;
+    let keys = queue.keys().clone();
+    assert_eq!(xlen(&mut conn, &keys.jobs()).await, 1, "one entry");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.length, stats.waiting), (10, 1));
+
+    // Handler calls of three: the bundle is split between calls and
+    // completed once its last job is done.
+    let worker = queue
+        .worker()
+        .max_batch_size(3)
+        .block_time(Duration::from_millis(100))
+        .start(doubler())
+        .unwrap();
+    for (n, t) in (1u64..).zip(tickets) {
+        assert_eq!(within(PATIENCE, "a result", t.unwrap()).await, Ok(n * 2));
+    }
+    let report = within(
+        PATIENCE,
+        "the shutdown",
+        worker.shutdown(Duration::from_secs(5)),
+    )
+    .await;
+    assert_eq!((report.stats.claimed, report.stats.completed), (10, 10));
+    assert_eq!(queue.stats().await.unwrap().length, 0);
+    // Nothing is left: the results entry is deleted once delivered, the
+    // count of bundled jobs is gone with the bundle.
+    producer.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(xlen(&mut conn, &keys.results("p1")).await, 0);
+    let bundled: Option<u64> = redis::cmd("GET")
+        .arg(keys.bundled())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(bundled, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaimed_bundle_is_handed_back_job_by_job_and_its_stale_worker_writes_nothing() {
+    let server = RedisServer::start();
+    let queue = Queue::builder(&server.url(), "bundle-fence")
+        .lease(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let released = gate.clone();
+    // Room for the bundle and no more: the stale worker cannot reclaim it
+    // itself while its own run holds the room.
+    let stale = queue
+        .worker()
+        .max_held(3)
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(move |batch: Batch<u64>| {
+            let gate = released.clone();
+            async move {
+                let _pass = gate.acquire().await;
+                Ok::<_, String>(batch.done_all(1u64))
+            }
+        }))
+        .unwrap();
+    let producer = bundling_producer(&queue, "p", 3);
+    let tickets = producer.enqueue_many([5u64, 6, 7]).await;
+    eventually(PATIENCE, "the stale worker holds the bundle", || {
+        let held = stale.stats().held;
+        async move { held == 3 }
+    })
+    .await;
+
+    // Another consumer takes the bundle over, as a reclaim after a lapsed
+    // lease would, and then never renews it.
+    let mut conn = connection(&server.url()).await;
+    let keys = queue.keys().clone();
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(keys.jobs())
+        .arg(keys.group())
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1, "one entry for three jobs");
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(keys.jobs())
+        .arg(keys.group())
+        .arg("thief")
+        .arg(0)
+        .arg(&pending[0].0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // A live worker reclaims it after the lease: it does not run the bundle
+    // but hands each job back as an entry of its own, then runs them.
+    let fresh = queue
+        .worker()
+        .block_time(Duration::from_millis(100))
+        .start(handler_fn(|batch: Batch<u64>| async move {
+            Ok::<_, String>(batch.done_all(2u64))
+        }))
+        .unwrap();
+    for t in tickets {
+        assert_eq!(
+            within(PATIENCE, "the new owner's result", t.unwrap()).await,
+            Ok(2)
+        );
+    }
+    eventually(PATIENCE, "the new owner's counts", || {
+        let s = fresh.stats();
+        async move { (s.reclaimed, s.handed_back, s.completed) == (3, 3, 3) }
+    })
+    .await;
+
+    // The stale worker finishes its run of the bundle: all three
+    // completions are refused, none reaches the producer.
+    gate.add_permits(10);
+    eventually(PATIENCE, "the stale completions to be discarded", || {
+        let n = stale.stats().stale_discarded;
+        async move { n == 3 }
+    })
+    .await;
+    assert_eq!(stale.stats().completed, 0);
+    assert!(producer.take_unclaimed().await.is_empty());
+    assert_eq!(queue.stats().await.unwrap().length, 0);
+    stale.shutdown(Duration::from_secs(1)).await;
+    fresh.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_that_cannot_be_read_is_dead_lettered_with_the_reason() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "bad-bundle").await;
+    let worker = start_doubler(&queue);
+    let mut conn = connection(&server.url()).await;
+    let keys = queue.keys().clone();
+    // Two ids, but lengths that do not fit the bodies.
+    let _: String = redis::cmd("XADD")
+        .arg(keys.jobs())
+        .arg("*")
+        .arg("n")
+        .arg(2)
+        .arg("ids")
+        .arg("x-1\nx-2")
+        .arg("p")
+        .arg("")
+        .arg("a")
+        .arg(0)
+        .arg("l")
+        .arg("1,5")
+        .arg("b")
+        .arg("12")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually(PATIENCE, "the bundle dead-lettered", || {
+        let dead = worker.stats().dead_lettered;
+        async move { dead == 1 }
+    })
+    .await;
+    let dead: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(keys.dead())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let reason = &dead[0].1["reason"];
+    assert!(
+        reason.contains("a bundle of jobs that cannot be read") && reason.contains("more than"),
+        "{reason}"
+    );
+    // The worker goes on with good jobs.
+    let producer = queue.producer("p").build::<u64, u64>().unwrap();
+    let t = producer.enqueue(4).await.unwrap();
+    assert_eq!(within(PATIENCE, "a result", t).await, Ok(8));
+    worker.shutdown(Duration::from_secs(1)).await;
 }

@@ -155,21 +155,52 @@ pub async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
 
 /// Calls of `command` so far, from `INFO commandstats` (0 if none).
 pub async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    stat(conn, command, "calls").await
+}
+
+/// Calls of `command` that did not fail: a script's first `EVALSHA` fails
+/// with `NOSCRIPT` and is sent again as `EVAL`, which is one call made.
+pub async fn calls_ok(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let calls = stat(conn, command, "calls").await;
+    let failed = stat(conn, command, "failed_calls").await;
+    calls.saturating_sub(failed)
+}
+
+async fn stat(conn: &mut redis::aio::MultiplexedConnection, command: &str, field: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
         .await
         .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:calls=");
+    let line = format!("cmdstat_{command}:");
     info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|rest| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
 
 /// Waits up to `limit` for `check` to hold, polling; panics with `what`
 /// otherwise. For conditions that real Redis timing decides.
+/// The results a results stream holds: an entry is one result, or a bundle
+/// of them whose field `n` says how many.
+pub async fn results_stored(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .expect("XRANGE");
+    entries
+        .iter()
+        .map(|(_, f)| f.get("n").map_or(1, |n| n.parse::<u64>().expect("a count")))
+        .sum()
+}
+
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
