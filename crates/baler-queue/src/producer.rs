@@ -607,8 +607,10 @@ enum SendError {
 
 /// Sends one batch of jobs to one shard: one ack per job, in order. Jobs
 /// that need nothing but an `XADD` (no idempotency key, no resend marker, no
-/// bound on the queue's length) go as a pipeline of `XADD`s: one command per
-/// job and no script. Otherwise the batch is one script call.
+/// bound on the queue's length) go as one bundle (see [`crate::bundle`];
+/// several when their bodies pass [`BUNDLE_BYTES`]), or, when the producer
+/// does not bundle, as a pipeline of `XADD`s. Otherwise the batch is one
+/// script call that adds an entry per job.
 async fn send<C>(
     shared: &Shared<C>,
     shard: usize,
@@ -623,27 +625,19 @@ async fn send<C>(
         && s.resend_window.is_none()
         && items.iter().all(|i| i.key.is_none());
     if plain && bundle && items.len() > 1 {
-        let mut ids = String::new();
-        for (i, item) in items.iter().enumerate() {
-            if i > 0 {
-                ids.push('\n');
+        // Large payloads make several bundles, each far below what Redis
+        // takes in one argument (512 MB by default).
+        let mut start = 0;
+        while start < items.len() {
+            let mut end = start + 1;
+            let mut bytes = items[start].body.len();
+            while end < items.len() && bytes + items[end].body.len() <= BUNDLE_BYTES {
+                bytes += items[end].body.len();
+                end += 1;
             }
-            ids.push_str(item.id.as_str());
+            add_bundle(shared, shard, producer, &items[start..end]).await?;
+            start = end;
         }
-        let lengths = bundle::lengths(items.iter().map(|i| i.body.len()));
-        let bodies: Vec<u8> = items.iter().flat_map(|i| &i.body[..]).copied().collect();
-        let mut conn = shared.conn.clone();
-        let _entry: String = BUNDLE
-            .key(&jobs)
-            .key(keys.bundled())
-            .arg(producer)
-            .arg(items.len())
-            .arg(ids)
-            .arg(lengths)
-            .arg(bodies)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(SendError::Redis)?;
         return Ok(items.iter().map(|_| Ack::Added).collect());
     }
     if plain {
@@ -727,6 +721,58 @@ async fn send<C>(
             }
         })
         .collect())
+}
+
+/// The most bytes of job bodies in one bundle.
+const BUNDLE_BYTES: usize = 4 << 20;
+
+/// Adds `items` as one entry: a bundle, or the plain entry of a lone job.
+async fn add_bundle<C>(
+    shared: &Shared<C>,
+    shard: usize,
+    producer: &str,
+    items: &[Item],
+) -> Result<(), SendError> {
+    let keys = shared.keys(shard);
+    let mut conn = shared.conn.clone();
+    if let [item] = items {
+        let _entry: Value = redis::cmd("XADD")
+            .arg(keys.jobs())
+            .arg("*")
+            .arg("id")
+            .arg(item.id.as_str())
+            .arg("p")
+            .arg(producer)
+            .arg("a")
+            .arg("0")
+            .arg("b")
+            .arg(&item.body[..])
+            .query_async(&mut conn)
+            .await
+            .map_err(SendError::Redis)?;
+        return Ok(());
+    }
+    let mut ids = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            ids.push('\n');
+        }
+        ids.push_str(item.id.as_str());
+    }
+    let lengths = bundle::lengths(items.iter().map(|i| i.body.len()));
+    let bodies: Vec<u8> = items.iter().flat_map(|i| &i.body[..]).copied().collect();
+    let _entry: Value = BUNDLE
+        .key(keys.jobs())
+        .key(keys.bundled())
+        .arg(producer)
+        .arg(items.len())
+        .arg(ids)
+        .arg(lengths)
+        .arg(bodies)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(SendError::Redis)?;
+    Ok(())
 }
 
 /// Waits until what this connection wrote is as durable as the queue asks
@@ -1654,6 +1700,36 @@ mod tests {
                 .unwrap();
             assert!(ttl > max - 10_000 && ttl <= max, "{key}: {ttl} ms");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_bodies_make_several_bundles_and_a_lone_one_a_plain_entry() {
+        let server = common::RedisServer::start();
+        let queue = Queue::connect(&server.url(), "big").await.unwrap();
+        let big = |id: &str| Item {
+            id: JobId(id.to_owned()),
+            body: vec![b'x'; BUNDLE_BYTES / 2],
+            key: None,
+        };
+        let items = [big("a"), big("b"), big("c")];
+        let acks = send(&queue.shared, 0, "p", &items, true)
+            .await
+            .ok()
+            .unwrap();
+        assert!(matches!(acks[..], [Ack::Added, Ack::Added, Ack::Added]));
+        // A bundle of two (exactly BUNDLE_BYTES), then the third alone.
+        let mut conn = common::connection(&server.url()).await;
+        let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(queue.keys().jobs())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].1["n"], b"2");
+        assert_eq!(entries[1].1["id"], b"c");
+        assert_eq!(queue.stats().await.unwrap().length, 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
