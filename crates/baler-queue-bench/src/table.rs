@@ -29,6 +29,16 @@ pub(crate) fn thousands(n: u64) -> String {
     out
 }
 
+/// A count per job: one decimal, or three significant ones below 1 (a
+/// command per thousand jobs is not zero).
+fn per_job(x: f64) -> String {
+    if x >= 1.0 || x == 0.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{:.*}", (2 - x.log10().floor() as i32).max(1) as usize, x)
+    }
+}
+
 fn mb(kb: u64) -> String {
     format!("{:.1}", kb as f64 / 1024.0)
 }
@@ -201,7 +211,7 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                     r.ran as i64 - r.delivered as i64,
                     r.advanced as i64 - r.delivered as i64,
                     r.failed,
-                    r.calls_per_job().map(|x| format!("{x:.1}")).unwrap_or_else(|| "—".into()),
+                    r.calls_per_job().map(per_job).unwrap_or_else(|| "—".into()),
                     mb(r.redis_memory / 1024),
                 );
             }
@@ -237,9 +247,7 @@ pub(crate) fn render(run: &Run<'_>) -> String {
                     r.enqueue_seconds,
                     r.end_to_end,
                     r.jobs_per_s(),
-                    r.calls_per_job()
-                        .map(|x| format!("{x:.1}"))
-                        .unwrap_or_else(|| "—".into()),
+                    r.calls_per_job().map(per_job).unwrap_or_else(|| "—".into()),
                     thousands(r.ran),
                     r.producer_exit,
                     mb(r.redis_memory / 1024),
@@ -338,7 +346,7 @@ pub(crate) fn render(run: &Run<'_>) -> String {
             let list: Vec<String> = commands
                 .iter()
                 .take(8)
-                .map(|(cmd, n)| format!("{cmd} {:.2}", *n as f64 / (ran.max(1)) as f64))
+                .map(|(cmd, n)| format!("{cmd} {}", per_job(*n as f64 / (ran.max(1)) as f64)))
                 .collect();
             let _ = writeln!(md, "- {name}, {scenario}: {}", list.join(", "));
         }
@@ -425,6 +433,14 @@ mod tests {
             md.contains("- bee-queue chain: hung: producer did not exit"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn counts_per_job_below_one_keep_three_significant_digits() {
+        assert_eq!(per_job(14.04), "14.0");
+        assert_eq!(per_job(0.0), "0.0");
+        assert_eq!(per_job(0.2), "0.200");
+        assert_eq!(per_job(0.010_57), "0.0106");
     }
 
     #[test]
