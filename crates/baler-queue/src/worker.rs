@@ -86,6 +86,18 @@ struct Hold {
     _room: Option<OwnedSemaphorePermit>,
 }
 
+impl Hold {
+    /// Held, its room not yet taken.
+    fn new(deliveries: u64, jobs: usize, extra: u64) -> Self {
+        Hold {
+            deliveries,
+            jobs,
+            extra,
+            _room: None,
+        }
+    }
+}
+
 /// One entry read from the jobs stream, and its jobs.
 struct Entry {
     shard: usize,
@@ -372,15 +384,10 @@ impl<C: Codec> Core<C> {
         self.counters
             .claimed
             .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        self.held().insert(
-            (shard, id),
-            Hold {
-                deliveries,
-                jobs: jobs.len(),
-                extra,
-                _room: room,
-            },
-        );
+        self.held()
+            .entry((shard, id))
+            .or_insert_with(|| Hold::new(deliveries, jobs.len(), extra))
+            ._room = room;
         let max = self.shared.settings.max_deliveries;
         let split = extra > 0 && deliveries > 1;
         for held in jobs {
@@ -496,12 +503,25 @@ impl<C: Codec> Core<C> {
                     if entries.is_empty() {
                         continue;
                     }
-                    let mut jobs = 0;
+                    // A new delivery's count is 1.
+                    let entries: Vec<Entry> = entries
+                        .into_iter()
+                        .map(|(id, fields)| Entry::parse(shard, id, fields, 1))
+                        .collect();
+                    // Held (so renewed) at once, also those that wait for
+                    // room: a read may bring more jobs than it had room for.
+                    {
+                        let mut held = self.held();
+                        for e in &entries {
+                            held.insert(
+                                (shard, e.id.clone()),
+                                Hold::new(e.deliveries, e.jobs.len(), e.extra),
+                            );
+                        }
+                    }
                     let n = entries.len();
-                    for (id, fields) in entries {
-                        // A new delivery's count is 1.
-                        let entry = Entry::parse(shard, id, fields, 1);
-                        jobs += entry.jobs.len();
+                    let jobs: usize = entries.iter().map(|e| e.jobs.len()).sum();
+                    for entry in entries {
                         let room = self.room_for(entry.jobs.len(), &mut pool, true).await;
                         self.take(&*runner, entry, room).await;
                     }
@@ -785,27 +805,33 @@ impl<C: Codec> Core<C> {
         let mut pause = Duration::from_millis(50);
         let mut tries = 0;
         // Each results stream and marker once, by its index in KEYS.
-        let mut results: Vec<String> = Vec::new();
-        let mut markers: Vec<String> = Vec::new();
-        fn index(list: &mut Vec<String>, name: &str) -> usize {
-            match list.iter().position(|n| n == name) {
-                Some(i) => i + 1,
-                None => {
-                    list.push(name.to_owned());
-                    list.len()
+        #[derive(Default)]
+        struct Names {
+            list: Vec<String>,
+            at: HashMap<String, usize>,
+        }
+        impl Names {
+            /// `name`'s 1-based index, given one on its first use.
+            fn index(&mut self, name: &str) -> usize {
+                if let Some(i) = self.at.get(name) {
+                    return *i;
                 }
+                self.list.push(name.to_owned());
+                self.at.insert(name.to_owned(), self.list.len());
+                self.list.len()
             }
         }
+        let (mut results, mut markers) = (Names::default(), Names::default());
         let mut slots = Vec::new();
         for c in batch.iter().flatten() {
             let writes = matches!(c.kind, Kind::Ok | Kind::Failed | Kind::Dead);
             let r = if writes && !c.held.producer.is_empty() {
-                index(&mut results, &c.held.producer)
+                results.index(&c.held.producer)
             } else {
                 0
             };
             let m = if writes && !c.held.key.is_empty() {
-                index(&mut markers, &c.held.key)
+                markers.index(&c.held.key)
             } else {
                 0
             };
@@ -827,15 +853,15 @@ impl<C: Codec> Core<C> {
                 .key(keys.parked())
                 .key(keys.dead())
                 .key(keys.bundled());
-            for producer in &results {
+            for producer in &results.list {
                 call.key(keys.results(producer));
             }
-            for key in &markers {
+            for key in &markers.list {
                 call.key(keys.idem(key));
             }
             call.arg(keys.group())
                 .arg(&self.consumer)
-                .arg(results.len())
+                .arg(results.list.len())
                 .arg(batch.len());
             for (list, (deliveries, extra)) in batch.iter().zip(&holds) {
                 call.arg(&list[0].held.entry)

@@ -1484,3 +1484,37 @@ async fn a_bundle_that_cannot_be_read_is_dead_lettered_with_the_reason() {
     assert_eq!(within(PATIENCE, "a result", t).await, Ok(8));
     worker.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_larger_than_a_workers_room_are_taken_whole_one_after_the_other() {
+    let server = RedisServer::start();
+    let queue = quick_queue(&server, "bundle-room").await;
+    // Two bundles of three before the worker starts: its first read may
+    // bring both (six jobs) into a room of four.
+    let producer = bundling_producer(&queue, "p", 3);
+    let tickets = producer.enqueue_many(1..=6u64).await;
+    let mut conn = connection(&server.url()).await;
+    assert_eq!(xlen(&mut conn, &queue.keys().jobs()).await, 2);
+    let worker = queue
+        .worker()
+        .max_held(4)
+        .block_time(Duration::from_millis(100))
+        .start(doubler())
+        .unwrap();
+    for (n, t) in (1u64..).zip(tickets) {
+        assert_eq!(within(PATIENCE, "a result", t.unwrap()).await, Ok(n * 2));
+    }
+    // And one bundle larger than the whole room: held alone, run whole.
+    let big = bundling_producer(&queue, "big", 9);
+    let tickets = big.enqueue_many(10..=18u64).await;
+    for (n, t) in (10u64..).zip(tickets) {
+        assert_eq!(within(PATIENCE, "a result", t.unwrap()).await, Ok(n * 2));
+    }
+    let report = within(
+        PATIENCE,
+        "the shutdown",
+        worker.shutdown(Duration::from_secs(5)),
+    )
+    .await;
+    assert_eq!((report.stats.completed, report.stats.held), (15, 0));
+}
