@@ -401,7 +401,11 @@ fn run_shards(args: &Args, dir: &Path, scratch: &Path) -> Result<(), String> {
         eprintln!(
             "queue-bench: baler bulk, {} jobs, {masters} shard(s) on {}",
             args.bulk_jobs,
-            if masters == 1 { "one redis-server" } else { "a Redis Cluster" }
+            if masters == 1 {
+                "one redis-server"
+            } else {
+                "a Redis Cluster"
+            }
         );
         let r = run_bulk(
             &target,

@@ -244,7 +244,10 @@ impl Target {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!("the cluster was not ready within 20 s ({})", n.url()));
+                    return Err(format!(
+                        "the cluster was not ready within 20 s ({})",
+                        n.url()
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
