@@ -131,6 +131,17 @@ pub struct IngestArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub lease: Duration,
 
+    /// With --queue: how many shards the queue is split into, each a hash
+    /// tag of its own (on a Redis Cluster, each on a master of its own).
+    /// `baler ingest` and `baler work` of one queue must give the same.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub queue_shards: usize,
+
+    /// With --queue: the URL is a node of a Redis Cluster (give several,
+    /// comma-separated, in case one is down), not a single Redis.
+    #[arg(long)]
+    pub queue_cluster: bool,
+
     /// The table to write into (created if missing, with columns
     /// `seq` and `body`).
     #[arg(long, default_value = "records")]

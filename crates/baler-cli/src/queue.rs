@@ -68,6 +68,28 @@ fn source_id(args: &IngestArgs) -> Result<i64, IngestError> {
     Ok(i64::try_from(hash >> 1).unwrap_or(i64::MAX).max(1 << 32))
 }
 
+/// Opens the queue that --queue names, with --queue-name, --lease,
+/// --queue-shards and --queue-cluster.
+async fn open_queue(args: &IngestArgs, url: &str) -> Result<Queue, IngestError> {
+    if args.queue_shards == 0 {
+        return Err(IngestError::Queue(
+            "--queue-shards must be at least 1 (the default: one shard)".to_owned(),
+        ));
+    }
+    let builder = if args.queue_cluster {
+        let nodes = url.split(',').map(str::trim).filter(|n| !n.is_empty());
+        Queue::cluster_builder(nodes, &args.queue_name)
+    } else {
+        Queue::builder(url, &args.queue_name)
+    };
+    builder
+        .lease(args.lease)
+        .shards(args.queue_shards)
+        .build()
+        .await
+        .map_err(|e| queue_err(url, e))
+}
+
 /// Runs `baler ingest --queue URL`: enqueues the records as jobs and waits
 /// for every job's result.
 ///
@@ -100,11 +122,7 @@ pub async fn produce(args: IngestArgs, url: &str) -> Result<Summary, IngestError
         ));
     }
     let id = source_id(&args)?;
-    let queue = Queue::builder(url, &args.queue_name)
-        .lease(args.lease)
-        .build()
-        .await
-        .map_err(|e| queue_err(url, e))?;
+    let queue = open_queue(&args, url).await?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -493,11 +511,7 @@ pub async fn work(args: IngestArgs) -> Result<WorkReport, IngestError> {
         .max_attempts(args.max_attempts)
         .capacity(capacity)
         .build(PieceWriter { sink: sink.clone() })?;
-    let queue = Queue::builder(&url, &args.queue_name)
-        .lease(args.lease)
-        .build()
-        .await
-        .map_err(|e| queue_err(&url, e))?;
+    let queue = open_queue(&args, &url).await?;
     let records = Arc::new(AtomicU64::new(0));
     let worker = queue
         .worker()

@@ -17,22 +17,25 @@ struct WorkerProcess(Option<Running>);
 
 impl WorkerProcess {
     fn start(dir: &std::path::Path, url: &str) -> Self {
-        let mut running = Running::start(
-            dir,
-            &[
-                "work",
-                "--queue",
-                url,
-                "--queue-name",
-                "q",
-                "--lease",
-                "1s",
-                "--sink",
-                "out.db",
-                "--max-in-flight",
-                "2",
-            ],
-        );
+        Self::start_with(dir, url, &[])
+    }
+
+    fn start_with(dir: &std::path::Path, url: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "work",
+            "--queue",
+            url,
+            "--queue-name",
+            "q",
+            "--lease",
+            "1s",
+            "--sink",
+            "out.db",
+            "--max-in-flight",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let mut running = Running::start(dir, &args);
         running.wait_for_line("baler work: worker");
         WorkerProcess(Some(running))
     }
@@ -63,7 +66,6 @@ fn two_workers_one_killed_mid_run_write_every_record_once_and_the_producer_count
     std::fs::write(dir.path("in.jsonl"), text).unwrap();
 
     let mut doomed = WorkerProcess::start(&dir.0, &url);
-    let mut survivor = WorkerProcess::start(&dir.0, &url);
     let producer = Running::start(
         &dir.0,
         &[
@@ -79,7 +81,9 @@ fn two_workers_one_killed_mid_run_write_every_record_once_and_the_producer_count
             "--json",
         ],
     );
-    // Kill one worker once both have written some records.
+    // The first worker takes the jobs as they come (a bundle of them per
+    // enqueue batch) and is killed once it is writing, holding the jobs it
+    // is in the middle of; a second one then takes them over.
     let db = dir.path("out.db");
     let started = Instant::now();
     loop {
@@ -94,6 +98,7 @@ fn two_workers_one_killed_mid_run_write_every_record_once_and_the_producer_count
     }
     doomed.running().child.kill().unwrap();
     doomed.running().child.wait().unwrap();
+    let mut survivor = WorkerProcess::start(&dir.0, &url);
 
     let run = producer.finish();
     assert_eq!(run.code(), 0, "{}", run.stderr);
@@ -119,4 +124,90 @@ fn two_workers_one_killed_mid_run_write_every_record_once_and_the_producer_count
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no reclaimed count in {}", report.stdout));
     assert!(reclaimed > 0, "{}", report.stdout);
+}
+
+#[test]
+fn a_queue_split_into_shards_carries_every_record_once() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let dir = TempDir::new("queue-shards");
+    let lines = 3_000u64;
+    let text: String = (1..=lines)
+        .map(|n| format!("{{\"id\":{n},\"payload\":\"z\"}}\n"))
+        .collect();
+    std::fs::write(dir.path("in.jsonl"), text).unwrap();
+    let mut worker = WorkerProcess::start_with(&dir.0, &url, &["--queue-shards", "3"]);
+    let run = Running::start(
+        &dir.0,
+        &[
+            "ingest",
+            "--input",
+            "in.jsonl",
+            "--queue",
+            &url,
+            "--queue-name",
+            "q",
+            "--queue-shards",
+            "3",
+            "--batch-size",
+            "20",
+            "--json",
+        ],
+    )
+    .finish();
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    assert_eq!(run.json()["all_written"], true, "{}", run.stdout);
+    common::assert_each_once(
+        &ids(&dir.path("out.db"), "records"),
+        &(1..=lines).collect::<Vec<_>>(),
+    );
+    // The jobs went through all three shards' streams.
+    let mut conn = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    for i in 0..3 {
+        let keys = baler_queue::Keys::for_shard("q", i, 3);
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(keys.jobs())
+            .query(&mut conn)
+            .unwrap_or_else(|e| panic!("shard {i} has no jobs stream: {e}"));
+        let read = groups
+            .first()
+            .and_then(|g| match g.get("entries-read") {
+                Some(redis::Value::Int(n)) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0);
+        assert!(read > 0, "shard {i} delivered no job: {groups:?}");
+    }
+    worker.running().signal("TERM");
+    let report = worker.0.take().unwrap().finish();
+    assert!(report.status.success(), "{}", report.stderr);
+}
+
+#[test]
+fn zero_shards_are_refused_naming_the_flag() {
+    let dir = TempDir::new("queue-zero-shards");
+    std::fs::write(dir.path("in.jsonl"), "{\"id\":1}\n").unwrap();
+    let server = RedisServer::start();
+    let run = Running::start(
+        &dir.0,
+        &[
+            "ingest",
+            "--input",
+            "in.jsonl",
+            "--queue",
+            &server.url(),
+            "--queue-shards",
+            "0",
+        ],
+    )
+    .finish();
+    assert_eq!(run.code(), 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--queue-shards must be at least 1"),
+        "{}",
+        run.stderr
+    );
 }
