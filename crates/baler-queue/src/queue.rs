@@ -224,6 +224,9 @@ impl<C: Codec> QueueBuilder<C> {
 
     /// The most jobs the jobs stream may hold, waiting or running (default:
     /// no bound). Enqueues past it wait (`enqueue`) or fail (`try_enqueue`).
+    /// A bounded queue checks each job as it is added, so its producers send
+    /// an entry per job, not bundles (see
+    /// [`ProducerBuilder::bundles`](crate::ProducerBuilder::bundles)).
     pub fn max_length(mut self, n: u64) -> Self {
         self.settings.max_length = Some(n);
         self

@@ -322,8 +322,10 @@ end
 for i = 1, #acks, 1000 do
   redis.call('XACK', KEYS[1], group, unpack(acks, i, math.min(i + 999, #acks)))
 end
+-- The count stays (at 0 when no bundle is left): deleting it only for the
+-- next bundle to make it again would cost a command per bundle.
 if extra > 0 then
-  if redis.call('DECRBY', KEYS[5], extra) <= 0 then redis.call('DEL', KEYS[5]) end
+  if redis.call('DECRBY', KEYS[5], extra) < 0 then redis.call('SET', KEYS[5], 0) end
 end
 return out
 "#,

@@ -3,15 +3,18 @@
 //!
 //! A worker is three tasks per shard of the queue and the batcher:
 //!
-//! - the **claimer** reads new jobs (`XREADGROUP .. COUNT n BLOCK t`) while
-//!   it has room (at most `max_held` jobs held), decodes them and submits
+//! - the **claimer** reads new entries (`XREADGROUP .. COUNT n BLOCK t`)
+//!   while it has room (at most `max_held` jobs held), each a job or a
+//!   bundle of jobs (see [`crate::bundle`]), decodes their jobs and submits
 //!   them to the batcher;
-//! - the **keeper** renews the leases of held jobs (fenced), reclaims jobs
-//!   whose lease ran out (`XAUTOCLAIM`), dead-letters those delivered too
-//!   often, and moves delayed jobs whose time came back to the jobs stream;
-//! - the **completer** takes the outcome of every job as it resolves and
-//!   writes them in batches with one script call each. A job's room is given
-//!   back only once its completion is written (or found stale).
+//! - the **keeper** renews the leases of held entries (fenced), reclaims
+//!   entries whose lease ran out (`XAUTOCLAIM`; a reclaimed bundle's jobs
+//!   are handed back one by one), dead-letters jobs delivered too often,
+//!   and moves delayed jobs whose time came back to the jobs stream;
+//! - the **completer** takes the outcome of every job as it resolves,
+//!   gathers them per entry, and writes the entries whose jobs all have
+//!   their outcome in batches, with one script call each. An entry's room
+//!   is given back only once its completion is written (or found stale).
 //!
 //! Each shard has its own three, so that a shard whose Redis node is away
 //! holds up no other shard: its claims, renewals and completions wait and
