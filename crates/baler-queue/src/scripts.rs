@@ -63,10 +63,12 @@ local producer = ARGV[2]
 -- The length is read only when the queue is bounded: one command less per call.
 local len = 0
 if maxlen > 0 then
-  len = redis.call('XLEN', KEYS[1])
+  local xlen = redis.call('XLEN', KEYS[1])
+  -- Jobs, not entries: bundles (from producers of other settings) hold more.
+  len = xlen + bundled_count(KEYS[2])
   -- The stream also holds finished entries not yet trimmed: count only
   -- those waiting or being run before refusing anything.
-  if len + #KEYS - 2 > maxlen then len = unfinished(KEYS[1], KEYS[2], ARGV[3], len) end
+  if len + #KEYS - 2 > maxlen then len = unfinished(KEYS[1], KEYS[2], ARGV[3], xlen) end
 end
 local out = {}
 for i = 1, #KEYS - 2 do
@@ -114,7 +116,8 @@ return id
 
 /// Lua functions shared by [`ENQUEUE`] and [`TRIM`]:
 /// `group_state(jobs, group)`, the group's fields as `XINFO GROUPS` gives
-/// them (`nil` without the stream or the group), and
+/// them (`nil` without the stream or the group), `bundled_count(bundled)`,
+/// the bundled-jobs count (0 when missing), and
 /// `unfinished(jobs, bundled, group, xlen)`, the number of jobs waiting or
 /// being run: the group's `lag` plus its pending count (both in entries),
 /// plus the jobs that bundles hold beyond their first (see
@@ -135,8 +138,11 @@ local function group_state(jobs, group)
   end
   return nil
 end
+local function bundled_count(bundled)
+  return math.max(tonumber(redis.call('GET', bundled) or '0') or 0, 0)
+end
 local function unfinished(jobs, bundled, group, xlen)
-  local extra = math.max(tonumber(redis.call('GET', bundled) or '0') or 0, 0)
+  local extra = bundled_count(bundled)
   local g = group_state(jobs, group)
   if not g then return xlen + extra end
   local lag = g['lag']

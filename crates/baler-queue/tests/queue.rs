@@ -1518,3 +1518,26 @@ async fn bundles_larger_than_a_workers_room_are_taken_whole_one_after_the_other(
     .await;
     assert_eq!((report.stats.completed, report.stats.held), (15, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_queue_counts_the_jobs_of_bundles_other_producers_sent() {
+    let server = RedisServer::start();
+    // A producer without the bound sends a bundle of five: one entry.
+    let open = quick_queue(&server, "bound-bundles").await;
+    let bundler = bundling_producer(&open, "free", 5);
+    let _five = bundler.enqueue_many(1..=5u64).await;
+    // One with a bound of six sees five jobs, not one entry.
+    let bounded = Queue::builder(&server.url(), "bound-bundles")
+        .max_length(6)
+        .build()
+        .await
+        .unwrap();
+    let producer = bounded.producer("bounded").build::<u64, u64>().unwrap();
+    let sixth = producer.try_enqueue(6).await;
+    assert!(sixth.is_ok(), "{sixth:?}");
+    assert!(matches!(
+        producer.try_enqueue(7).await,
+        Err(EnqueueError::QueueFull { payload: 7 })
+    ));
+    assert_eq!(bounded.stats().await.unwrap().length, 6);
+}
