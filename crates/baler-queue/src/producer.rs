@@ -643,17 +643,7 @@ async fn send<C>(
     if plain {
         let mut pipe = redis::pipe();
         for item in items {
-            pipe.cmd("XADD")
-                .arg(&jobs)
-                .arg("*")
-                .arg("id")
-                .arg(item.id.as_str())
-                .arg("p")
-                .arg(producer)
-                .arg("a")
-                .arg("0")
-                .arg("b")
-                .arg(&item.body[..]);
+            pipe.add_command(plain_entry(&jobs, producer, item));
         }
         let mut conn = shared.conn.clone();
         let ids: Vec<Value> = pipe
@@ -726,6 +716,22 @@ async fn send<C>(
 /// The most bytes of job bodies in one bundle.
 const BUNDLE_BYTES: usize = 4 << 20;
 
+/// The `XADD` of one job as an entry of its own (no attempts made yet).
+fn plain_entry(jobs: &str, producer: &str, item: &Item) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(jobs)
+        .arg("*")
+        .arg("id")
+        .arg(item.id.as_str())
+        .arg("p")
+        .arg(producer)
+        .arg("a")
+        .arg("0")
+        .arg("b")
+        .arg(&item.body[..]);
+    cmd
+}
+
 /// Adds `items` as one entry: a bundle, or the plain entry of a lone job.
 async fn add_bundle<C>(
     shared: &Shared<C>,
@@ -736,17 +742,7 @@ async fn add_bundle<C>(
     let keys = shared.keys(shard);
     let mut conn = shared.conn.clone();
     if let [item] = items {
-        let _entry: Value = redis::cmd("XADD")
-            .arg(keys.jobs())
-            .arg("*")
-            .arg("id")
-            .arg(item.id.as_str())
-            .arg("p")
-            .arg(producer)
-            .arg("a")
-            .arg("0")
-            .arg("b")
-            .arg(&item.body[..])
+        let _entry: Value = plain_entry(&keys.jobs(), producer, item)
             .query_async(&mut conn)
             .await
             .map_err(SendError::Redis)?;

@@ -448,22 +448,14 @@ async fn a_job_that_keeps_stopping_its_workers_is_dead_lettered_on_reclaim() {
     assert_eq!(xlen(&mut conn, &queue.keys().dead()).await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_whose_claim_passed_on_cannot_complete_the_job_and_its_batch_mate_still_completes()
-{
-    let server = RedisServer::start();
-    let queue = Queue::builder(&server.url(), "fencing")
-        .lease(Duration::from_millis(300))
-        .build()
-        .await
-        .unwrap();
+/// A worker whose handler answers 1 for every job, once `gate` lets it:
+/// until then it holds what it claimed, with room for `max_held` jobs.
+fn gated_worker(queue: &Queue, max_held: usize) -> (Worker, Arc<tokio::sync::Semaphore>) {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let released = gate.clone();
-    // Room for two jobs: the stale worker cannot reclaim a job itself while
-    // its first runs still hold the room.
-    let stale = queue
+    let worker = queue
         .worker()
-        .max_held(2)
+        .max_held(max_held)
         .block_time(Duration::from_millis(100))
         .start(handler_fn(move |batch: Batch<u64>| {
             let gate = released.clone();
@@ -473,6 +465,55 @@ async fn a_worker_whose_claim_passed_on_cannot_complete_the_job_and_its_batch_ma
             }
         }))
         .unwrap();
+    (worker, gate)
+}
+
+/// The group's pending entries: (entry id, consumer, idle ms, deliveries).
+async fn pending_entries(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &baler_queue::Keys,
+) -> Vec<(String, String, u64, u64)> {
+    redis::cmd("XPENDING")
+        .arg(keys.jobs())
+        .arg(keys.group())
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Takes `entry` over for a consumer that never renews it, as a reclaim
+/// after a lapsed lease would.
+async fn steal(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &baler_queue::Keys,
+    entry: &str,
+) {
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(keys.jobs())
+        .arg(keys.group())
+        .arg("thief")
+        .arg(0)
+        .arg(entry)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_claim_passed_on_cannot_complete_the_job_and_its_batch_mate_still_completes()
+{
+    let server = RedisServer::start();
+    let queue = Queue::builder(&server.url(), "fencing")
+        .lease(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    // Room for two jobs: the stale worker cannot reclaim a job itself while
+    // its first runs still hold the room.
+    let (stale, gate) = gated_worker(&queue, 2);
     let mut events = queue.events();
     // One entry per job: a claim passes on one job at a time.
     let producer = queue
@@ -499,15 +540,7 @@ async fn a_worker_whose_claim_passed_on_cannot_complete_the_job_and_its_batch_ma
     // lease would: the stale worker is fenced off that job only.
     let mut conn = connection(&server.url()).await;
     let keys = queue.keys().clone();
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(keys.jobs())
-        .arg(keys.group())
-        .arg("-")
-        .arg("+")
-        .arg(10)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let pending = pending_entries(&mut conn, &keys).await;
     let entry = pending[0].0.clone();
     let fields: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg(keys.jobs())
@@ -517,15 +550,7 @@ async fn a_worker_whose_claim_passed_on_cannot_complete_the_job_and_its_batch_ma
         .await
         .unwrap();
     let stolen_id = fields[0].1["id"].clone();
-    let _: redis::Value = redis::cmd("XCLAIM")
-        .arg(keys.jobs())
-        .arg(keys.group())
-        .arg("thief")
-        .arg(0)
-        .arg(&entry)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    steal(&mut conn, &keys, &entry).await;
     let stolen = tickets.remove(&stolen_id).unwrap();
     let (_, kept) = tickets.into_iter().next().unwrap();
 
@@ -1351,22 +1376,9 @@ async fn a_reclaimed_bundle_is_handed_back_job_by_job_and_its_stale_worker_write
         .build()
         .await
         .unwrap();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let released = gate.clone();
     // Room for the bundle and no more: the stale worker cannot reclaim it
     // itself while its own run holds the room.
-    let stale = queue
-        .worker()
-        .max_held(3)
-        .block_time(Duration::from_millis(100))
-        .start(handler_fn(move |batch: Batch<u64>| {
-            let gate = released.clone();
-            async move {
-                let _pass = gate.acquire().await;
-                Ok::<_, String>(batch.done_all(1u64))
-            }
-        }))
-        .unwrap();
+    let (stale, gate) = gated_worker(&queue, 3);
     let producer = bundling_producer(&queue, "p", 3);
     let tickets = producer.enqueue_many([5u64, 6, 7]).await;
     eventually(PATIENCE, "the stale worker holds the bundle", || {
@@ -1379,25 +1391,9 @@ async fn a_reclaimed_bundle_is_handed_back_job_by_job_and_its_stale_worker_write
     // lease would, and then never renews it.
     let mut conn = connection(&server.url()).await;
     let keys = queue.keys().clone();
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(keys.jobs())
-        .arg(keys.group())
-        .arg("-")
-        .arg("+")
-        .arg(10)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let pending = pending_entries(&mut conn, &keys).await;
     assert_eq!(pending.len(), 1, "one entry for three jobs");
-    let _: redis::Value = redis::cmd("XCLAIM")
-        .arg(keys.jobs())
-        .arg(keys.group())
-        .arg("thief")
-        .arg(0)
-        .arg(&pending[0].0)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    steal(&mut conn, &keys, &pending[0].0).await;
 
     // A live worker reclaims it after the lease: it does not run the bundle
     // but hands each job back as an entry of its own, then runs them.
